@@ -1,0 +1,213 @@
+"""Command-line arguments of the training and test entry points.
+
+The flags, their spellings and their defaults are the ones of the videowalk release, so that its commands
+keep working. ``train_args(argv)`` / ``test_args(argv)`` parse a list (default: the command line) and
+return the namespace, exactly like the release's functions of the same name.
+"""
+import argparse
+import os
+import sys
+
+
+def _positive_clip_len(value):
+    v = int(value)
+    if v <= 2:
+        raise argparse.ArgumentTypeError(
+            f"--clip-len {v}: the random walk needs at least 3 frames (T-2 walks), use --clip-len 3 or more")
+    return v
+
+
+def get_train_args_parser(add_help=True):
+    p = argparse.ArgumentParser('CRW training', add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # data
+    p.add_argument('--data-path', default=None,
+                   help='Kinetics-layout root (X/train_256/<class>/<video>.mp4), a folder of class folders of '
+                        'videos, a folder of frame folders, or a text file "<frames folder> <num frames>" per line')
+    p.add_argument('--clip-len', default=8, type=_positive_clip_len, metavar='T',
+                   help='frames per clip; the walk has T-2 palindromes (the README trains with 4)')
+    p.add_argument('--clips-per-video', default=5, type=int,
+                   help='at most this many clips are drawn per video per epoch (Kinetics sampler)')
+    p.add_argument('--frame-skip', default=8, type=int,
+                   help='videos: frames per second clips are resampled to; frame folders: gap between frames')
+    p.add_argument('--cache-dataset', action='store_true',
+                   help='cache the video metadata scan (hours for Kinetics-400) so that the next start takes seconds')
+    p.add_argument('--fast-test', action='store_true', help='debug: batch 1, no workers, no DataParallel')
+    p.add_argument('-j', '--workers', default=10, type=int, help='data loading processes (decoding + frame crops)')
+    # augmentation
+    p.add_argument('--img-size', default=256, type=int, help='frames are cropped/resized to this square size')
+    p.add_argument('--frame-transforms', default='crop', type=str,
+                   help="frame-level augmentation, '+'-or-substring list of: crop (random resized crop), cj, flip")
+    p.add_argument('--frame-aug', default='', type=str,
+                   help="'grid': 7x7 grid of 64x64 patches, each a node (README setting); '': every feature cell is a node")
+    p.add_argument('--patch-size', default=[64, 64, 3], type=int, nargs='+', help='grid patch size (H W C)')
+    # model
+    p.add_argument('--model-type', default='scratch', type=str,
+                   help='scratch (ResNet-18, reflect padding) | scratch_zeropad | imagenet18 (needs local weights)')
+    p.add_argument('--imagenet-weights', default='', type=str,
+                   help='path of torchvision resnet18 ImageNet weights for --model-type imagenet18 '
+                        '(default: the torch hub cache); nothing is downloaded')
+    p.add_argument('--temp', default=0.07, type=float, help='softmax temperature of the transitions (README: 0.05)')
+    p.add_argument('--dropout', default=0.0, type=float, help='edge dropout rate on the affinities (README: 0.1)')
+    p.add_argument('--featdrop', default=0.0, type=float, help='dropout on the node feature maps')
+    p.add_argument('--head-depth', default=0, type=int, help='hidden layers of the MLP head; 0 = linear, <0 = none')
+    p.add_argument('--remove-layers', default=[], nargs='*', type=str,
+                   help='ResNet layers to drop (e.g. layer4); none while training')
+    p.add_argument('--zero-diagonal', action='store_true', help='zero the diagonal of the affinities')
+    p.add_argument('--flip', action='store_true', help='multiply the palindrome in reversed order (paper-era variant)')
+    p.add_argument('--restrict', default=-1, type=int, help='release flag with no effect; must stay -1')
+    p.add_argument('--sk-align', action='store_true', help='release experiment (Sinkhorn-Knopp); not supported')
+    p.add_argument('--sk-targets', action='store_true', help='release experiment (Sinkhorn-Knopp); not supported')
+    # optimisation
+    p.add_argument('--device', default=None,
+                   help="'cuda' or 'cpu' (default: cuda when available, else cpu)")
+    p.add_argument('-b', '--batch-size', default=8, type=int, help='clips per step (per process under torchrun)')
+    p.add_argument('--epochs', default=25, type=int)
+    p.add_argument('--steps-per-epoch', default=None, type=int, help='cap on iterations per epoch (default: all)')
+    p.add_argument('--optim', default='adam', type=str, help='adam (release) | sgd')
+    p.add_argument('--lr', default=1e-4, type=float)
+    p.add_argument('--momentum', default=0.9, type=float, help='SGD momentum')
+    p.add_argument('--wd', '--weight-decay', default=1e-4, type=float, dest='weight_decay',
+                   help='weight decay for SGD; Adam ignores it unless --adam-wd is set, as in the release')
+    p.add_argument('--adam-wd', action='store_true',
+                   help='apply --wd to Adam too (the release built Adam without weight decay)')
+    p.add_argument('--lr-milestones', nargs='+', default=[20, 30, 40], type=int,
+                   help='epochs at which the lr is multiplied by --lr-gamma (scheduler steps per iteration)')
+    p.add_argument('--lr-gamma', default=0.3, type=float)
+    p.add_argument('--lr-warmup-epochs', default=0, type=int, help='linear lr warm-up, in epochs')
+    p.add_argument('--amp', action='store_true', help='bf16 autocast on CUDA (ignored on CPU, with a warning)')
+    p.add_argument('--seed', default=0, type=int, help='seeds weights, sampling and augmentation (resume is exact)')
+    # parallelism
+    p.add_argument('--data-parallel', action='store_true', help='nn.DataParallel over the visible GPUs (release)')
+    p.add_argument('--dist-url', default='env://', help='init method under torchrun')
+    # checkpoints and logging
+    p.add_argument('--output-dir', default='auto', help="'auto' names the folder after the run's settings")
+    p.add_argument('--name', default='', type=str, help='prefix of the auto output folder')
+    p.add_argument('--resume', default='', help='checkpoint to resume from (default: <output-dir>/checkpoint.pth if present)')
+    p.add_argument('--partial-reload', default='', help='load only the matching model keys, restart the schedule')
+    p.add_argument('--start-epoch', default=0, type=int)
+    p.add_argument('--save-every', default=1000, type=int,
+                   help='also write checkpoint.pth every this many iterations (the release saved at random)')
+    p.add_argument('--print-freq', default=10, type=int)
+    p.add_argument('--visualize', action='store_true', help='scalars to wandb (offline by default), images to visdom')
+    p.add_argument('--port', default=8095, type=int, help='visdom port')
+    p.add_argument('--server', default='localhost', type=str, help='visdom server')
+    p.add_argument('--no-tqdm', action='store_true', help='plain log lines instead of a progress bar')
+    return p
+
+
+def auto_output_dir(args):
+    keys = {'dropout': 'drop', 'clip_len': 'len', 'frame_transforms': 'ftrans', 'frame_aug': 'faug',
+            'optim': 'optim', 'temp': 'temp', 'featdrop': 'fdrop', 'lr': 'lr', 'head_depth': 'mlp'}
+    parts = []
+    for k, short in keys.items():
+        v = getattr(args, k)
+        parts.append(f"{short}{'-'.join(map(str, v)) if isinstance(v, list) else v}")
+    return os.path.join('checkpoints', f"{args.name}_{'-'.join(parts)}")
+
+
+def _finish_train_args(p, args):
+    if args.data_path is None:
+        p.error('--data-path is required: a Kinetics-layout folder, a folder of frame folders or a frame list file')
+    if not os.path.exists(args.data_path):
+        p.error(f'--data-path {args.data_path}: no such file or folder')
+    if args.restrict != -1:
+        p.error('--restrict had no effect in the release and is not implemented; leave it at -1')
+    if args.sk_align or args.sk_targets:
+        p.error('--sk-align/--sk-targets were unfinished experiments of the release and are not supported')
+    if args.optim not in ('adam', 'sgd'):
+        p.error(f"--optim {args.optim}: choose adam or sgd")
+    if args.frame_aug not in ('', 'grid'):
+        p.error(f"--frame-aug {args.frame_aug!r}: choose 'grid' or '' (randcrop was never finished in the release)")
+    if len(args.patch_size) == 2:
+        args.patch_size = list(args.patch_size) + [3]
+    if len(args.patch_size) != 3 or args.patch_size[0] != args.patch_size[1] or args.patch_size[2] != 3:
+        p.error('--patch-size takes H W [3] with H == W, e.g. --patch-size 64 64 3')
+    for name in ('batch_size', 'epochs', 'img_size', 'clips_per_video', 'frame_skip'):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
+        p.error('--steps-per-epoch must be positive')
+    if args.workers < 0:
+        p.error('--workers must be >= 0')
+    if args.fast_test:
+        args.batch_size, args.workers, args.data_parallel = 1, 0, False
+    if args.output_dir == 'auto':
+        args.output_dir = auto_output_dir(args)
+    return args
+
+
+def train_args(argv=None):
+    """Parse training flags from ``argv`` (a list; default ``sys.argv[1:]``)."""
+    p = get_train_args_parser()
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return _finish_train_args(p, args)
+
+
+def get_test_args_parser(add_help=True):
+    p = argparse.ArgumentParser('CRW label propagation', add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--filelist', default=None, type=str,
+                   help='text file, one video a line: "<frames folder> <annotations folder>" (DAVIS) '
+                        'or "<frames folder> <joint_positions.mat>" (JHMDB)')
+    p.add_argument('--save-path', default='./results', type=str, help='where {i}_{t}_mask.png/_blend.jpg go')
+    p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
+    p.add_argument('--model-type', default='scratch', type=str, help='scratch | scratch_zeropad | imagenet18')
+    p.add_argument('--imagenet-weights', default='', type=str,
+                   help='path of torchvision resnet18 ImageNet weights for --model-type imagenet18')
+    p.add_argument('--device', default=None, help="'cuda' or 'cpu' (default: cuda when available, else cpu)")
+    p.add_argument('--workers', default=4, type=int, help='frame loading processes')
+    p.add_argument('--manualSeed', default=777, type=int, help='seed (random init of a scratch encoder)')
+    p.add_argument('--gpu-id', default='0', type=str, help='sets CUDA_VISIBLE_DEVICES, as in the release')
+    p.add_argument('--batchSize', default=1, type=int, help='videos per batch; must be 1 (release)')
+    # protocol
+    p.add_argument('--topk', default=10, type=int, help='k nearest context nodes that vote')
+    p.add_argument('--videoLen', default=20, type=int, help='L: short-term context frames before the target')
+    p.add_argument('--radius', default=12, type=float,
+                   help='short-term context nodes must lie strictly within this distance (feature cells)')
+    p.add_argument('--temperature', default=0.07, type=float, help='softmax temperature (README uses 0.05)')
+    p.add_argument('--cropSize', default=320, type=int, help='resize frames to S x S; -1 keeps the native size')
+    p.add_argument('--long-mem', default=[0], type=int, nargs='*', help='frames always in the context (first frame)')
+    p.add_argument('--remove-layers', default=['layer4'], nargs='*', type=str,
+                   help='ResNet layers removed at test time (layer3 features, stride 8)')
+    p.add_argument('--head-depth', default=-1, type=int, help='head on the features; -1 = none (release)')
+    p.add_argument('--no-l2', action='store_true', help='skip L2 normalisation of the features')
+    p.add_argument('--norm_mask', action='store_true', help='min-max normalise each predicted soft map per pixel')
+    p.add_argument('--dense', action='store_true',
+                   help="use the release's dense algorithm (oracle) instead of the local-window fast path")
+    # release flags kept for compatibility
+    p.add_argument('--visdom', action='store_true', help='show predictions in visdom')
+    p.add_argument('--server', default='localhost', type=str, help='visdom server')
+    p.add_argument('--port', default=8095, type=int, help='visdom port')
+    p.add_argument('--finetune', default=0, type=int, help='release flag; test-time finetuning is not implemented')
+    p.add_argument('--texture', action='store_true', help='release flag; not implemented')
+    p.add_argument('--round', action='store_true', help='release flag; not implemented')
+    p.add_argument('--pca-vis', action='store_true', help='release flag; not implemented')
+    return p
+
+
+def _finish_test_args(p, args):
+    if args.filelist is None:
+        p.error('--filelist is required: one "<frames folder> <annotations folder>" line per video')
+    if not os.path.isfile(args.filelist):
+        p.error(f'--filelist {args.filelist}: no such file')
+    if args.resume and not os.path.isfile(args.resume):
+        p.error(f'--resume {args.resume}: no such file (refusing to run with random weights)')
+    if args.batchSize != 1:
+        p.error('--batchSize must be 1: videos have different lengths and sizes')
+    for flag in ('finetune', 'texture', 'round', 'pca_vis'):
+        if getattr(args, flag):
+            p.error(f"--{flag.replace('_', '-')}: this release flag did nothing useful and is not implemented")
+    if args.topk <= 0 or args.videoLen < 0 or args.radius <= 0 or args.temperature <= 0:
+        p.error('--topk, --radius and --temperature must be positive, --videoLen >= 0')
+    if args.cropSize == 0 or args.cropSize < -1:
+        p.error('--cropSize takes a positive size or -1 (native)')
+    args.imgSize = args.cropSize
+    return args
+
+
+def test_args(argv=None):
+    """Parse test (label propagation) flags from ``argv`` (a list; default ``sys.argv[1:]``)."""
+    p = get_test_args_parser()
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return _finish_test_args(p, args)
