@@ -150,6 +150,9 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--filelist', default=None, type=str,
                    help='text file, one video a line: "<frames folder> <annotations folder>" (DAVIS) '
                         'or "<frames folder> <joint_positions.mat>" (JHMDB)')
+    p.add_argument('--data-root', default='', type=str,
+                   help='folder that relative paths in --filelist are resolved against (e.g. a DAVIS root for '
+                        'eval/davis_vallist.txt); default: the current folder, then the filelist\'s folder')
     p.add_argument('--save-path', default='./results', type=str, help='where {i}_{t}_mask.png/_blend.jpg go')
     p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
     p.add_argument('--model-type', default='scratch', type=str, help='scratch | scratch_zeropad | imagenet18')
