@@ -9,6 +9,13 @@ import os
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (the flag and what to do), not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
 def _positive_clip_len(value):
     v = int(value)
     if v <= 2:
@@ -18,7 +25,7 @@ def _positive_clip_len(value):
 
 
 def get_train_args_parser(add_help=True):
-    p = argparse.ArgumentParser('CRW training', add_help=add_help,
+    p = _Parser('CRW training', add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # data
     p.add_argument('--data-path', default=None,
@@ -145,7 +152,7 @@ def train_args(argv=None):
 
 
 def get_test_args_parser(add_help=True):
-    p = argparse.ArgumentParser('CRW label propagation', add_help=add_help,
+    p = _Parser('CRW label propagation', add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--filelist', default=None, type=str,
                    help='text file, one video a line: "<frames folder> <annotations folder>" (DAVIS) '
