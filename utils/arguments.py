@@ -99,7 +99,9 @@ def get_train_args_parser(add_help=True):
     p.add_argument('--visualize', action='store_true', help='scalars to wandb (offline by default), images to visdom')
     p.add_argument('--port', default=8095, type=int, help='visdom port')
     p.add_argument('--server', default='localhost', type=str, help='visdom server')
-    p.add_argument('--no-tqdm', action='store_true', help='plain log lines instead of a progress bar')
+    p.add_argument('--channels-last', action='store_true',
+                   help='channels_last memory format for the encoder (faster convolutions on recent GPUs)')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model (slow start, faster steps)')
     return p
 
 

@@ -1,0 +1,219 @@
+"""Train the Contrastive Random Walk on unlabeled video.
+
+    python train.py --data-path /path/to/kinetics/ --frame-aug grid --dropout 0.1 --clip-len 4 --temp 0.05 \
+        --model-type scratch --workers 16 --batch-size 20 --cache-dataset --data-parallel --lr 0.0001
+    torchrun --nproc_per_node 8 train.py ...        # DistributedDataParallel, one process per GPU (or CPU: --device cpu)
+
+Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
+"""
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+import utils.dist as dist_utils
+from utils.arguments import get_train_args_parser, train_args
+from utils.checkpoint import atomic_save, rng_state, set_rng_state
+from utils.logger import MetricLogger, append_json_line
+from utils.misc import peak_memory_mb, print_run_header
+
+
+def get_args_parser():
+    return get_train_args_parser()
+
+
+def build_optimizer(model, args):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optim == 'adam':
+        # The release built Adam without weight decay (its --wd did nothing); --adam-wd opts in.
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay if args.adam_wd else 0.0)
+    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def build_scheduler(optimizer, args, iters_per_epoch):
+    """Per-iteration schedule: linear warm-up over --lr-warmup-epochs, then x lr_gamma at each milestone epoch
+    (the release's WarmupMultiStepLR, milestones counted from the end of warm-up)."""
+    warmup = args.lr_warmup_epochs * iters_per_epoch
+    milestones = sorted((m - args.lr_warmup_epochs) * iters_per_epoch for m in args.lr_milestones)
+
+    def factor(it):
+        w = 1.0 if it >= warmup else 1e-3 + (1 - 1e-3) * it / warmup
+        return w * args.lr_gamma ** sum(it >= m for m in milestones)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step):
+    state = {
+        'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+        'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': args,
+        'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
+        'rng': rng_state(),
+    }
+    atomic_save(state, path)
+
+
+def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis=None):
+    """One epoch (or what is left of it after a mid-epoch resume). ``state`` holds iteration/global_step and
+    is updated in place. Returns the epoch's averaged metrics."""
+    model.train()
+    logger = MetricLogger(device, args.batch_size * args.world_size)
+    start, total = state['iteration'], state['iters_per_epoch']
+    header = f'Epoch: [{epoch}]'
+    use_amp = args.amp and device.type == 'cuda'
+    first_bad = None
+    for clips in logger.log_every(loader, args.print_freq, header, total=total, start=start):
+        step = state['global_step']
+        clips = clips.to(device, non_blocking=True)
+        # Augmentation seed from (seed, step): the same batch gets the same crops after a resume.
+        video = aug(clips, args.seed * 1_000_003 + step)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            _, loss, diags = model(video)
+        loss = loss.mean()  # DataParallel returns one loss per replica
+        if not torch.isfinite(loss):
+            first_bad = step
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_scheduler.step()
+        state['iteration'] += 1
+        state['global_step'] += 1
+        if state['iteration'] % args.print_freq == 0 or state['iteration'] == total:
+            diags = {k: v.mean().item() for k, v in diags.items()}
+            loss_v = dist_utils.all_reduce_mean(loss.detach()).item()
+            logger.update(loss=loss_v, lr=optimizer.param_groups[0]['lr'],
+                          **{k.split(' ', 1)[1]: v for k, v in diags.items() if ' acc ' in k})
+            if dist_utils.is_main_process():
+                append_json_line(os.path.join(args.output_dir, 'train_log.jsonl'),
+                                 {'epoch': epoch, 'iteration': state['iteration'], 'global_step': state['global_step'],
+                                  'loss': loss_v, 'lr': optimizer.param_groups[0]['lr'], **diags})
+                if vis is not None:
+                    vis.log({'loss': loss_v, **diags}, step=state['global_step'])
+        if args.save_every > 0 and state['global_step'] % args.save_every == 0 and dist_utils.is_main_process():
+            save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
+                       epoch, state['iteration'], False, state['global_step'])
+    if first_bad is not None:
+        raise FloatingPointError(
+            f'non-finite loss at iteration {first_bad} (epoch {epoch}); stopping. The last good checkpoint in '
+            f'{args.output_dir} is untouched: resume from it with a lower --lr or --temp adjusted')
+    return {k: m.global_avg for k, m in logger.meters.items()}
+
+
+def find_resume_path(args):
+    if args.resume:
+        if not os.path.isfile(args.resume):
+            raise SystemExit(f'--resume {args.resume}: no such file')
+        return args.resume
+    auto = os.path.join(args.output_dir, 'checkpoint.pth')
+    return auto if os.path.isfile(auto) else ''
+
+
+def main(args):
+    device = dist_utils.init_distributed_mode(args)
+    if args.amp and device.type != 'cuda':
+        print('| --amp: bf16 autocast is used on CUDA only; training in fp32 on the CPU')
+    print_run_header(args, 'CRW training')
+    torch.manual_seed(args.seed + args.rank)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    from data import build_train_dataset, build_train_sampler
+    from model import CRW
+    from utils.augs import BatchAugment
+    from utils.weights import clean_state_dict, load_checkpoint, partial_load
+
+    dataset = build_train_dataset(args)
+    sampler = build_train_sampler(dataset, args, rank=args.rank, world_size=args.world_size)
+    loader_gen = torch.Generator().manual_seed(args.seed)  # keeps the DataLoader off the global RNG
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        pin_memory=device.type == 'cuda', drop_last=True, generator=loader_gen,
+        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
+    iters_full = len(sampler) // args.batch_size
+    iters_per_epoch = min(iters_full, args.steps_per_epoch or iters_full)
+    if iters_per_epoch == 0:
+        raise SystemExit(f'--data-path {args.data_path}: {len(sampler)} clips per epoch on this process, fewer than '
+                         f'--batch-size {args.batch_size}; lower the batch size or add videos')
+    aug = BatchAugment(args)
+
+    model = CRW(args).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, args)
+    lr_scheduler = build_scheduler(optimizer, args, iters_per_epoch)
+
+    state = {'iteration': 0, 'global_step': 0, 'iters_per_epoch': iters_per_epoch}
+    start_epoch = args.start_epoch
+    if args.partial_reload:
+        ckpt = load_checkpoint(args.partial_reload, map_location='cpu')
+        partial_load(model, clean_state_dict(ckpt['model']))
+    resume = find_resume_path(args)
+    if resume:
+        ckpt = load_checkpoint(resume, map_location='cpu')
+        unwrap(model).load_state_dict(clean_state_dict(ckpt['model']))
+        if 'optimizer' in ckpt:
+            optimizer.load_state_dict(ckpt['optimizer'])
+        if 'lr_scheduler' in ckpt:
+            lr_scheduler.load_state_dict(ckpt['lr_scheduler'])
+        start_epoch = ckpt.get('epoch', -1)
+        if ckpt.get('epoch_complete', True):  # the release's checkpoints are written at epoch ends
+            start_epoch += 1
+        else:
+            state['iteration'] = ckpt['iteration']
+        state['global_step'] = ckpt.get('global_step', lr_scheduler.last_epoch)
+        set_rng_state(ckpt.get('rng'))
+        print(f'| resumed from {resume}: epoch {start_epoch}, iteration {state["iteration"]}, '
+              f'step {state["global_step"]}')
+        del ckpt
+
+    model_without_ddp = model
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    elif args.data_parallel and device.type == 'cuda' and torch.cuda.device_count() > 1:
+        model = nn.DataParallel(model)
+    if args.compile:
+        model = torch.compile(model)
+
+    vis = None
+    if args.visualize and dist_utils.is_main_process():
+        from utils.visualize import Visualizer
+        vis = Visualizer(args)
+
+    print(f'| {len(dataset)} clips, {iters_per_epoch} iterations per epoch, '
+          f'{args.batch_size * args.world_size} clips per step, device {device}')
+    t0 = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        stats = {}
+        if state['iteration'] < iters_per_epoch:  # else: stopped after the last step, before the epoch's save
+            sampler.set_epoch(epoch)
+            sampler.set_start(state['iteration'] * args.batch_size)
+            stats = train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis)
+        if dist_utils.is_main_process():
+            for name in (f'model_{epoch}.pth', 'checkpoint.pth'):
+                save_state(os.path.join(args.output_dir, name), model_without_ddp, optimizer, lr_scheduler, args,
+                           epoch, state['iteration'], True, state['global_step'])
+            append_json_line(os.path.join(args.output_dir, 'log.txt'),
+                             {'epoch': epoch, 'iterations': state['iteration'], 'global_step': state['global_step'],
+                              **{f'train_{k}': v for k, v in stats.items()},
+                              'peak_mem_mb': round(peak_memory_mb(device)), 'time_s': round(time.time() - t0, 1)})
+        state['iteration'] = 0
+        dist_utils.barrier()
+    print(f'| training done in {time.time() - t0:.0f}s; checkpoints in {args.output_dir}')
+    if vis is not None:
+        vis.close()
+    dist_utils.cleanup()
+
+
+if __name__ == '__main__':
+    try:
+        main(train_args())
+    except FloatingPointError as e:
+        sys.exit(f'train.py: error: {e}')
+    except KeyboardInterrupt:
+        sys.exit('train.py: interrupted; the last checkpoint.pth is intact, re-run the same command to resume')

@@ -1,0 +1,85 @@
+"""One distributed set-up for every case: torchrun (one node or many, NCCL on GPUs, gloo on CPU), one GPU, CPU."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed_mode(args):
+    """Fill ``args.distributed, args.rank, args.world_size, args.local_rank`` and initialise the process group
+    when launched by torchrun (RANK/WORLD_SIZE in the environment). Returns the torch.device to use."""
+    want = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if want.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f'--device {want}: CUDA is not available on this machine; use --device cpu')
+    if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ and int(os.environ['WORLD_SIZE']) > 1:
+        args.rank = int(os.environ['RANK'])
+        args.world_size = int(os.environ['WORLD_SIZE'])
+        args.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        args.distributed = True
+        if want.startswith('cuda'):
+            torch.cuda.set_device(args.local_rank)
+            device = torch.device('cuda', args.local_rank)
+            backend = 'nccl'
+        else:
+            device = torch.device('cpu')
+            backend = 'gloo'
+        dist.init_process_group(backend=backend, init_method=args.dist_url,
+                                world_size=args.world_size, rank=args.rank)
+        dist.barrier()
+        if args.data_parallel:
+            print('| --data-parallel is ignored under torchrun: each process drives one device')
+            args.data_parallel = False
+    else:
+        args.rank, args.world_size, args.local_rank, args.distributed = 0, 1, 0, False
+        device = torch.device(want)
+    _silence_non_main(args.rank == 0)
+    return device
+
+
+_builtin_print = None
+
+
+def _silence_non_main(is_main):
+    """Only rank 0 prints (pass force=True to print from every rank)."""
+    import builtins
+    global _builtin_print
+    if _builtin_print is None:
+        _builtin_print = builtins.print
+    builtin_print = _builtin_print
+
+    def print_(*a, **kw):
+        if is_main or kw.pop('force', False):
+            kw.pop('force', None)
+            builtin_print(*a, **kw)
+    builtins.print = print_
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def barrier():
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(t):
+    """Mean of a tensor over all processes (identity without distributed)."""
+    if not is_dist():
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def cleanup():
+    if is_dist():
+        dist.destroy_process_group()
