@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""DAVIS-2017 semi-supervised scorer (SPEC §6), a stand-in for davis2017-evaluation's evaluation_method.py.
+
+    python eval/evaluate_davis.py --task semi-supervised --results_path /converted/path --set val \
+        --davis_path /path/to/davis/
+
+Ground truth: ``{davis}/Annotations/480p/<seq>/*.png`` (sorted), sequences from
+``{davis}/ImageSets/2017/<set>.txt`` (``--set`` may also be the path of a text file listing sequences).
+Results: ``{results}/<seq>/<frame>.png`` for every ground-truth frame name, indexed (palette) or greyscale PNGs
+whose pixel values are object ids. For every sequence and object id 1..max id of the first ground-truth frame,
+J and F are computed on every frame but the first and the last (eval/davis_metrics.py), summarised per object
+(Mean, Recall, Decay) and averaged over all objects. Writes ``global_results-<set>.csv`` and
+``per-sequence_results-<set>.csv`` into the results folder with the official scorer's columns and 3 decimals,
+and prints the tables. Existing CSVs are reused (as the official scorer does) unless ``--force``.
+
+Differences from the official scorer, none of which changes a score it produces:
+* ground-truth pixels labelled 255 are void and left out of J and F (SPEC §6). The official semi-supervised
+  path turns them into background instead; ``--void background`` reproduces that. The two agree whenever the
+  ground truth has no 255 pixels.
+* a result with an object id above the sequence's number of objects is an error naming the sequence and frame
+  (the official prints a message and exits with status 0); a result that never shows some object scores it
+  as empty (the official does the same in its current version).
+* the Decay quarters are computed with integer indices (the official's uint8 indices wrap past 256 frames).
+
+Python use: ``evaluate(davis_path, results_path, sequences=None, set_name='val')`` returns
+``(global_dict, per_object_rows)``.
+"""
+import argparse
+import concurrent.futures
+import csv
+import glob
+import os
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from eval import davis_metrics as dm  # noqa: E402
+
+GLOBAL_COLUMNS = ['J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall', 'F-Decay']
+SEQUENCE_COLUMNS = ['Sequence', 'J-Mean', 'F-Mean']
+VOID_MODES = ('ignore', 'background')
+
+
+class EvalError(Exception):
+    """A problem with the inputs, reported as one line."""
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+
+def resolve_set(davis_path, set_name):
+    """(sequence names, tag) for ``--set``: a split name read from ImageSets/2017/<set>.txt, or a text file.
+
+    The tag names the CSV files (``global_results-<tag>.csv``): the split name, or the file's stem.
+    """
+    split_file = os.path.join(davis_path, 'ImageSets', '2017', f'{set_name}.txt')
+    if os.path.isfile(split_file):
+        path, tag = split_file, set_name
+    elif os.path.isfile(set_name):
+        path, tag = set_name, os.path.splitext(os.path.basename(set_name))[0]
+    else:
+        raise EvalError(f"--set {set_name!r}: neither {split_file} nor a file listing sequences exists")
+    with open(path) as f:
+        names = [line.strip() for line in f]
+    names = [n for n in names if n]
+    if not names:
+        raise EvalError(f'{path} lists no sequences')
+    return list(dict.fromkeys(names)), tag
+
+
+def read_label_png(path):
+    """[H, W] int64 label map of an indexed or greyscale PNG (palette indices, not colours)."""
+    with Image.open(path) as im:
+        if im.mode in ('RGB', 'RGBA', 'LA', 'CMYK', 'YCbCr', 'HSV', 'LAB'):
+            raise EvalError(f'{path} is a {im.mode} image; label maps must be indexed (palette) or greyscale PNGs')
+        a = np.array(im)
+    if a.ndim != 2:
+        raise EvalError(f'{path}: expected a single-channel label map, got shape {a.shape}')
+    return a.astype(np.int64)
+
+
+def ground_truth_frames(davis_path, sequence, resolution='480p'):
+    """[(frame id, path)] of a sequence's annotation PNGs, sorted by name (the official scorer's frame list)."""
+    folder = os.path.join(davis_path, 'Annotations', resolution, sequence)
+    paths = sorted(glob.glob(os.path.join(folder, '*.png')))
+    if not paths:
+        raise EvalError(f'{sequence}: no ground-truth annotations (*.png) in {folder}')
+    return [(os.path.splitext(os.path.basename(p))[0], p) for p in paths]
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+def evaluate_sequence(davis_path, results_path, sequence, resolution='480p', void='ignore',
+                      bound_th=dm.BOUND_TH):
+    """Per-frame J and F of every object of one sequence.
+
+    Returns {'sequence', 'num_objects', 'frames': [frame ids scored], 'J': [K, n], 'F': [K, n]}.
+    Raises EvalError for a missing or malformed result frame or an object id the ground truth does not have.
+    """
+    if void not in VOID_MODES:
+        raise ValueError(f'void must be one of {VOID_MODES}, got {void!r}')
+    frames = ground_truth_frames(davis_path, sequence, resolution)
+    if len(frames) < 3:
+        raise EvalError(f'{sequence}: {len(frames)} annotated frame(s); at least 3 are needed '
+                        '(the first and the last are not scored)')
+    first = read_label_png(frames[0][1])
+    first[first == dm.VOID_LABEL] = 0
+    num_objects = int(first.max())
+    scored = frames[1:-1]
+    j = np.zeros((num_objects, len(scored)))
+    f = np.zeros((num_objects, len(scored)))
+    for n, (frame_id, gt_path) in enumerate(scored):
+        gt = read_label_png(gt_path)
+        void_mask = gt == dm.VOID_LABEL
+        gt[void_mask] = 0
+        res_path = os.path.join(results_path, sequence, f'{frame_id}.png')
+        if not os.path.isfile(res_path):
+            raise EvalError(f'{sequence}: result frame {frame_id} is missing ({res_path})')
+        pred = read_label_png(res_path)
+        if pred.shape != gt.shape:
+            raise EvalError(f'{sequence}: result frame {frame_id} is {pred.shape[1]}x{pred.shape[0]} but the '
+                            f'ground truth is {gt.shape[1]}x{gt.shape[0]} ({res_path})')
+        top = int(pred.max(initial=0))
+        if top > num_objects:
+            bad = sorted(int(v) for v in np.unique(pred[pred > num_objects]))
+            raise EvalError(f'{sequence}: result frame {frame_id} has object id(s) {bad} but the first '
+                            f'ground-truth frame has {num_objects} object(s) ({res_path})')
+        j[:, n], f[:, n] = dm.frame_scores(gt, pred, num_objects,
+                                           void=void_mask if void == 'ignore' and void_mask.any() else None,
+                                           bound_th=bound_th)
+    return {'sequence': sequence, 'num_objects': num_objects, 'frames': [fid for fid, _ in scored], 'J': j, 'F': f}
+
+
+def _worker_init():
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _default_workers():
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def evaluate(davis_path, results_path, sequences=None, set_name='val', resolution='480p', void='ignore',
+             workers=None, bound_th=dm.BOUND_TH):
+    """Score a results folder against DAVIS ground truth.
+
+    sequences: list of sequence names, or None for those of ``set_name`` (split name or list file).
+    workers: processes over sequences (None: up to 8, by available cores; 1: in this process).
+    Returns (global_dict, rows): global_dict maps GLOBAL_COLUMNS to floats; rows has one dict per object, in
+    sequence order, with 'Sequence' ('<seq>_<id>'), 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall',
+    'F-Decay'.
+    """
+    if not os.path.isdir(davis_path):
+        raise EvalError(f'DAVIS folder {davis_path} does not exist')
+    if not os.path.isdir(results_path):
+        raise EvalError(f'results folder {results_path} does not exist')
+    if sequences is None:
+        sequences, _ = resolve_set(davis_path, set_name)
+    sequences = list(dict.fromkeys(sequences))
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    args = [(davis_path, results_path, s, resolution, void, bound_th) for s in sequences]
+    if workers == 1 or len(sequences) == 1:
+        per_seq = [evaluate_sequence(*a) for a in args]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(sequences)),
+                                                    initializer=_worker_init) as ex:
+            futures = [ex.submit(evaluate_sequence, *a) for a in args]
+            try:
+                per_seq = [fu.result() for fu in futures]
+            except BaseException:
+                for fu in futures:
+                    fu.cancel()
+                raise
+    rows = []
+    for res in per_seq:
+        for k in range(res['num_objects']):
+            jm, jr, jd = dm.statistics(res['J'][k])
+            fm, fr, fd = dm.statistics(res['F'][k])
+            rows.append({'Sequence': f"{res['sequence']}_{k + 1}", 'J-Mean': jm, 'F-Mean': fm, 'J-Recall': jr,
+                         'J-Decay': jd, 'F-Recall': fr, 'F-Decay': fd})
+    if not rows:
+        raise EvalError('no objects to score: every first ground-truth frame is empty')
+    g = {c: float(np.mean([r[c] for r in rows])) for c in GLOBAL_COLUMNS[1:]}
+    g['J&F-Mean'] = (g['J-Mean'] + g['F-Mean']) / 2.0
+    return {c: g[c] for c in GLOBAL_COLUMNS}, rows
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+def csv_paths(results_path, tag):
+    return (os.path.join(results_path, f'global_results-{tag}.csv'),
+            os.path.join(results_path, f'per-sequence_results-{tag}.csv'))
+
+
+def _write_csv_atomic(path, header, rows):
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', newline='') as f:
+        w = csv.writer(f, lineterminator='\n')
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_csvs(results_path, tag, global_dict, rows):
+    """Write the two CSV files as the official scorer does (pandas to_csv, float_format '%.3f')."""
+    g_path, s_path = csv_paths(results_path, tag)
+    _write_csv_atomic(g_path, GLOBAL_COLUMNS, [[f'{global_dict[c]:.3f}' for c in GLOBAL_COLUMNS]])
+    _write_csv_atomic(s_path, SEQUENCE_COLUMNS,
+                      [[r['Sequence'], f"{r['J-Mean']:.3f}", f"{r['F-Mean']:.3f}"] for r in rows])
+    return g_path, s_path
+
+
+def read_csv(path):
+    """(header, rows) of a CSV as strings."""
+    with open(path, newline='') as f:
+        table = list(csv.reader(f))
+    if not table:
+        raise EvalError(f'{path} is empty')
+    return table[0], table[1:]
+
+
+def _fmt(v):
+    """Up to 6 decimals, trailing zeros trimmed (how pandas shows a freshly computed table)."""
+    s = f'{v:.6f}'
+    if '.' in s:
+        s = s.rstrip('0')
+        if s.endswith('.'):
+            s += '0'
+    return s
+
+
+def format_table(header, rows):
+    """Right-aligned text table like pandas' ``DataFrame.to_string(index=False)``."""
+    cells = [[c if isinstance(c, str) else _fmt(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) + 1 for r in cells]) for i, h in enumerate(header)]
+    lines = [' '.join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += [' '.join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return '\n'.join(' ' + line for line in lines)
+
+
+def print_tables(tag, g_header, g_rows, s_header, s_rows, out=sys.stdout):
+    out.write(f'--------------------------- Global results for {tag} ---------------------------\n')
+    out.write(format_table(g_header, g_rows) + '\n')
+    out.write(f'\n---------- Per sequence results for {tag} ----------\n')
+    out.write(format_table(s_header, s_rows) + '\n')
+    out.flush()
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description='DAVIS-2017 semi-supervised scorer (J and F), same flags and CSV files as '
+                    'davis2017-evaluation/evaluation_method.py.')
+    p.add_argument('--davis_path', '--davis-path', dest='davis_path', default=os.environ.get('DAVIS_ROOT'),
+                   help='DAVIS root with Annotations/ and ImageSets/ (default: $DAVIS_ROOT)')
+    p.add_argument('--results_path', '--results-path', dest='results_path', required=True,
+                   help='folder with <seq>/<frame>.png results (the CSV files are written here)')
+    p.add_argument('--set', default='val',
+                   help='split name read from ImageSets/2017/<set>.txt, or a text file listing sequences')
+    p.add_argument('--task', default='semi-supervised',
+                   help="only 'semi-supervised' is implemented (the official flag; default)")
+    p.add_argument('--force', action='store_true', help='recompute even when the CSV files already exist')
+    p.add_argument('--workers', type=int, default=None, help='processes over sequences (default: cores, at most 8)')
+    p.add_argument('--resolution', default='480p', help='annotation resolution folder (default 480p)')
+    p.add_argument('--void', choices=VOID_MODES, default='ignore',
+                   help="ground-truth 255 pixels: 'ignore' them (SPEC, default) or treat them as "
+                        "'background' (what the official semi-supervised code path does)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    t0 = time.time()
+    try:
+        if args.task != 'semi-supervised':
+            raise EvalError(f"--task {args.task!r} is not supported: this scorer implements only "
+                            "'semi-supervised' (use davis2017-evaluation for the unsupervised task)")
+        if not args.davis_path:
+            raise EvalError('no DAVIS folder: pass --davis_path or set DAVIS_ROOT')
+        if not os.path.isdir(args.davis_path):
+            raise EvalError(f'DAVIS folder {args.davis_path} does not exist')
+        if not os.path.isdir(args.results_path):
+            raise EvalError(f'results folder {args.results_path} does not exist')
+        sequences, tag = resolve_set(args.davis_path, args.set)
+        g_path, s_path = csv_paths(args.results_path, tag)
+        if os.path.exists(g_path) and os.path.exists(s_path) and not args.force:
+            print('Using precomputed results... (--force recomputes)')
+            g_header, g_rows = read_csv(g_path)
+            s_header, s_rows = read_csv(s_path)
+        else:
+            print(f'Evaluating sequences for the {args.task} task...', flush=True)
+            g, rows = evaluate(args.davis_path, args.results_path, sequences=sequences, resolution=args.resolution,
+                               void=args.void, workers=args.workers)
+            write_csvs(args.results_path, tag, g, rows)
+            print(f'Global results saved in {g_path}')
+            print(f'Per-sequence results saved in {s_path}')
+            g_header, g_rows = GLOBAL_COLUMNS, [[g[c] for c in GLOBAL_COLUMNS]]
+            s_header, s_rows = SEQUENCE_COLUMNS, [[r['Sequence'], r['J-Mean'], r['F-Mean']] for r in rows]
+    except EvalError as e:
+        print(f'evaluate_davis.py: error: {e}', file=sys.stderr)
+        return 1
+    print_tables(tag, g_header, g_rows, s_header, s_rows)
+    print(f'\nTotal time: {time.time() - t0:.1f} s')
+    return 0
+
+
+if __name__ == '__main__':
+    # run through the package module so that worker processes pickle eval.evaluate_davis functions
+    from eval.evaluate_davis import main as _main
+    sys.exit(_main())

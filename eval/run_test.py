@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Run the DAVIS evaluation chain test.py -> convert_davis.py -> scorer for a grid of settings (SPEC §6).
+
+    python eval/run_test.py --model-path /path/to/model --L 20 --K 10 --T 0.05 --cropSize -1 --dryrun
+
+For every combination of ``--model-path`` x ``--L`` x ``--K`` x ``--T`` x ``--R`` (with ``--cropSize``):
+
+    python test.py --filelist <filelist> --data-root <davis> --model-type <type> [--resume <ckpt>]
+        --save-path <out>/<tag>/raw --topk K --videoLen L --radius R --temperature T --cropSize C ...
+    python eval/convert_davis.py --in_folder <out>/<tag>/raw --out_folder <out>/<tag>/converted --dataset <davis>
+    python <scorer> --task semi-supervised --results_path <out>/<tag>/converted --set val --davis_path <davis>
+
+``--model-path`` takes checkpoint files, folders (their newest ``model_<epoch>.pth``: highest epoch, then latest
+modification) or a model type with no checkpoint (``imagenet18``). The model type is ``--model-type`` or, as in
+the release, ``scratch_zeropad`` when the path mentions 'zero' or 'rel_left_drop' and ``scratch`` otherwise.
+A combination whose ``converted/global_results-val.csv`` exists is skipped unless ``--force``; test.py is
+skipped when its output folder exists (release behaviour) unless ``--force``. ``--dryrun`` prints the commands
+and runs nothing. Flags this script does not know are passed on to test.py.
+
+Paths come from flags or the environment: DAVIS root ``--davis-path`` / $DAVIS_ROOT, outputs ``--out-dir`` /
+$CRW_RESULTS (default ./results/run_test), scorer ``--scorer`` / $DAVIS_SCORER (default: this project's
+eval/evaluate_davis.py; the official davis2017-evaluation/evaluation_method.py takes the same flags).
+"""
+import argparse
+import glob
+import itertools
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+MODEL_TYPES = ('scratch', 'scratch_zeropad', 'imagenet18')
+DEFAULT_FILELIST = os.path.join(_REPO, 'eval', 'davis_vallist.txt')
+DEFAULT_SCORER = os.path.join(_REPO, 'eval', 'evaluate_davis.py')
+DAVIS_PLACEHOLDER = '<DAVIS_ROOT>'
+
+
+class RunError(Exception):
+    """A problem with the arguments or inputs, reported as one line."""
+
+
+def newest_checkpoint(folder):
+    """The newest ``model_*.pth`` of a folder: highest epoch number, then latest modification time."""
+    cands = [p for p in glob.glob(os.path.join(folder, 'model_*.pth')) if os.path.isfile(p)]
+    if not cands:
+        raise RunError(f'{folder} holds no model_*.pth checkpoint')
+
+    def key(p):
+        m = re.fullmatch(r'model_(\d+)\.pth', os.path.basename(p))
+        return (int(m.group(1)) if m else -1, os.path.getmtime(p), p)
+    return max(cands, key=key)
+
+
+def resolve_model(path, model_type=None, dryrun=False):
+    """(checkpoint or None, model type, short name) for one ``--model-path`` entry."""
+    if os.path.isdir(path):
+        ckpt = newest_checkpoint(path)
+    elif os.path.isfile(path):
+        ckpt = path
+    elif path in MODEL_TYPES:
+        return None, model_type or path, path
+    elif dryrun:
+        print(f'run_test.py: warning: model {path} does not exist (dry run goes on)', file=sys.stderr)
+        ckpt = path
+    else:
+        raise RunError(f'model {path} not found (a checkpoint, a folder of model_*.pth, or one of {MODEL_TYPES})')
+    if model_type is None:
+        model_type = 'scratch_zeropad' if ('zero' in ckpt or 'rel_left_drop' in ckpt) else 'scratch'
+    parts = os.path.normpath(os.path.abspath(ckpt)).split(os.sep)[-2:]
+    parts[-1] = os.path.splitext(parts[-1])[0]
+    name = re.sub(r'[^A-Za-z0-9._-]+', '_', '_'.join(p for p in parts if p))
+    return ckpt, model_type, name
+
+
+def _num(v):
+    return f'{v:g}'
+
+
+def combination_tag(name, L, K, T, R, crop, finetune=0):
+    tag = f'L{L}_K{K}_T{_num(T)}_R{_num(R)}_C{crop}'
+    if finetune:
+        tag += f'_ft{finetune}'
+    return f'{tag}_M{name}'
+
+
+def _display(path):
+    """Paths inside the repository relative to it (the commands run from the repository root)."""
+    ap = os.path.abspath(os.path.join(_REPO, path))
+    return os.path.relpath(ap, _REPO) if ap.startswith(_REPO + os.sep) else ap
+
+
+def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, filelist, scorer, python,
+                   finetune=0, gpu=0, workers=None, extra=(), force=False, test_script='test.py'):
+    """The three argument lists (test, convert, score) of one combination; they run from the repository root."""
+    test = [python, _display(test_script), '--filelist', filelist, '--data-root', davis, '--model-type', model_type]
+    if ckpt is not None:
+        test += ['--resume', ckpt]
+    test += ['--save-path', raw, '--topk', str(K), '--videoLen', str(L), '--radius', _num(R),
+             '--temperature', _num(T), '--cropSize', str(crop)]
+    if finetune > 0:
+        test += ['--head-depth', '0', '--finetune', str(finetune)]
+    else:
+        test += ['--head-depth', '-1']
+    test += ['--gpu-id', str(gpu)]
+    if workers is not None:
+        test += ['--workers', str(workers)]
+    test += list(extra)
+    convert = [python, os.path.join('eval', 'convert_davis.py'), '--in_folder', raw, '--out_folder', converted,
+               '--dataset', davis]
+    score = [python, _display(scorer), '--task', 'semi-supervised', '--results_path', converted, '--set', 'val',
+             '--davis_path', davis]
+    if force and os.path.abspath(scorer) == DEFAULT_SCORER:
+        score.append('--force')
+    return test, convert, score
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description='DAVIS evaluation chain (test.py -> eval/convert_davis.py -> scorer) over a grid of '
+                    'settings. Unknown flags are passed to test.py.', allow_abbrev=False)
+    p.add_argument('--model-path', nargs='+', required=True,
+                   help='checkpoints, folders (newest model_*.pth) or a model type (imagenet18)')
+    p.add_argument('--model-type', default=None, choices=MODEL_TYPES,
+                   help="encoder type for test.py (default: release heuristic, 'scratch_zeropad' when the "
+                        "path mentions 'zero', else 'scratch')")
+    p.add_argument('--L', nargs='+', type=int, default=[20], help='--videoLen values')
+    p.add_argument('--K', nargs='+', type=int, default=[10], help='--topk values')
+    p.add_argument('--T', nargs='+', type=float, default=[0.07], help='--temperature values')
+    p.add_argument('--R', nargs='+', type=float, default=[12], help='--radius values')
+    p.add_argument('--cropSize', type=int, default=-1, help='test.py --cropSize (-1: native size)')
+    p.add_argument('--finetune', type=int, default=0, help='release flag, passed to test.py with --head-depth 0')
+    p.add_argument('--gpu', type=int, default=0, help='test.py --gpu-id')
+    p.add_argument('--workers', type=int, default=None, help='test.py --workers (default: test.py\'s)')
+    p.add_argument('--davis-path', '--davis_path', dest='davis_path', default=os.environ.get('DAVIS_ROOT'),
+                   help='DAVIS-2017 root (default: $DAVIS_ROOT)')
+    p.add_argument('--filelist', default=DEFAULT_FILELIST,
+                   help='test.py filelist (default eval/davis_vallist.txt, paths relative to the DAVIS root)')
+    p.add_argument('--out-dir', default=os.environ.get('CRW_RESULTS', os.path.join('.', 'results', 'run_test')),
+                   help='output root, one folder per combination (default: $CRW_RESULTS or ./results/run_test)')
+    p.add_argument('--scorer', default=os.environ.get('DAVIS_SCORER', DEFAULT_SCORER),
+                   help='scoring script taking evaluation_method.py\'s flags (default: eval/evaluate_davis.py; '
+                        'or $DAVIS_SCORER)')
+    p.add_argument('--test-script', default='test.py',
+                   help='label propagation script (default: the repository\'s test.py)')
+    p.add_argument('--force', action='store_true', help='rerun everything, even where results exist')
+    p.add_argument('--dryrun', action='store_true', help='print the commands, run nothing')
+    p.add_argument('--slurm', action='store_true', help='release flag (the authors\' cluster); not supported')
+    return p
+
+
+def _print_cmd(cmd):
+    print('  ' + shlex.join(cmd), flush=True)
+
+
+def _run(cmd):
+    return subprocess.run(cmd, cwd=_REPO).returncode
+
+
+def _read_global(path):
+    import csv
+    with open(path, newline='') as f:
+        rows = list(csv.reader(f))
+    return dict(zip(rows[0], rows[1])) if len(rows) >= 2 else {}
+
+
+def main(argv=None):
+    args, extra = build_parser().parse_known_args(argv)
+    try:
+        return _main(args, extra)
+    except RunError as e:
+        print(f'run_test.py: error: {e}', file=sys.stderr)
+        return 1
+
+
+def _main(args, extra):
+    if args.slurm:
+        raise RunError('--slurm is not supported (the release submitted to its authors\' cluster); '
+                       'run the printed commands with your own scheduler')
+    python = sys.executable
+    out_dir = os.path.abspath(args.out_dir)
+    filelist = os.path.abspath(args.filelist)
+    scorer = os.path.abspath(args.scorer)
+    if args.davis_path:
+        davis = os.path.abspath(args.davis_path)
+    elif args.dryrun:
+        davis = DAVIS_PLACEHOLDER
+        print(f'run_test.py: note: no --davis-path or $DAVIS_ROOT; printing {DAVIS_PLACEHOLDER}', file=sys.stderr)
+    else:
+        raise RunError('no DAVIS folder: pass --davis-path or set DAVIS_ROOT')
+    if not args.dryrun:
+        if not os.path.isfile(os.path.join(davis, 'ImageSets', '2017', 'val.txt')):
+            raise RunError(f'DAVIS-2017 not found at {davis} (no ImageSets/2017/val.txt)')
+        for what, path in (('filelist', filelist), ('scorer', scorer),
+                           ('test script', os.path.join(_REPO, args.test_script))):
+            if not os.path.isfile(path):
+                raise RunError(f'{what} {path} not found')
+
+    models = [resolve_model(m, args.model_type, args.dryrun) for m in args.model_path]
+    combos = list(itertools.product(models, args.L, args.K, args.T, args.R))
+    failed, finished = [], []
+    for n, ((ckpt, mtype, name), L, K, T, R) in enumerate(combos, 1):
+        tag = combination_tag(name, L, K, T, R, args.cropSize, args.finetune)
+        base = os.path.join(out_dir, tag)
+        raw, converted = os.path.join(base, 'raw'), os.path.join(base, 'converted')
+        g_csv = os.path.join(converted, 'global_results-val.csv')
+        s_csv = os.path.join(converted, 'per-sequence_results-val.csv')
+        head = f'# [{n}/{len(combos)}] {tag}'
+        if os.path.isfile(g_csv) and not args.force:
+            print(f'{head}: skipped, scores exist in {g_csv} (--force recomputes)', flush=True)
+            finished.append((tag, g_csv))
+            continue
+        test, convert, score = build_commands(ckpt, mtype, L, K, T, R, args.cropSize, raw, converted, davis,
+                                              filelist, scorer, python, args.finetune, args.gpu, args.workers,
+                                              extra, args.force, args.test_script)
+        run_test_step = args.force or not os.path.isdir(raw)
+        print(head, flush=True)
+        if run_test_step:
+            _print_cmd(test)
+        else:
+            print(f'  (test.py output exists in {raw}; --force reruns it)', flush=True)
+        _print_cmd(convert)
+        _print_cmd(score)
+        if args.dryrun:
+            continue
+        if args.force:  # the scorer reuses CSV files it finds; make it recompute
+            for p in (g_csv, s_csv):
+                if os.path.exists(p):
+                    os.remove(p)
+        for step, cmd in (('test.py', test if run_test_step else None), ('convert_davis.py', convert),
+                          ('scoring', score)):
+            if cmd is None:
+                continue
+            rc = _run(cmd)
+            if rc != 0:
+                print(f'run_test.py: {tag}: {step} failed (exit status {rc}); going on with the next combination',
+                      file=sys.stderr, flush=True)
+                failed.append(tag)
+                break
+        else:
+            finished.append((tag, g_csv))
+    if args.dryrun:
+        print(f'dry run: {len(combos)} combination(s) printed, nothing was run')
+        return 0
+    if finished:
+        print('\n# J&F-Mean  J-Mean  F-Mean  combination')
+        for tag, path in finished:
+            g = _read_global(path) if os.path.isfile(path) else {}
+            print(f"  {g.get('J&F-Mean', '-'):>8}  {g.get('J-Mean', '-'):>6}  {g.get('F-Mean', '-'):>6}  {tag}")
+    if failed:
+        print(f'run_test.py: {len(failed)} combination(s) failed: {", ".join(failed)}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
