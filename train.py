@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import utils.dist as dist_utils
+from data.sampler import mix_seed
 from utils.arguments import get_train_args_parser, train_args
 from utils.checkpoint import atomic_save, rng_state, set_rng_state
 from utils.logger import MetricLogger, append_json_line
@@ -71,7 +72,7 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
         step = state['global_step']
         clips = clips.to(device, non_blocking=True)
         # Augmentation seed from (seed, step): the same batch gets the same crops after a resume.
-        video = aug(clips, args.seed * 1_000_003 + step)
+        video = aug(clips, mix_seed(args.seed, step, args.rank))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             _, loss, diags = model(video)
         loss = loss.mean()  # DataParallel returns one loss per replica

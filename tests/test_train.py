@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def frame_list(tmp_path_factory):
     d = tmp_path_factory.mktemp('frames')
     lines = []
-    for v in range(3):
+    for v in range(8):  # frame folders give one clip per video per epoch: 4 steps of 2
         seq = make_sequence(num_frames=12, height=72, width=88, num_objects=2, seed=v)
         folder = d / f'vid{v}'
         write_frame_folder(str(folder), seq['frames'])

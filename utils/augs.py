@@ -1,0 +1,217 @@
+"""Batch augmentation of training clips on the device (SPEC §3, steps 1 `cj`, 2 and 3).
+
+The dataset delivers uint8 clips [B, T, 3, S, S] already cropped/resized (and flipped) per frame. Here, on
+whatever device the clips are on:
+
+1. ``cj`` in ``--frame-transforms``: colour jitter per frame (brightness, contrast, saturation factors
+   uniform in [0.9, 1.1], applied in a random order per frame, hue untouched), as ColorJitter(0.1, 0.1, 0.1, 0).
+2. ``--frame-aug grid``: the frame is cut into the row-major grid of P×P windows at stride P/2 (7×7 of 64×64
+   for 256×256; window (r, c) covers rows rP/2 : rP/2+P, cols cP/2 : cP/2+P); every window gets its own
+   random resized crop back to P×P (area scale (0.7, 0.9), aspect ratio (3/4, 4/3), bilinear), then — when
+   ``--frame-aug`` also names them — its own colour jitter and horizontal flip. All crops are one batched
+   bilinear resample (``grid_sample``); sample positions are clamped to the crop box, so the result equals
+   cropping first and resizing the crop (PIL's behaviour at the crop border).
+3. Normalisation with the CIFAR statistics the release trained with.
+
+Random parameters are drawn on a CPU ``torch.Generator`` seeded with the ``seed`` argument, then moved to
+the device: CPU and GPU runs draw identical parameters.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+PATCH_SCALE = (0.7, 0.9)
+PATCH_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CJ = (0.1, 0.1, 0.1)
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, PIL's 'L' conversion
+
+
+def grid_positions(height, width, patch, stride=None):
+    """Top-left corners ``[(y, x)]`` of the grid windows, row-major."""
+    stride = stride or patch // 2
+    ny, nx = (height - patch) // stride + 1, (width - patch) // stride + 1
+    return [(r * stride, c * stride) for r in range(ny) for c in range(nx)]
+
+
+def grid_patches(frames, patch=64, stride=None):
+    """The grid windows of ``frames`` [..., C, H, W] as [..., N, C, P, P] (row-major, exact copies)."""
+    stride = stride or patch // 2
+    *lead, C, H, W = frames.shape
+    x = frames.unfold(-2, patch, stride).unfold(-2, patch, stride)  # [..., C, ny, nx, P, P]
+    ny, nx = x.shape[-4], x.shape[-3]
+    x = x.movedim(-5, -3)                                             # [..., ny, nx, C, P, P]
+    return x.reshape(*lead, ny * nx, C, patch, patch)
+
+
+def random_resized_crop_params(n, height, width, scale, ratio, generator, attempts=10):
+    """``(top, left, h, w)`` int64 tensors [n]: per box, up to ``attempts`` draws of an area fraction uniform in
+    ``scale`` and a log-uniform aspect ratio (w/h) in ``ratio``, the first that fits wins; if none fits, the
+    central crop clamped to ``ratio`` (torchvision RandomResizedCrop's rule), then a uniform position."""
+    area = float(height * width)
+    s = torch.empty(n, attempts, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    logr = torch.empty(n, attempts, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                                 generator=generator)
+    ar = torch.exp(logr)
+    w = torch.round(torch.sqrt(area * s * ar)).to(torch.int64)
+    h = torch.round(torch.sqrt(area * s / ar)).to(torch.int64)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.int64).argmax(dim=1, keepdim=True)
+    found = ok.any(dim=1)
+    w = w.gather(1, first)[:, 0]
+    h = h.gather(1, first)[:, 0]
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = height, int(round(height * max(ratio)))
+    else:
+        fw, fh = width, height
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    top = torch.floor(u[:, 0] * (height - h + 1).to(torch.float64)).to(torch.int64).clamp(max=height - h)
+    left = torch.floor(u[:, 1] * (width - w + 1).to(torch.float64)).to(torch.int64).clamp(max=width - w)
+    top = torch.where(found, top, (height - h) // 2)
+    left = torch.where(found, left, (width - w) // 2)
+    return top, left, h, w
+
+
+def color_jitter_params(n, strengths, generator):
+    """``(factors [n, 3], order [n, 3])``: brightness/contrast/saturation factors uniform in [1-s, 1+s] and a
+    uniformly random order of the three operations per image."""
+    lo = torch.tensor([1 - s for s in strengths], dtype=torch.float32)
+    hi = torch.tensor([1 + s for s in strengths], dtype=torch.float32)
+    factors = lo + (hi - lo) * torch.rand(n, 3, generator=generator)
+    order = torch.rand(n, 3, generator=generator).argsort(dim=1)
+    return factors, order
+
+
+def _gray(x):
+    r, g, b = x.unbind(dim=-3)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(-3)
+
+
+def apply_color_jitter(x, factors, order):
+    """Colour jitter of float images ``x`` [n, 3, H, W] in [0, 1] with per-image ``factors``/``order`` (on
+    x's device). Each operation blends the image with a reference and clamps to [0, 1]: black (brightness),
+    the mean grey level (contrast), the pixel's grey level (saturation)."""
+    n = x.shape[0]
+    for k in range(3):
+        op = order[:, k]
+        f = factors.gather(1, op[:, None])[:, 0].view(n, 1, 1, 1)
+        gray = _gray(x)
+        mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+        op = op.view(n, 1, 1, 1)
+        ref = torch.where(op == 0, torch.zeros_like(gray), torch.where(op == 1, mean, gray))
+        x = (f * x + (1 - f) * ref).clamp_(0, 1)
+    return x
+
+
+class BatchAugment:
+    """``BatchAugment(args)(clips [B, T, 3, S, S], seed)`` → normalised float32 [B, T, N·3, P, P] (grid; channel
+    n·3 + c is colour c of patch n) or [B, T, 3, S, S] (dense). ``clips``: uint8, or float in [0, 1] (not
+    modified); any device. ``seed``: an int; the same seed gives the same parameters on every device."""
+
+    def __init__(self, args=None, *, frame_aug=None, frame_transforms=None, patch_size=None, img_size=None,
+                 patch_scale=PATCH_SCALE, patch_ratio=PATCH_RATIO):
+        def pick(value, name, default):
+            if value is not None:
+                return value
+            return getattr(args, name, default) if args is not None else default
+        frame_aug = pick(frame_aug, 'frame_aug', '') or ''
+        frame_transforms = pick(frame_transforms, 'frame_transforms', 'crop') or ''
+        ps = pick(patch_size, 'patch_size', 64)
+        self.patch = int(ps[0] if isinstance(ps, (list, tuple)) else ps)
+        self.img_size = int(pick(img_size, 'img_size', 256))
+        self.grid = 'grid' in frame_aug
+        self.frame_cj = 'cj' in frame_transforms
+        self.patch_cj = self.grid and 'cj' in frame_aug
+        self.patch_flip = self.grid and 'flip' in frame_aug
+        self.patch_scale, self.patch_ratio = tuple(patch_scale), tuple(patch_ratio)
+        self._consts = {}
+
+    def __repr__(self):
+        return (f'BatchAugment(grid={self.grid and (self.patch, self.patch // 2)}, frame_cj={self.frame_cj}, '
+                f'patch_cj={self.patch_cj}, patch_flip={self.patch_flip}, patch_crop={self.patch_scale}/'
+                f'{tuple(round(r, 4) for r in self.patch_ratio)})')
+
+    def num_patches(self, height=None, width=None):
+        return len(grid_positions(height or self.img_size, width or self.img_size, self.patch)) if self.grid else 1
+
+    def sample_params(self, batch, frames, height, width, seed):
+        """Every random parameter of one call, as CPU tensors (drawn from ``torch.Generator().manual_seed(seed)``)."""
+        g = torch.Generator()
+        g.manual_seed(int(seed) & ((1 << 63) - 1))
+        n = batch * frames
+        p = {}
+        if self.frame_cj:
+            p['frame_cj'] = color_jitter_params(n, CJ, g)
+        if self.grid:
+            m = n * self.num_patches(height, width)
+            p['patch_box'] = random_resized_crop_params(m, self.patch, self.patch, self.patch_scale,
+                                                        self.patch_ratio, g)
+            if self.patch_flip:
+                p['patch_flip'] = torch.rand(m, generator=g) < 0.5
+            if self.patch_cj:
+                p['patch_cj'] = color_jitter_params(m, CJ, g)
+        return p
+
+    def _norm(self, device):
+        key = ('norm', device)
+        if key not in self._consts:
+            self._consts[key] = (torch.tensor(MEAN, device=device).view(3, 1, 1),
+                                 torch.tensor(STD, device=device).view(3, 1, 1))
+        return self._consts[key]
+
+    def crop_patches(self, x, box, flip=None, layout='patches'):
+        """Random-resized-crop every grid window of ``x`` [n, C, H, W] (float) to P×P. ``box`` = (top, left, h,
+        w) tensors [n·N] in window coordinates; ``flip`` optional bool [n·N]. Returns [n, N, C, P, P]
+        (``layout='patches'``) or grid_sample's raw [n, C, N·P, P] (``layout='raw'``)."""
+        n, C, H, W = x.shape
+        P = self.patch
+        pos = torch.tensor(grid_positions(H, W, P), dtype=torch.float32, device=x.device)  # [N, 2]
+        N = pos.shape[0]
+        top, left, h, w = (t.to(device=x.device, dtype=torch.float32).view(n, N, 1) for t in box)
+        o = (torch.arange(P, device=x.device, dtype=torch.float32) + 0.5) / P                # [P]
+        y0 = pos[:, 0].view(1, N, 1) + top
+        x0 = pos[:, 1].view(1, N, 1) + left
+        ys = torch.minimum(torch.maximum(y0 + o * h - 0.5, y0), y0 + h - 1)                # [n, N, P]
+        xs = torch.minimum(torch.maximum(x0 + o * w - 0.5, x0), x0 + w - 1)
+        if flip is not None:
+            xs = torch.where(flip.to(x.device).view(n, N, 1), xs.flip(-1), xs)
+        gy = (2 * ys + 1) / H - 1
+        gx = (2 * xs + 1) / W - 1
+        grid = torch.stack(torch.broadcast_tensors(gx[:, :, None, :], gy[:, :, :, None]), dim=-1)  # [n,N,P,P,2]
+        out = F.grid_sample(x, grid.view(n, N * P, P, 2), mode='bilinear', padding_mode='border',
+                            align_corners=False)                                           # [n, C, N*P, P]
+        if layout == 'raw':
+            return out
+        return out.view(n, C, N, P, P).transpose(1, 2)
+
+    def __call__(self, clips, seed):
+        if clips.dim() != 5 or clips.shape[2] != 3:
+            raise ValueError(f'expected clips [B, T, 3, H, W], got {tuple(clips.shape)}')
+        B, T, C, H, W = clips.shape
+        params = self.sample_params(B, T, H, W, seed)
+        dev = clips.device
+        x = clips.reshape(B * T, C, H, W)
+        x = x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)  # [0, 1]
+        if self.frame_cj:
+            f, o = params['frame_cj']
+            x = apply_color_jitter(x, f.to(dev), o.to(dev))
+        mean, std = self._norm(dev)
+        if not self.grid:
+            return x.sub_(mean).div_(std).view(B, T, C, H, W)
+        P = self.patch
+        raw = self.crop_patches(x, params['patch_box'], params.get('patch_flip'), layout='raw')  # [BT, C, N*P, P]
+        N = raw.shape[2] // P
+        if self.patch_cj:
+            f, o = params['patch_cj']
+            x = raw.view(B * T, C, N, P, P).transpose(1, 2).reshape(B * T * N, C, P, P)
+            x = apply_color_jitter(x, f.to(dev), o.to(dev))
+            return x.sub_(mean).div_(std).view(B, T, N * C, P, P)
+        raw.sub_(mean).div_(std)
+        return raw.view(B * T, C, N, P, P).transpose(1, 2).reshape(B, T, N * C, P, P)
