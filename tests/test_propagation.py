@@ -1,0 +1,447 @@
+"""Label propagation (SPEC §5): fast path == the release's dense algorithm, known-answer propagation, the
+test.py pipeline end to end, label-map handling. Synthetic data only, tiny sizes."""
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from data import vos
+from data.synthetic import make_sequence, write_davis_layout
+from utils.palette import davis_palette, save_indexed_png
+from utils.propagation import (DensePropagator, Propagator, context_frames, min_max_normalize, propagate_video,
+                               radius_offsets)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+
+def random_video(T, C, h, w, K, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    feats = F.normalize(torch.randn(T, C, h, w, generator=g, dtype=dtype), dim=1)
+    labels = torch.softmax(3 * torch.randn(h, w, K, generator=g, dtype=dtype), dim=-1)
+    return feats, labels
+
+
+def clip_video(T, seed=0, C=16):
+    """Features of a synthetic clip: a fixed random 8x8/stride-8 conv of the frames (spatially structured,
+    static background), plus a little noise so that only the designed duplicates (copies of frame 0) tie."""
+    seq = make_sequence(num_frames=T, height=72, width=104, num_objects=3, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(seq['frames']).permute(0, 3, 1, 2).float() / 255
+    f = F.conv2d(x, torch.randn(C, 3, 8, 8, generator=g), stride=8)
+    f = f + 0.3 * torch.randn(f.shape, generator=g)   # conv outputs are ~5: breaks the static-background ties
+    m = F.interpolate(F.one_hot(torch.from_numpy(seq['masks'][:1]).long(), 4).permute(0, 3, 1, 2).float(),
+                      size=f.shape[-2:], mode='bilinear', align_corners=False)[0].permute(1, 2, 0)
+    return F.normalize(f, dim=1), m
+
+
+def entries(info, rows=None):
+    """Per target node (or the given rows): Counter of the chosen (frame, node) with a non-negligible logit,
+    their logits by identity, and the sorted logits (masked fill-ins of weight 0 are left out)."""
+    from collections import Counter
+    frames, nodes, logits = (x.cpu() for x in info)
+    out = []
+    for p in (range(frames.shape[0]) if rows is None else rows):
+        keep = logits[p] > -1e9
+        ids = list(zip(frames[p][keep].tolist(), nodes[p][keep].tolist()))
+        val = dict(zip(ids, logits[p][keep].tolist()))
+        out.append((Counter(ids), val, torch.sort(logits[p][keep], descending=True).values))
+    return out
+
+
+def identity_keys(info):
+    """[N, k] sorted (frame, node) keys per target node, masked fill-ins as +inf-like sentinels."""
+    frames, nodes, logits = (x.cpu() for x in info)
+    key = frames.long() * 10 ** 7 + nodes.long()
+    key[logits <= -1e9] = 2 ** 62
+    return key.sort(dim=1).values
+
+
+def same_topk_up_to_ties(d, f, tol=1e-4):
+    """True if the two top-k multisets are equal, or differ only by entries tied at the k-th logit."""
+    (cd, vd, ld), (cf, vf, lf) = d, f
+    if cd == cf:
+        return True
+    only_d, only_f = cd - cf, cf - cd
+    return (all(abs(vd[e] - ld[-1].item()) < tol for e in only_d)
+            and all(abs(vf[e] - lf[-1].item()) < tol for e in only_f))
+
+
+def compare_runs(feats, labels, soft_tol=1e-4, **kw):
+    """Run oracle and fast path; assert same top-k multisets (ties aside), soft maps, argmax."""
+    dense = list(propagate_video(feats, labels, dense=True, return_topk=True, **{k: v for k, v in kw.items()
+                                                                                if k not in ('mode', 'tile')}))
+    fast = list(propagate_video(feats, labels, return_topk=True, **kw))
+    assert len(dense) == len(fast) == len(feats)
+    worst, mismatched = 0.0, 0
+    for (t, pd, idd), (_, pf, idf) in zip(dense, fast):
+        assert pd.shape == pf.shape == labels.shape
+        worst = max(worst, (pd - pf).abs().max().item())
+        top2 = pd.topk(min(2, pd.shape[-1]), dim=-1).values
+        clear = (top2[..., 0] - top2[..., -1]) > 1e-4 if pd.shape[-1] > 1 else torch.ones(pd.shape[:2], dtype=bool)
+        assert torch.equal(pd.argmax(-1)[clear], pf.argmax(-1)[clear]), f'frame {t}: argmax differs'
+        if t == 0:
+            continue
+        vd = idd[2].cpu().masked_fill(idd[2].cpu() <= -1e9, float('-inf')).sort(1, descending=True).values
+        vf = idf[2].cpu().sort(1, descending=True).values
+        assert torch.equal(torch.isinf(vd), torch.isinf(vf)), f'frame {t}: different numbers of valid entries'
+        fin = torch.isfinite(vd)
+        assert torch.allclose(vd[fin], vf[fin], atol=1e-4, rtol=1e-5), f'frame {t}: top-k logits differ'
+        differ = (identity_keys(idd) != identity_keys(idf)).any(1).nonzero()[:, 0].tolist()
+        for d, f in zip(entries(idd, differ), entries(idf, differ)):
+            assert len(d[2]) == len(f[2]), f'frame {t}: different numbers of valid top-k entries'
+            assert torch.allclose(d[2], f[2], atol=1e-4, rtol=1e-5), f'frame {t}: top-k logits differ'
+            if d[0] != f[0]:   # allowed only for ties: the differing entries sit at the k-th value
+                mismatched += 1
+                assert same_topk_up_to_ties(d, f), f'frame {t}: top-k sets differ'
+    assert worst < soft_tol, f'soft maps differ by {worst}'
+    return worst, mismatched
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. fast path == oracle
+# ----------------------------------------------------------------------------------------------------------
+
+CASES = [
+    # T, C, h, w, K, radius, topk, videoLen, long_mem, mode
+    (8, 16, 9, 13, 3, 1.5, 5, 3, [0], 'auto'),
+    (8, 16, 9, 13, 3, 3, 10, 3, [0], 'window'),
+    (12, 16, 12, 17, 4, 3, 10, 20, [0], 'window'),      # shorter than L: copies of frame 0
+    (30, 16, 10, 14, 2, 3, 5, 3, [0], 'window'),        # ring wraps many times
+    (10, 16, 11, 9, 3, 12, 10, 20, [0], 'auto'),        # R=12 on a tiny map: dense-mode fallback
+    (9, 16, 20, 28, 3, 12, 10, 4, [0], 'window'),       # R=12, windowed path forced
+    (8, 16, 10, 12, 2, 1.5, 1, 1, [0], 'window'),       # k=1
+    (8, 16, 10, 12, 2, 1.0, 5, 1, [], 'window'),        # fewer than k candidates: masked fill-ins
+    (8, 16, 10, 12, 2, 2.5, 10, 3, [], 'dense'),        # no long-term memory, dense mode
+    (12, 16, 10, 12, 3, 2.5, 5, 3, [0, 4], 'window'),   # extra long-term frame
+    (6, 16, 7, 11, 2, 3, 10, 0, [0], 'auto'),           # L=0: long-term memory only
+    (12, 32, 40, 40, 3, 12, 10, 8, [0], 'auto'),        # the --cropSize 320 map (40x40), t > L
+    (23, 16, 15, 27, 2, 12, 10, 20, [0], 'window'),     # 854x480-shaped map at a quarter scale
+]
+
+
+@pytest.mark.parametrize('T,C,h,w,K,radius,topk,L,long_mem,mode', CASES)
+def test_fast_matches_oracle_random(T, C, h, w, K, radius, topk, L, long_mem, mode):
+    feats, labels = random_video(T, C, h, w, K, seed=T + h)
+    compare_runs(feats, labels, topk=topk, radius=radius, temperature=0.05, video_len=L, long_mem=long_mem,
+                 mode=mode)
+
+
+@pytest.mark.parametrize('radius,topk,L,tile', [(12, 10, 20, (8, 8)), (3, 5, 3, (8, 16)), (1.5, 10, 20, (4, 4))])
+def test_fast_matches_oracle_clip(radius, topk, L, tile):
+    feats, labels = clip_video(14, seed=3)
+    _, mismatched = compare_runs(feats, labels, topk=topk, radius=radius, temperature=0.05, video_len=L,
+                                 long_mem=[0], mode='window', tile=tile)
+    assert mismatched < 5
+
+
+def test_fast_matches_oracle_float64_exactly():
+    feats, labels = random_video(10, 8, 9, 14, 3, seed=5, dtype=torch.float64)
+    worst, mismatched = compare_runs(feats, labels, soft_tol=1e-12, topk=10, radius=3, temperature=0.07,
+                                     video_len=4, long_mem=[0])
+    assert mismatched == 0
+
+
+def test_masked_fill_ins_have_zero_weight():
+    # radius 1 keeps only the same position; one short-term frame, no long-term memory, k=5: the release's
+    # top-5 holds 1 real entry and 4 masked ones of weight exactly 0 -> prediction = previous label
+    feats, labels = random_video(4, 8, 5, 6, 3, seed=1)
+    out = list(propagate_video(feats, labels, topk=5, radius=1, temperature=0.05, video_len=1, long_mem=[]))
+    for t, pred in out:
+        assert torch.allclose(pred, labels, atol=1e-6)
+
+
+def test_bank_is_bounded():
+    feats, labels = random_video(3, 8, 9, 10, 2)
+    p = Propagator(feats[0], labels, topk=5, radius=3, temperature=0.05, video_len=7, long_mem=[0, 2])
+    for t in range(1, 40):
+        p.step(feats[t % 3])
+    assert p.bank_f.shape[0] == 1 + 1 + 7     # frame 0, frame 2, the ring
+
+
+def test_context_and_offsets():
+    assert context_frames(1, 3) == ([0], [0, 0, 0])
+    assert context_frames(2, 3) == ([0], [0, 0, 1])
+    assert context_frames(5, 3) == ([0], [2, 3, 4])
+    assert context_frames(3, 2, [0, 4]) == ([0, 0], [1, 2])     # frame 4 not yet seen -> frame 0
+    assert context_frames(6, 2, [0, 4]) == ([0, 4], [4, 5])
+    assert radius_offsets(1).tolist() == [[0, 0]]
+    assert len(radius_offsets(1.5)) == 9
+    assert len(radius_offsets(2)) == 9                          # distance 2 itself is excluded (strict <)
+    assert len(radius_offsets(12)) == int((radius_offsets(12) ** 2).sum(1).lt(144).sum())
+
+
+def test_min_max_normalize():
+    x = torch.tensor([[[0.2, 0.5, 0.3], [0.4, 0.4, 0.4]]])
+    y = min_max_normalize(x)
+    assert torch.allclose(y[0, 0], torch.tensor([0.0, 1.0, 1 / 3]))
+    assert torch.equal(y[0, 1], torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. known answer: a 'perfect' extractor built from the ground-truth motion
+# ----------------------------------------------------------------------------------------------------------
+
+def _non_occluding_sequence(T=12):
+    for seed in range(200):
+        seq = make_sequence(num_frames=T, height=24, width=32, num_objects=3, seed=seed, max_speed=1,
+                            object_size=(5, 7), cell=2)
+        areas = [(seq['masks'] == k).sum((1, 2)) for k in (1, 2, 3)]
+        if all(a.min() == a.max() > 0 for a in areas):
+            return seq
+    raise AssertionError('no non-occluding synthetic sequence found')
+
+
+def perfect_features(seq):
+    """One feature cell per pixel of a cell-resolution clip. Object k's cells: one-hot of (k, position in the
+    object's texture), positions from the ground-truth motion (mask bounding boxes); background cells: a
+    shared 'background' unit plus their own position (a revealed background cell still matches background)."""
+    masks = seq['masks']
+    T, h, w = masks.shape
+    dims = {}
+    feats = torch.zeros(T, 1 + h * w + 3 * 64, h, w, dtype=torch.float64)
+    for t in range(T):
+        for y in range(h):
+            for x in range(w):
+                k = int(masks[t, y, x])
+                if k == 0:
+                    feats[t, 0, y, x] = 1
+                    feats[t, 1 + y * w + x, y, x] = 1
+                else:
+                    ys, xs = np.nonzero(masks[t] == k)
+                    key = (k, y - ys.min(), x - xs.min())
+                    dims.setdefault(key, 1 + h * w + len(dims))
+                    feats[t, dims[key], y, x] = 1
+    return F.normalize(feats, dim=1)
+
+
+@pytest.mark.parametrize('dense', [False, True])
+def test_known_answer_propagation(dense):
+    seq = _non_occluding_sequence()
+    feats = perfect_features(seq)
+    first = F.one_hot(torch.from_numpy(seq['masks'][0]).long(), 4).to(torch.float64)
+    for t, pred in propagate_video(feats, first, topk=10, radius=3, temperature=0.05, video_len=5,
+                                   long_mem=[0], dense=dense):
+        lab = pred.argmax(-1).numpy()
+        gt = seq['masks'][t]
+        for k in (1, 2, 3):
+            iou = ((lab == k) & (gt == k)).sum() / ((lab == k) | (gt == k)).sum()
+            assert iou > 0.9, f'frame {t} object {k}: IoU {iou:.3f}'
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. test.py end to end
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def davis(tmp_path_factory):
+    root = tmp_path_factory.mktemp('davis')
+    seqs = {'three': make_sequence(num_frames=5, height=48, width=72, num_objects=3, seed=1),
+            'two': make_sequence(num_frames=4, height=40, width=40, num_objects=2, seed=2)}
+    filelist = write_davis_layout(str(root), seqs)
+    import model
+    ckpt = str(root / 'scratch.pth')
+    torch.manual_seed(0)
+    m = model.CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
+    torch.save({'model': m.state_dict(), 'args': argparse.Namespace(model_type='scratch')}, ckpt)
+    return root, filelist, ckpt, seqs
+
+
+def _mask_ids(path):
+    return np.asarray(Image.open(path))
+
+
+def run_main(argv):
+    import test as test_script
+    return test_script.main(argv)
+
+
+@pytest.mark.parametrize('crop', [-1, 64])
+def test_end_to_end(davis, tmp_path, crop):
+    root, filelist, ckpt, seqs = davis
+    out = tmp_path / 'out'
+    argv = ['--filelist', filelist, '--model-type', 'scratch', '--resume', ckpt, '--save-path', str(out),
+            '--topk', '10', '--videoLen', '20', '--radius', '12', '--temperature', '0.05', '--cropSize', str(crop),
+            '--workers', '0' if crop < 0 else '1', '--device', 'cpu'] + (['--norm_mask'] if crop > 0 else [])
+    assert run_main(argv) == 0
+    for i, seq in enumerate(seqs.values()):
+        first = seq['masks'][0]
+        for t in range(len(seq['frames'])):
+            ids = _mask_ids(out / f'{i}_{t}_mask.png')
+            assert ids.shape == (first.shape if crop < 0 else (crop, crop))
+            assert set(np.unique(ids)) <= set(np.unique(first))
+            blend = Image.open(out / f'{i}_{t}_blend.jpg')
+            assert blend.size == (ids.shape[1], ids.shape[0])
+        if crop < 0:   # frame 0 is its ground truth
+            assert np.array_equal(_mask_ids(out / f'{i}_0_mask.png'), first)
+
+
+def test_cli_subprocess_and_dense(davis, tmp_path):
+    root, filelist, ckpt, seqs = davis
+    cmd = [sys.executable, 'test.py', '--filelist', filelist, '--model-type', 'scratch', '--resume', ckpt,
+           '--save-path', str(tmp_path), '--topk', '5', '--videoLen', '3', '--radius', '4', '--temperature', '0.05',
+           '--cropSize', '-1', '--workers', '0', '--dense']
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'git revision' in r.stdout and 'frames/s' in r.stdout
+    assert (tmp_path / '1_3_mask.png').exists()
+
+
+def test_missing_resume_is_one_line_error(davis, tmp_path, capsys):
+    root, filelist, ckpt, seqs = davis
+    with pytest.raises(SystemExit) as e:
+        run_main(['--filelist', filelist, '--resume', str(tmp_path / 'nope.pth'), '--save-path', str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'nope.pth' in err
+
+
+def test_missing_frames_folder_is_one_line_error(davis, tmp_path):
+    root, filelist, ckpt, seqs = davis
+    bad = tmp_path / 'list.txt'
+    lines = open(filelist).read().splitlines()
+    bad.write_text(lines[0] + '\n' + lines[1].replace('/two', '/missing', 1) + '\n')
+    with pytest.raises(SystemExit) as e:
+        run_main(['--filelist', str(bad), '--resume', ckpt, '--save-path', str(tmp_path)])
+    msg = str(e.value.code)
+    assert len(msg.splitlines()) == 1 and 'missing' in msg and ':2:' in msg
+    assert not list(tmp_path.glob('*_mask.png'))     # nothing was computed
+
+
+class FlatColourEncoder(torch.nn.Module):
+    """Features = the mean colour of each 8x8 block (stride 8), for flat-coloured test videos."""
+
+    def frames(self, x):
+        return F.avg_pool2d(x, 8, ceil_mode=True)
+
+
+def test_pipeline_known_answer(tmp_path, monkeypatch):
+    # flat-coloured rectangles moving over grey by one feature cell (8 px) per frame: the cell colour
+    # identifies the object, so the pipeline (reading, label sets, propagation, upsampling, writing) must
+    # recover the masks
+    T, H, W = 6, 96, 128
+    pal = np.array([[128, 128, 128], [230, 30, 30], [30, 200, 30], [40, 40, 220]], np.uint8)
+    frames = np.zeros((T, H, W, 3), np.uint8)
+    masks = np.zeros((T, H, W), np.uint8)
+    boxes = [(8, 8, 32, 32, 0, 8), (56, 8, 32, 40, 0, 8), (8, 88, 24, 32, 8, 0)]   # y, x, h, w, dy, dx
+    for t in range(T):
+        for k, (y, x, hh, ww, dy, dx) in enumerate(boxes, 1):
+            masks[t, y + dy * t:y + dy * t + hh, x + dx * t:x + dx * t + ww] = k
+        frames[t] = pal[masks[t]]
+    filelist = write_davis_layout(str(tmp_path / 'd'), {'flat': {'frames': frames, 'masks': masks * 2}}, ext='png')
+    import test as test_script
+    monkeypatch.setattr(test_script, 'build_encoder', lambda args, device: FlatColourEncoder())
+    out = tmp_path / 'out'
+    assert test_script.main(['--filelist', filelist, '--save-path', str(out), '--cropSize', '-1',
+                             '--workers', '0', '--temperature', '0.05', '--radius', '4', '--device', 'cpu']) == 0
+    for t in range(1, T):
+        ids = _mask_ids(out / f'0_{t}_mask.png')
+        for k in (2, 4, 6):      # label ids are the annotation's values
+            iou = ((ids == k) & (masks[t] * 2 == k)).sum() / ((ids == k) | (masks[t] * 2 == k)).sum()
+            assert iou > 0.95, (t, k, iou)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. label maps, filelists, frames
+# ----------------------------------------------------------------------------------------------------------
+
+def test_label_set_nearest_and_order(tmp_path):
+    rng = np.random.default_rng(0)
+    lab = np.zeros((37, 53), np.uint8)
+    lab[5:20, 4:30] = 7
+    lab[22:35, 30:50] = 3
+    lab[rng.random(lab.shape) < 0.05] = 12
+    p = str(tmp_path / 'a.png')
+    save_indexed_png(p, lab)
+    for size in [(37, 53), (64, 64), (19, 31), (320, 320)]:
+        ls = vos.load_label_set(p, size)
+        assert ls.values.tolist() == [0, 3, 7, 12]          # sorted, background first, K = 4
+        assert ls.label_map.shape == size
+        assert set(np.unique(ls.ids(ls.label_map))) <= {0, 3, 7, 12}   # nearest: no blended ids
+    # RGB annotation in DAVIS colours -> palette ids; colours outside the palette -> 0..K-1, black first
+    Image.fromarray(davis_palette()[lab]).save(tmp_path / 'rgb.png')
+    ids, values = vos.read_annotation(str(tmp_path / 'rgb.png'))
+    assert values.tolist() == [0, 3, 7, 12] and np.array_equal(ids, lab)
+    odd = np.zeros((8, 8, 3), np.uint8)
+    odd[:4] = (10, 20, 30)
+    odd[:, 6:] = (200, 1, 2)
+    Image.fromarray(odd).save(tmp_path / 'odd.png')
+    ids, values = vos.read_annotation(str(tmp_path / 'odd.png'))
+    assert values.tolist() == [0, 1, 2] and ids[7, 0] == 0
+
+
+def test_first_labels_downsampling():
+    lab = np.zeros((20, 30), np.int64)
+    lab[:, 15:] = 1
+    oh = vos.downsample_labels(vos.one_hot(lab, 2), vos.feature_size(20, 30))
+    assert oh.shape == (3, 4, 2)
+    assert torch.allclose(oh.sum(-1), torch.ones(3, 4))
+
+
+def test_filelist_resolution_and_frame_order(tmp_path, monkeypatch):
+    vid = tmp_path / 'root' / 'JPEGImages' / 'v'
+    ann = tmp_path / 'root' / 'Annotations' / 'v'
+    vid.mkdir(parents=True)
+    ann.mkdir(parents=True)
+    for n in (10, 9, 100, 0):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(vid / f'{n}.jpg')
+    save_indexed_png(str(ann / '0.png'), np.zeros((8, 8), np.uint8))
+    fl = tmp_path / 'root' / 'list.txt'
+    fl.write_text('JPEGImages/v Annotations/v\n')
+    monkeypatch.chdir(tmp_path)
+    (e,) = vos.read_filelist(str(fl))                            # relative to the filelist's folder
+    assert e.frames_dir == str(vid) and e.kind == 'davis'
+    (e,) = vos.read_filelist(str(fl), data_root=str(tmp_path / 'root'))
+    assert [os.path.basename(p) for p in vos.list_frames(e.frames_dir)] == ['0.jpg', '9.jpg', '10.jpg', '100.jpg']
+    fl.write_text('JPEGImages/v\n')
+    with pytest.raises(vos.FilelistError, match=':1:'):
+        vos.read_filelist(str(fl))
+
+
+def test_pose_helpers():
+    from utils.pose import joint_heatmaps, pose_from_soft_map
+    coords = np.array([[3.0, 10.2, 0.4], [5.0, 2.0, 7.0]])
+    maps = joint_heatmaps(coords, (12, 16))
+    assert maps.shape == (12, 16, 4)
+    xy = pose_from_soft_map(maps)
+    assert torch.allclose(xy[:, 0], torch.tensor([3.0, 5.0], dtype=xy.dtype), atol=0.3)
+    assert torch.allclose(xy[:, 1], torch.tensor([10.0, 2.0], dtype=xy.dtype), atol=0.3)
+    empty = maps.clone()
+    empty[..., 2] = 0
+    assert pose_from_soft_map(empty)[:, 1].tolist() == [-1.0, -1.0]
+
+
+def test_jhmdb_pose_end_to_end(davis, tmp_path):
+    from scipy.io import savemat
+    root, filelist, ckpt, seqs = davis
+    seq = seqs['two']
+    frames_dir = tmp_path / 'clip'
+    frames_dir.mkdir()
+    T = len(seq['frames'])
+    for t, f in enumerate(seq['frames']):
+        Image.fromarray(f).save(frames_dir / f'{t + 1:05d}.png')
+    rng = np.random.default_rng(0)
+    pos = np.stack([rng.uniform(5, 35, (15, T)), rng.uniform(5, 35, (15, T))]) + 1   # 1-based pixels
+    savemat(str(tmp_path / 'joint_positions.mat'), {'pos_img': pos})
+    fl = tmp_path / 'jhmdb.txt'
+    fl.write_text(f'{frames_dir} {tmp_path / "joint_positions.mat"}\n')
+    out = tmp_path / 'out'
+    assert run_main(['--filelist', str(fl), '--resume', ckpt, '--save-path', str(out), '--cropSize', '64',
+                     '--workers', '0', '--device', 'cpu']) == 0
+    coords = np.load(out / '0.dat', allow_pickle=True)
+    assert coords.shape == (2, 15, T)
+    # frame 0 comes from the ground-truth heat maps: within a cell of the scaled joints
+    assert np.abs(coords[:, :, 0] - (pos[:, :, 0] - 1) * 64 / 40 / 8).max() < 1.0
+    assert (out / f'0_{T - 1}_blend.jpg').exists()
+    with pytest.raises(SystemExit, match='cropSize'):
+        run_main(['--filelist', str(fl), '--resume', ckpt, '--save-path', str(out), '--cropSize', '-1'])

@@ -1,0 +1,82 @@
+"""JHMDB pose propagation helpers (SPEC §5): joints -> heat maps for frame 0, soft maps -> joints.
+
+Coordinates are (x, y) in feature cells (pixel / 8 after resizing), as the release saved them for PCK.
+"""
+import numpy as np
+import torch
+
+SIGMA = 0.5   # Gaussian width in feature cells
+# parent of each of the 15 JHMDB joints, for drawing (the release's skeleton)
+PARENTS = (1, 0, 0, 0, 0, 1, 1, 3, 4, 5, 6, 7, 8, 9, 10)
+COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+           (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+           (170, 0, 255))
+
+
+def load_joints(mat_path):
+    """joint_positions.mat -> pos_img [2, J, T] float64 (x, y) in pixels, 0-based (the file is 1-based)."""
+    from scipy.io import loadmat
+    try:
+        m = loadmat(mat_path)
+    except Exception as e:
+        raise SystemExit(f'{mat_path}: cannot read the joint file ({type(e).__name__})')
+    if 'pos_img' not in m:
+        raise SystemExit(f"{mat_path}: no 'pos_img' array (expected a JHMDB joint_positions.mat)")
+    return np.asarray(m['pos_img'], dtype=np.float64) - 1
+
+
+def _draw_gaussian(img, x, y, sigma=SIGMA):
+    """Write (not add) a Gaussian of size 6*sigma+1 centred on the rounded point, clipped to the map: the
+    release's discretisation (a 4x4 patch for sigma 0.5)."""
+    h, w = img.shape
+    ul = (int(x - 3 * sigma), int(y - 3 * sigma))
+    br = (int(x + 3 * sigma + 1), int(y + 3 * sigma + 1))
+    if ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
+        return
+    size = 6 * sigma + 1
+    g1 = np.arange(0, size, 1, dtype=np.float64)
+    c = size // 2
+    g = np.exp(-((g1[None, :] - c) ** 2 + (g1[:, None] - c) ** 2) / (2 * sigma ** 2))
+    gx = max(0, -ul[0]), min(br[0], w) - ul[0]
+    gy = max(0, -ul[1]), min(br[1], h) - ul[1]
+    ix = max(0, ul[0]), min(br[0], w)
+    iy = max(0, ul[1]), min(br[1], h)
+    img[iy[0]:iy[1], ix[0]:ix[1]] = g[gy[0]:gy[1], gx[0]:gx[1]]
+
+
+def joint_heatmaps(coords, size, sigma=SIGMA):
+    """coords [2, J] (x, y) in feature cells -> labels [h, w, J+1] float32: channel 0 background (1 where no
+    joint has mass), channel j+1 the Gaussian of joint j."""
+    h, w = size
+    J = coords.shape[1]
+    maps = np.zeros((J, h, w), dtype=np.float64)
+    for j in range(J):
+        _draw_gaussian(maps[j], float(coords[0, j]), float(coords[1, j]), sigma)
+    bg = (maps.sum(0) == 0).astype(np.float64)
+    return torch.from_numpy(np.concatenate([bg[None], maps]).transpose(1, 2, 0).astype(np.float32))
+
+
+def pose_from_soft_map(soft, topk=3):
+    """Soft labels [h, w, J+1] -> joints [2, J] (x, y) in feature cells: per joint, the mass-weighted mean
+    of its ``topk`` strongest cells; a joint with no mass at all -> (-1, -1)."""
+    h, w, K = soft.shape
+    flat = soft[..., 1:].reshape(h * w, K - 1).to(torch.float64)
+    k = min(topk, flat.shape[0])
+    vals, ids = torch.topk(flat, k, dim=0)                      # [k, J]
+    wts = vals / vals.sum(0, keepdim=True)
+    xs, ys = (ids % w).to(flat.dtype), (ids // w).to(flat.dtype)
+    xy = torch.stack([(xs * wts).sum(0), (ys * wts).sum(0)])
+    xy[:, flat.sum(0) == 0] = -1
+    return xy
+
+
+def draw_pose(path, img, xy):
+    """Save img [H, W, 3] uint8 with the skeleton of joints xy [2, J] (pixels; negative = missing)."""
+    from PIL import Image, ImageDraw
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    for j, p in enumerate(PARENTS[:xy.shape[1]]):
+        x1, y1, x2, y2 = xy[0, p], xy[1, p], xy[0, j], xy[1, j]
+        if min(x1, y1, x2, y2) >= 0:
+            d.line([(float(x1), float(y1)), (float(x2), float(y2))], fill=COLOURS[j % len(COLOURS)], width=4)
+    im.save(path, quality=90)
