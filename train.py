@@ -121,6 +121,8 @@ def main(args):
         print('| --amp: bf16 autocast is used on CUDA only; training in fp32 on the CPU')
     print_run_header(args, 'CRW training')
     torch.manual_seed(args.seed + args.rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     os.makedirs(args.output_dir, exist_ok=True)
 
     from data import build_train_dataset, build_train_sampler
@@ -188,6 +190,8 @@ def main(args):
 
     print(f'| {len(dataset)} clips, {iters_per_epoch} iterations per epoch, '
           f'{args.batch_size * args.world_size} clips per step, device {device}')
+    if start_epoch >= args.epochs:
+        print(f'| already trained for {start_epoch} epochs (--epochs {args.epochs}); raise --epochs to continue')
     t0 = time.time()
     for epoch in range(start_epoch, args.epochs):
         stats = {}
