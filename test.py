@@ -25,7 +25,6 @@ normalisation leaked into one copy of frame 0's labels); TF32 is disabled on CUD
 import concurrent.futures
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -40,50 +39,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
+
 FEATURE_BATCH = 4   # frames per encoder call
 STRIDE = 8          # encoder output stride (feature cell size in pixels)
-
-
-def git_revision():
-    try:
-        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev + ('-dirty' if dirty else '')) if rev else 'unknown'
-    except Exception:
-        return 'unknown'
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Memory accounting (per video)
-# ----------------------------------------------------------------------------------------------------------
-
-def reset_peak_memory(device):
-    """Start a new peak-memory window: CUDA allocator peak, or the process' peak RSS (Linux clear_refs)."""
-    if torch.device(device).type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        pass
-
-
-def peak_memory_bytes(device):
-    """CUDA max allocated, or the process' peak RSS since the last reset (VmHWM; ru_maxrss elsewhere)."""
-    if torch.device(device).type == 'cuda':
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def sync(device):
 
 
 def peak_mb(device):
-    from test import peak_memory_bytes
+    from utils.misc import peak_memory_bytes
     rss = peak_memory_bytes('cpu') / 2 ** 20
     gpu = peak_memory_bytes(device) / 2 ** 20 if device.type == 'cuda' else float('nan')
     return rss, gpu
@@ -93,7 +93,7 @@ def stream(video_frames, first_labels_fn, enc, device, size=None, upsample=True)
 def phase_fast(a, device):
     from data.vos import VOSVideo
     enc = encoder_for(a, device)
-    from test import reset_peak_memory
+    from utils.misc import reset_peak_memory
     reset_peak_memory(device)
     tot = [0, 0.0, 0.0]
     for e in sequences(a.data)[:a.seqs]:
@@ -110,7 +110,7 @@ def phase_long(a, device):
     v = VOSVideo(sequences(a.data)[0], -1)
     order = list(range(len(v))) + list(range(len(v) - 2, 0, -1))
     paths = [v.paths[order[i % len(order)]] for i in range(a.long_frames)]
-    from test import reset_peak_memory
+    from utils.misc import reset_peak_memory
     reset_peak_memory(device)
     n, tf, tp = stream(VideoFrames(paths, -1), v.first_labels, enc, device, v.size)
     rss, gpu = peak_mb(device)
@@ -120,7 +120,8 @@ def phase_long(a, device):
 def phase_steady(a, device, which):
     """History 0..L with the fast path, then time `which` ('fast' | 'oracle') on the next frames."""
     from data.vos import VOSVideo
-    from test import encode_frames, reset_peak_memory
+    from test import encode_frames
+    from utils.misc import reset_peak_memory
     from utils.propagation import DensePropagator, Propagator
     enc = encoder_for(a, device)
     v = VOSVideo(sequences(a.data)[0], -1)
@@ -251,7 +252,7 @@ def main():
     dev_name = torch.cuda.get_device_name(device) if gpu else f'{cpu_name()}, {os.cpu_count()} cores'
     head = (f"### propagation — {time.strftime('%Y-%m-%d %H:%M')} — {device.type}: {dev_name}, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.__version__}, "
-            f"git {__import__('test').git_revision()}\n"
+            f"git {__import__('utils.misc', fromlist=['git_revision']).git_revision()}\n"
             f"`{' '.join(['python', 'bench/propagation.py'] + sys.argv[1:])}` — 854x480 (cropSize -1), L 20, k 10, "
             f"R 12, tau 0.05, random-init scratch encoder{' (' + a.resume + ')' if a.resume else ''}; "
             f"load average {load:.1f} at start, {load_end:.1f} at end (shared machine); {time.time() - t0:.0f} s\n\n"

@@ -25,11 +25,35 @@ def print_run_header(args, title):
     print('\n'.join(f'  {k}: {v}' for k, v in sorted(vars(args).items())))
 
 
+def reset_peak_memory(device):
+    """Start a new peak-memory window: the CUDA allocator's peak, or the process's peak RSS (Linux clear_refs)."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
+
+
+def peak_memory_bytes(device):
+    """CUDA max allocated on ``device``, or the process's peak RSS since the last reset (VmHWM; ru_maxrss
+    where /proc is absent)."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def peak_memory_mb(device):
-    """Peak CUDA memory allocated on ``device`` or, on CPU, the process's peak resident set size (MB)."""
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_memory_bytes(device) / 2 ** 20
 
 
 def format_seconds(s):
