@@ -145,3 +145,16 @@ def test_torchrun_two_cpu_processes(frame_list, tmp_path):
     ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=False)
     assert ckpt['args'].world_size == 2 and ckpt['global_step'] == 2
     assert sorted(p for p in os.listdir(out) if p.endswith('.pth')) == ['checkpoint.pth', 'model_0.pth']
+
+
+def test_visualize_without_wandb_or_visdom_server_warns_and_trains(frame_list, tmp_path, monkeypatch):
+    import warnings
+    # pick a port nothing listens on; wandb may or may not be installed: both paths must only warn
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    out = tmp_path / 'vis'
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '1', '--visualize',
+                              '--port', '1'))
+    assert any('visdom' in str(w.message) for w in caught)
+    assert (out / 'checkpoint.pth').is_file()
