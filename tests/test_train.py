@@ -158,3 +158,6 @@ def test_visualize_without_wandb_or_visdom_server_warns_and_trains(frame_list, t
                               '--port', '1'))
     assert any('visdom' in str(w.message) for w in caught)
     assert (out / 'checkpoint.pth').is_file()
+    import importlib.util
+    if importlib.util.find_spec('wandb') is not None:  # optional dependency: an offline run is written
+        assert (out / 'wandb').is_dir()
