@@ -37,3 +37,18 @@ def test_make_sample_is_reproducible_and_matches_shipped(tmp_path, repo_root):
     assert set(np.unique(first)) == {0, 1, 2, 3}
     shipped = os.path.join(repo_root, 'assets', 'sample', 'Annotations', '480p', 'shapes', ann[0])
     assert np.array_equal(first, np.asarray(Image.open(shipped)))
+
+
+def test_export_checkpoint_keeps_model_and_args(tmp_path):
+    import argparse
+
+    import torch
+
+    from scripts import export_checkpoint
+    sd = {'module.encoder.model.conv1.weight': torch.randn(4, 3, 7, 7)}
+    torch.save({'model': sd, 'optimizer': {'state': {}}, 'args': argparse.Namespace(temp=0.05), 'epoch': 3},
+               tmp_path / 'ck.pth')
+    export_checkpoint.main([str(tmp_path / 'ck.pth'), str(tmp_path / 'out.pth')])
+    out = torch.load(tmp_path / 'out.pth', map_location='cpu', weights_only=False)
+    assert set(out) == {'model', 'args', 'epoch'} and out['args'].temp == 0.05
+    assert torch.equal(out['model']['encoder.model.conv1.weight'], sd['module.encoder.model.conv1.weight'])
