@@ -107,6 +107,17 @@ def time_data(args, device, iters):
     return n / (time.perf_counter() - t0)
 
 
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'cpu'
+
+
 def sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -125,6 +136,7 @@ def main():
     p.add_argument('--cpu-bf16', action='store_true', help='also time bf16 autocast on the CPU')
     p.add_argument('--skip-release', action='store_true', help='skip the release-walks row')
     p.add_argument('--no-write', action='store_true', help='do not append to bench/RESULTS.md')
+    p.add_argument('--note', default='', help='a line appended under the table (e.g. what else ran)')
     a = p.parse_args()
     device = torch.device(a.device)
     iters = a.iters or (20 if device.type == 'cuda' else 2)
@@ -145,13 +157,15 @@ def main():
         cps = time_data(args, device, a.data_iters or (20 if device.type == 'cuda' else 5))
         rows.append((f'data pipeline ({a.workers} workers)', cps, float('nan'), float('nan')))
 
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or 'cpu')
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()
     head = (f"### train_throughput — {time.strftime('%Y-%m-%d')} — {device.type}: {name}, {os.cpu_count()} cores, "
             f"torch {torch.__version__}, git {git_revision()}\n"
             f"`python bench/train_throughput.py {' '.join(sys.argv[1:])}` (grid, clip-len {a.clip_len}, "
             f"batch {a.batch_size}, {iters} timed steps)\n\n"
             "| what | clips/s | loss | peak GPU GiB |\n|---|---:|---:|---:|\n")
-    table = head + ''.join(f'| {r[0]} | {r[1]:.1f} | {r[2]:.4f} | {r[3]:.1f} |\n' for r in rows)
+    table = head + ''.join(f'| {r[0]} | {r[1]:.{1 if r[1] >= 10 else 3}f} | {r[2]:.4f} | {r[3]:.1f} |\n' for r in rows)
+    if a.note:
+        table += f'\n{a.note}\n'
     print(table)
     if not a.no_write:
         with open(os.path.join(ROOT, 'bench', 'RESULTS.md'), 'a') as f:
