@@ -20,7 +20,6 @@ Prints a markdown table and appends it to bench/RESULTS.md.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from utils.misc import cpu_name  # noqa: E402
 
 PROTOCOL = dict(topk=10, radius=12, temperature=0.05, video_len=20, long_mem=[0])
 BATCH = 4
@@ -183,17 +184,6 @@ def run_phase(name, a):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     print(f'[bench] {name}: {res}', flush=True)
     return res
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'cpu'
 
 
 def main():

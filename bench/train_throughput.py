@@ -10,7 +10,6 @@ Prints a markdown table and appends it to bench/RESULTS.md.
 """
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -21,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 from model import CRW  # noqa: E402
 from utils.arguments import train_args  # noqa: E402
-from utils.misc import git_revision  # noqa: E402
+from utils.misc import cpu_name, git_revision  # noqa: E402
 
 
 def release_walk_loss(model, q):
@@ -105,17 +104,6 @@ def time_data(args, device, iters):
             n += out.shape[0]
     sync(device)
     return n / (time.perf_counter() - t0)
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'cpu'
 
 
 def sync(device):

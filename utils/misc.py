@@ -1,5 +1,6 @@
 """Small helpers: git revision, peak memory, formatted times."""
 import datetime
+import platform
 import os
 import resource
 import subprocess
@@ -58,3 +59,15 @@ def peak_memory_mb(device):
 
 def format_seconds(s):
     return str(datetime.timedelta(seconds=int(s)))
+
+
+def cpu_name():
+    """The CPU's model name (for benchmark tables)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'cpu'
