@@ -180,6 +180,8 @@ def main(args):
             model, device_ids=[device.index] if device.type == 'cuda' else None)
     elif args.data_parallel and device.type == 'cuda' and torch.cuda.device_count() > 1:
         model = nn.DataParallel(model)
+    elif args.data_parallel:
+        print(f'| --data-parallel: only one device ({device}) is available; training without DataParallel')
     if args.compile:
         model = torch.compile(model)
 
