@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.augs import fallback_crop_size
+
 CROP_SCALE = (0.8, 0.95)
 CROP_RATIO = (0.7, 1.3)
 
@@ -33,13 +35,7 @@ def random_resized_crop_params(rng, height, width, scale, ratio, attempts=10):
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
             return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        h, w = height, width
+    h, w = fallback_crop_size(height, width, ratio)
     return (height - h) // 2, (width - w) // 2, h, w
 
 

@@ -46,6 +46,17 @@ def grid_patches(frames, patch=64, stride=None):
     return x.reshape(*lead, ny * nx, C, patch, patch)
 
 
+def fallback_crop_size(height, width, ratio):
+    """``(h, w)`` of RandomResizedCrop's fallback when no random draw fits: the whole frame, narrowed to the
+    nearest aspect ratio (w/h) inside ``ratio``."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
 def random_resized_crop_params(n, height, width, scale, ratio, generator, attempts=10):
     """``(top, left, h, w)`` int64 tensors [n]: per box, up to ``attempts`` draws of an area fraction uniform in
     ``scale`` and a log-uniform aspect ratio (w/h) in ``ratio``, the first that fits wins; if none fits, the
@@ -62,13 +73,7 @@ def random_resized_crop_params(n, height, width, scale, ratio, generator, attemp
     found = ok.any(dim=1)
     w = w.gather(1, first)[:, 0]
     h = h.gather(1, first)[:, 0]
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
-    else:
-        fw, fh = width, height
+    fh, fw = fallback_crop_size(height, width, ratio)
     w = torch.where(found, w, torch.full_like(w, fw))
     h = torch.where(found, h, torch.full_like(h, fh))
     u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
