@@ -96,7 +96,9 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
                                   'loss': loss_v, 'lr': optimizer.param_groups[0]['lr'], **diags})
                 if vis is not None:
                     vis.log({'loss': loss_v, **diags}, step=state['global_step'])
-        if args.save_every > 0 and state['global_step'] % args.save_every == 0 and dist_utils.is_main_process():
+        # the epoch's last step is saved by the end-of-epoch write; don't serialise it twice
+        if (args.save_every > 0 and state['global_step'] % args.save_every == 0 and state['iteration'] < total
+                and dist_utils.is_main_process()):
             save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
                        epoch, state['iteration'], False, state['global_step'])
     if first_bad is not None:
