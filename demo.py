@@ -10,11 +10,16 @@ Point --sample at any folder in DAVIS layout with a one-sequence ImageSets/2017/
 import argparse
 import glob
 import os
+import subprocess
 import sys
 import time
 
+from PIL import Image, ImageDraw
+
+from eval import convert_davis, evaluate_davis
+from utils.misc import atomic_write
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, ROOT)
 
 
 def get_args_parser():
@@ -35,7 +40,6 @@ def get_args_parser():
 
 def contact_sheet(frame_paths, out_path, columns=6, max_frames=18):
     """Tile up to ``max_frames`` evenly spaced blended frames into one PNG."""
-    from PIL import Image, ImageDraw
     step = max(1, -(-len(frame_paths) // max_frames))
     chosen = frame_paths[::step][:max_frames]
     tiles = [Image.open(p).convert('RGB') for _, p in chosen]
@@ -46,23 +50,18 @@ def contact_sheet(frame_paths, out_path, columns=6, max_frames=18):
         x, y = (n % columns) * w, (n // columns) * h
         sheet.paste(tile, (x, y))
         ImageDraw.Draw(sheet).text((x + 4, y + 2), f'frame {t}', fill='white')
-    tmp = out_path + '.tmp.png'
-    sheet.save(tmp)
-    os.replace(tmp, out_path)
+    with atomic_write(out_path) as f:
+        sheet.save(f, format='PNG')
 
 
 def animated_gif(frame_paths, out_path, fps=8):
-    from PIL import Image
     frames = [Image.open(p).convert('RGB').quantize(colors=255) for _, p in frame_paths]
-    tmp = out_path + '.tmp.gif'
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    os.replace(tmp, out_path)
+    with atomic_write(out_path) as f:
+        frames[0].save(f, format='GIF', save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
 def main(argv=None):
     a = get_args_parser().parse_args(argv)
-    import test as test_mod
-    from eval import convert_davis, evaluate_davis
 
     filelist = os.path.join(a.sample, 'vallist.txt')
     for path, what in ((filelist, 'sample list'), (a.resume, 'checkpoint')):
@@ -76,7 +75,7 @@ def main(argv=None):
     if a.device:
         test_argv += ['--device', a.device]
     print('+ python test.py ' + ' '.join(test_argv), flush=True)
-    if test_mod.main(test_argv):
+    if subprocess.run([sys.executable, os.path.join(ROOT, 'test.py')] + test_argv).returncode:
         sys.exit('demo.py: error: test.py failed')
     conv_argv = ['--in_folder', raw, '--out_folder', converted, '--dataset', a.sample, '--workers', '1']
     print('+ python eval/convert_davis.py ' + ' '.join(conv_argv), flush=True)

@@ -1,6 +1,7 @@
 """Contrastive Random Walk (CRW) model: ResNet-18 encoder, node embeddings and the palindrome walk loss.
 
-Behaviour follows the videowalk release (SPEC §4); the computation is reorganised for speed:
+Behaviour follows the videowalk release (README, "Differences from the release", lists where it does not);
+the computation is reorganised for speed:
 
 * all B·T·N patches go through the encoder as one batch, taken straight from the input's memory layout
   (no copy of the clip before the first convolution);
@@ -17,6 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from utils.checkpoint import load_imagenet18_weights
+from utils.errors import CRWError
 
 EPS = 1e-20          # added to walk probabilities before the log (release value)
 MASKED_LOGIT = -1e20  # value of a dropped edge's affinity (release value)
@@ -48,11 +52,10 @@ def make_resnet18(model_type='scratch', remove_layers=(), imagenet_weights=''):
     remove_layers: further layers to drop (e.g. ['layer4'] at test time).
     """
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"--model-type {model_type!r}: choose one of {', '.join(MODEL_TYPES)}")
+        raise CRWError(f"--model-type {model_type!r}: choose one of {', '.join(MODEL_TYPES)}")
     # Same construction (and RNG consumption) as torchvision.models.resnet18(weights=None).
     net = ResNetTrunk(BasicBlock, [2, 2, 2, 2])
     if model_type == 'imagenet18':
-        from utils.weights import load_imagenet18_weights
         net.load_state_dict(load_imagenet18_weights(imagenet_weights))
 
     # Stride 1 for every conv of layer3/layer4 (3x3 and the 1x1 downsample), no dilation: stride 8 overall.
@@ -68,7 +71,7 @@ def make_resnet18(model_type='scratch', remove_layers=(), imagenet_weights=''):
 
     for name in ['fc', 'avgpool'] + [l for l in (remove_layers or []) if l not in ('fc', 'avgpool')]:
         if not hasattr(net, name):
-            raise ValueError(f"--remove-layers {name!r}: ResNet-18 has no such layer "
+            raise CRWError(f"--remove-layers {name!r}: ResNet-18 has no such layer "
                              f"(choose from {', '.join(ResNetTrunk.LAYERS[4:])})")
         setattr(net, name, None)  # a None child vanishes from the state dict and is skipped in forward
     return net

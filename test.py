@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Label propagation with a trained CRW encoder (SPEC §5): the release's test.py command line.
+"""Label propagation with a trained CRW encoder: the release's test.py command line.
 
     python test.py --filelist /path/to/davis/vallist.txt --model-type scratch --resume pretrained.pth \\
         --save-path /save/path --topk 10 --videoLen 20 --radius 12 --temperature 0.05 --cropSize -1
@@ -11,8 +11,8 @@ label colours half and half); ``eval/convert_davis.py`` turns them into DAVIS re
 feature cells, as the release) and ``{i}_{t}_blend.jpg`` with the skeleton.
 
 Pipeline per video: frames are read lazily by a DataLoader (``--workers`` processes prefetching), encoded
-in small batches on the device, L2-normalised, and propagated frame by frame by ``utils.propagation``
-(fast local-window path by default, the release's dense algorithm with ``--dense``); outputs are written by
+in small batches on the device, L2-normalised, and propagated frame by frame by ``propagation`` (the
+windowed path by default, the release's reference algorithm with ``--dense``); outputs are written by
 background threads so the device does not wait on PNG/JPEG encoding. Memory stays bounded by a few frames
 whatever the video's length.
 
@@ -30,63 +30,34 @@ import threading
 import time
 import warnings
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
+from data.images import davis_palette, list_frames, save_indexed_png
+from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map
+from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
+from propagation import STRIDE, Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
+from utils.arguments import test_args
+from utils.errors import CRWError, report
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
 
 FEATURE_BATCH = 4   # frames per encoder call
-STRIDE = 8          # encoder output stride (feature cell size in pixels)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model and features
+# Model
 # ----------------------------------------------------------------------------------------------------------
 
 def build_encoder(args, device):
-    """CRW(args)'s encoder (layer4 removed by default), weights from --resume (head keys skipped)."""
-    from model import CRW
-    from utils.weights import load_checkpoint, partial_load
-    model = CRW(args)
-    if args.resume:
-        ckpt = load_checkpoint(args.resume, map_location='cpu')
-        partial_load(model, ckpt['model'], skip_keys=('selfsim_fc',))
-        del ckpt
-    elif args.model_type != 'imagenet18':
+    """The encoder for ``args`` (layer4 removed by default), weights from --resume."""
+    if not args.resume and args.model_type != 'imagenet18':
         warnings.warn(f'no --resume: the {args.model_type} encoder has random weights (seed {args.manualSeed})',
                       stacklevel=2)
-    model.eval().to(device).to(memory_format=torch.channels_last)   # faster convolutions, same results
-    print(f'encoder: {args.model_type}, {sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M params')
-    return model.encoder
-
-
-@torch.no_grad()
-def encode_frames(encoder, imgs, l2=True):
-    """imgs [B, 3, H, W] -> features [B, C, h, w], L2-normalised over C unless l2 is False."""
-    if hasattr(encoder, 'frames'):
-        feats = encoder.frames(imgs)
-    else:   # generic encoder on [1, 3, T, H, W]
-        feats = encoder(imgs.transpose(0, 1)[None])[0].transpose(0, 1)
-    feats = feats.float()
-    if l2:
-        feats = F.normalize(feats, dim=1)
-    return feats
-
-
-def soft_to_index(soft, size, norm_mask=False):
-    """Soft map [h, w, K] -> label index map [H, W] (argmax after bilinear upsampling), on soft's device."""
-    if norm_mask:
-        from utils.propagation import min_max_normalize
-        soft = min_max_normalize(soft)
-    x = soft.permute(2, 0, 1)[None]
-    x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
-    return x[0].argmax(0)
+    encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights)
+    print(f'encoder: {args.model_type}, {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params')
+    return encoder
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -123,7 +94,6 @@ class AsyncWriter:
 
 def write_mask_and_blend(prefix, ids, disp):
     """ids [H, W] label ids, disp [H, W, 3] uint8 -> {prefix}_mask.png and {prefix}_blend.jpg."""
-    from utils.palette import davis_palette, save_indexed_png
     save_indexed_png(prefix + '_mask.png', ids)
     colours = davis_palette()[ids.astype(np.int64) % 256].astype(np.float32)
     blend = (disp.astype(np.float32) * 0.5 + colours * 0.5).round().clip(0, 255).astype(np.uint8)
@@ -133,11 +103,6 @@ def write_mask_and_blend(prefix, ids, disp):
 # ----------------------------------------------------------------------------------------------------------
 # One video
 # ----------------------------------------------------------------------------------------------------------
-
-def protocol(args):
-    return dict(topk=args.topk, radius=args.radius, temperature=args.temperature, video_len=args.videoLen,
-                long_mem=args.long_mem, dense=args.dense)
-
 
 def _loader(frames, args, device):
     workers = max(0, int(args.workers))
@@ -149,14 +114,12 @@ def _loader(frames, args, device):
 
 def run_davis_video(entry, args, encoder, device, writer, progress=None):
     """Propagate frame 0's labels through one DAVIS-style video and queue its outputs. Returns #frames."""
-    from data.vos import VOSVideo
-    from utils.propagation import make_propagator
     video = VOSVideo(entry, args.cropSize)
     values, size = video.labels.values, video.size
     if progress is not None:
         progress.reset(total=len(video))
     if values.max() > 255:
-        raise SystemExit(f'line {entry.line_no}: label ids above 255 cannot be written as 8-bit PNGs')
+        raise CRWError(f'{entry.target}: label ids above 255 cannot be written as 8-bit PNGs')
     prop = None
     prefix = os.path.join(args.save_path, str(entry.index))
     for imgs, disp, ts in _loader(video.frames, args, device):
@@ -164,7 +127,7 @@ def run_davis_video(entry, args, encoder, device, writer, progress=None):
         for b, t in enumerate(ts.tolist()):
             if t == 0:
                 first = video.first_labels(feats.shape[-2:]).to(device)
-                prop = make_propagator(feats[b], first, **protocol(args))
+                prop = make_propagator(feats[b], first, Protocol.from_args(args), reference=args.dense)
                 index = torch.from_numpy(video.labels.label_map)        # ground truth
             else:
                 index = soft_to_index(prop.step(feats[b]), size, args.norm_mask)
@@ -177,14 +140,11 @@ def run_davis_video(entry, args, encoder, device, writer, progress=None):
 
 def run_jhmdb_video(entry, args, encoder, device, writer, progress=None):
     """JHMDB pose propagation: joint heat maps from frame 0, propagated, decoded per frame -> {i}.dat."""
-    from data.vos import VideoFrames, image_size, list_frames
-    from utils.pose import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map
-    from utils.propagation import make_propagator
     paths = list_frames(entry.frames_dir)
     if not paths:
-        raise SystemExit(f'line {entry.line_no}: no frames in {entry.frames_dir}')
-    H0, W0 = image_size(paths[0], -1)
-    H, W = image_size(paths[0], args.cropSize)
+        raise CRWError(f'{entry.frames_dir}: no frames')
+    H0, W0 = frame_size(paths[0], -1)
+    H, W = frame_size(paths[0], args.cropSize)
     joints = load_joints(entry.target)                                   # [2, J, T] pixels, 0-based
     if progress is not None:
         progress.reset(total=len(paths))
@@ -198,7 +158,7 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None):
                 # pixel -> feature cells, as the release: x * (W/W0) / 8, y * (H/H0) / 8
                 scale = np.array([W / W0 / STRIDE, H / H0 / STRIDE])[:, None]
                 first = joint_heatmaps(joints[:, :, 0] * scale, (h, w)).to(device)
-                prop = make_propagator(feats[b], first, **protocol(args))
+                prop = make_propagator(feats[b], first, Protocol.from_args(args), reference=args.dense)
                 soft = first
             else:
                 soft = prop.step(feats[b])
@@ -214,19 +174,26 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None):
 # ----------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    from utils.arguments import test_args
     argv = sys.argv[1:] if argv is None else list(argv)
     args = test_args(argv)
     if any(a == '--gpu-id' or a.startswith('--gpu-id=') for a in argv) or 'CUDA_VISIBLE_DEVICES' not in os.environ:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu_id    # before CUDA is initialised (release behaviour)
+    try:
+        run(args)
+    except CRWError as e:
+        return report('test.py', e)
+    return 0
+
+
+def run(args):
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f'test.py: error: --device {args.device}: CUDA is not available')
+        raise CRWError(f'--device {args.device}: CUDA is not available on this machine; use --device cpu')
 
     print(f'git revision: {git_revision()}')
     print('Arguments', args)
     print(f'Context length {args.videoLen}, image size {args.cropSize}, device {device}, '
-          f"{'dense (release) propagation' if args.dense else 'fast propagation'}")
+          f"{'reference (release) propagation' if args.dense else 'windowed propagation'}")
     if args.visdom:
         warnings.warn('--visdom is not implemented in this test.py: results are only written to --save-path',
                       stacklevel=2)
@@ -239,30 +206,25 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
 
-    from data.vos import FilelistError, read_filelist
-    try:
-        entries = read_filelist(args.filelist, args.data_root)
-    except FilelistError as e:
-        raise SystemExit(f'test.py: error: {e}')
+    entries = read_filelist(args.filelist, args.data_root)
     if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
-        raise SystemExit('test.py: error: JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
+        raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
 
     encoder = build_encoder(args, device)
     os.makedirs(args.save_path, exist_ok=True)
 
-    from tqdm import tqdm
     writer = AsyncWriter()
     try:
         for entry in entries:
             reset_peak_memory(device)
             t0 = time.time()
-            run = run_jhmdb_video if entry.kind == 'jhmdb' else run_davis_video
+            run_video = run_jhmdb_video if entry.kind == 'jhmdb' else run_davis_video
             with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False,
                       mininterval=1.0, file=sys.stderr) as bar:
                 try:
-                    n = run(entry, args, encoder, device, writer, bar)
-                except FilelistError as e:
-                    raise SystemExit(f'test.py: error: line {entry.line_no}: {e}')
+                    n = run_video(entry, args, encoder, device, writer, bar)
+                except CRWError as e:
+                    raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
                 writer.wait()
             dt = time.time() - t0
             print(f'video {entry.index} {entry.name}: {n} frames, {n / dt:.2f} frames/s, '
@@ -270,7 +232,6 @@ def main(argv=None):
                   f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB', flush=True)
     finally:
         writer.close()
-    return 0
 
 
 if __name__ == '__main__':

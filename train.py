@@ -14,15 +14,17 @@ import torch
 import torch.nn as nn
 
 import utils.dist as dist_utils
-from data.sampler import mix_seed
-from utils.arguments import get_train_args_parser, train_args
-from utils.checkpoint import atomic_save, rng_state, set_rng_state
+from data.gpu_augment import BatchAugment
+from data.sampler import build_train_sampler, mix_seed
+from data.video_dataset import build_train_dataset
+from model import CRW
+from utils.arguments import train_args
+from utils.checkpoint import (atomic_save, clean_state_dict, load_checkpoint, partial_load, rng_state,
+                              set_rng_state, unwrap_model)
+from utils.errors import CRWError, report
 from utils.logger import MetricLogger, append_json_line
 from utils.misc import peak_memory_mb, print_run_header
-
-
-def get_args_parser():
-    return get_train_args_parser()
+from utils.visualize import Visualizer
 
 
 def build_optimizer(model, args):
@@ -45,13 +47,9 @@ def build_scheduler(optimizer, args, iters_per_epoch):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def unwrap(model):
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
-
-
 def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step):
     state = {
-        'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+        'model': unwrap_model(model).state_dict(), 'optimizer': optimizer.state_dict(),
         'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': args,
         'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
         'rng': rng_state(),
@@ -111,7 +109,7 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
 def find_resume_path(args):
     if args.resume:
         if not os.path.isfile(args.resume):
-            raise SystemExit(f'--resume {args.resume}: no such file')
+            raise CRWError(f'--resume {args.resume}: no such file')
         return args.resume
     auto = os.path.join(args.output_dir, 'checkpoint.pth')
     return auto if os.path.isfile(auto) else ''
@@ -127,11 +125,6 @@ def main(args):
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     os.makedirs(args.output_dir, exist_ok=True)
 
-    from data import build_train_dataset, build_train_sampler
-    from model import CRW
-    from utils.augs import BatchAugment
-    from utils.weights import clean_state_dict, load_checkpoint, partial_load
-
     dataset = build_train_dataset(args)
     sampler = build_train_sampler(dataset, args, rank=args.rank, world_size=args.world_size)
     loader_gen = torch.Generator().manual_seed(args.seed)  # keeps the DataLoader off the global RNG
@@ -142,7 +135,7 @@ def main(args):
     iters_full = len(sampler) // args.batch_size
     iters_per_epoch = min(iters_full, args.steps_per_epoch or iters_full)
     if iters_per_epoch == 0:
-        raise SystemExit(f'--data-path {args.data_path}: {len(sampler)} clips per epoch on this process, fewer than '
+        raise CRWError(f'--data-path {args.data_path}: {len(sampler)} clips per epoch on this process, fewer than '
                          f'--batch-size {args.batch_size}; lower the batch size or add videos')
     aug = BatchAugment(args)
 
@@ -160,7 +153,7 @@ def main(args):
     resume = find_resume_path(args)
     if resume:
         ckpt = load_checkpoint(resume, map_location='cpu')
-        unwrap(model).load_state_dict(clean_state_dict(ckpt['model']))
+        unwrap_model(model).load_state_dict(clean_state_dict(ckpt['model']))
         if 'optimizer' in ckpt:
             optimizer.load_state_dict(ckpt['optimizer'])
         if 'lr_scheduler' in ckpt:
@@ -189,7 +182,6 @@ def main(args):
 
     vis = None
     if args.visualize and dist_utils.is_main_process():
-        from utils.visualize import Visualizer
         vis = Visualizer(args)
 
     print(f'| {len(dataset)} clips, {iters_per_epoch} iterations per epoch, '
@@ -222,7 +214,7 @@ def main(args):
 if __name__ == '__main__':
     try:
         main(train_args())
-    except FloatingPointError as e:
-        sys.exit(f'train.py: error: {e}')
+    except (CRWError, FloatingPointError) as e:
+        sys.exit(report('train.py', e))
     except KeyboardInterrupt:
         sys.exit('train.py: interrupted; the last checkpoint.pth is intact, re-run the same command to resume')

@@ -1,17 +1,18 @@
-"""Label propagation speed and memory: the fast path vs the release's dense algorithm (the oracle).
+"""Label propagation speed and memory: the windowed path vs the release's reference algorithm.
 
     OMP_NUM_THREADS=2 python bench/propagation.py --data ../shared/data/davis-dev [--device cpu|cuda]
 
 Protocol of the README: --cropSize -1 (854x480), L 20, k 10, R 12, tau 0.05; random-init scratch encoder
 unless --resume. Rows (each measured in its own subprocess, so peak memory is per row):
 
-  fast, davis-dev        the streaming pipeline of test.py (lazy frames, features in batches of 4,
-                         propagation, upsample + argmax), over the first --seqs sequences
-  fast / oracle, t > L   steady state (21 context frames) on the same frames of the first sequence: the
-                         history (frames 0..L) is built with the fast path, then both algorithms predict
-                         the next --oracle-frames frames from identical context (the oracle is slow:
-                         ~all-pairs affinities against 21 frames); their outputs are compared too
-  fast, 100 frames       a 100-frame 480p video (the first sequence played forwards and backwards)
+  windowed, davis-dev           the streaming pipeline of test.py (lazy frames, features in batches of 4,
+                                propagation, upsample + argmax), over the first --seqs sequences
+  windowed / reference, t > L   steady state (21 context frames) on the same frames of the first sequence:
+                                the history (frames 0..L) is built with the windowed path, then both
+                                algorithms predict the next --reference-frames frames from identical context
+                                (the reference is slow: all-pairs affinities against 21 frames); their
+                                outputs are compared too
+  windowed, 100 frames          a 100-frame 480p video (the first sequence played forwards and backwards)
 
 "features incl." counts encoder + propagation time, "excl." propagation only (upsample/argmax included
 in the first and last rows). Peak memory: process peak RSS (VmHWM) on the CPU, max allocated on CUDA.
@@ -22,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,9 +32,13 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from utils.misc import cpu_name  # noqa: E402
+from data.vos import VideoEntry, VideoFrames, VOSVideo  # noqa: E402
+from propagation import (Protocol, ReferencePropagator, WindowedPropagator, encode_frames, load_encoder,  # noqa: E402
+                         make_propagator, soft_to_index)
+from bench.results import device_name, publish  # noqa: E402
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
 
-PROTOCOL = dict(topk=10, radius=12, temperature=0.05, video_len=20, long_mem=[0])
+PROTOCOL = Protocol(topk=10, radius=12, temperature=0.05, video_len=20, long_mem=(0,))
 BATCH = 4
 
 
@@ -42,14 +48,12 @@ def sync(device):
 
 
 def peak_mb(device):
-    from utils.misc import peak_memory_bytes
     rss = peak_memory_bytes('cpu') / 2 ** 20
     gpu = peak_memory_bytes(device) / 2 ** 20 if device.type == 'cuda' else float('nan')
     return rss, gpu
 
 
 def sequences(data):
-    from data.vos import VideoEntry
     with open(os.path.join(data, 'ImageSets', '2017', 'val.txt')) as f:
         names = [n.strip() for n in f if n.strip()]
     return [VideoEntry(i, os.path.join(data, 'JPEGImages', '480p', n), os.path.join(data, 'Annotations', '480p', n),
@@ -57,17 +61,12 @@ def sequences(data):
 
 
 def encoder_for(a, device):
-    import test as test_script
-    args = argparse.Namespace(model_type='scratch', remove_layers=['layer4'], head_depth=-1, resume=a.resume,
-                              imagenet_weights='', manualSeed=0, temperature=0.05)
     torch.manual_seed(0)
-    return test_script.build_encoder(args, device)
+    return load_encoder(a.resume or None, device)
 
 
 def stream(video_frames, first_labels_fn, enc, device, size=None, upsample=True):
-    """Run the fast pipeline over a VideoFrames dataset; returns (frames, feature seconds, propagation s)."""
-    from test import encode_frames, soft_to_index
-    from utils.propagation import make_propagator
+    """Run the windowed pipeline over a VideoFrames dataset; returns (frames, feature seconds, propagation s)."""
     loader = torch.utils.data.DataLoader(video_frames, batch_size=BATCH, num_workers=1, prefetch_factor=2)
     t_feat = t_prop = 0.0
     n, prop = 0, None
@@ -79,7 +78,7 @@ def stream(video_frames, first_labels_fn, enc, device, size=None, upsample=True)
         t1 = time.perf_counter()
         for b, t in enumerate(ts.tolist()):
             if t == 0:
-                prop = make_propagator(feats[b], first_labels_fn(feats.shape[-2:]).to(device), **PROTOCOL)
+                prop = make_propagator(feats[b], first_labels_fn(feats.shape[-2:]).to(device), PROTOCOL)
             else:
                 soft = prop.step(feats[b])
                 if upsample:
@@ -91,10 +90,8 @@ def stream(video_frames, first_labels_fn, enc, device, size=None, upsample=True)
     return n, t_feat, t_prop
 
 
-def phase_fast(a, device):
-    from data.vos import VOSVideo
+def phase_windowed(a, device):
     enc = encoder_for(a, device)
-    from utils.misc import reset_peak_memory
     reset_peak_memory(device)
     tot = [0, 0.0, 0.0]
     for e in sequences(a.data)[:a.seqs]:
@@ -106,12 +103,10 @@ def phase_fast(a, device):
 
 
 def phase_long(a, device):
-    from data.vos import VOSVideo, VideoFrames
     enc = encoder_for(a, device)
     v = VOSVideo(sequences(a.data)[0], -1)
     order = list(range(len(v))) + list(range(len(v) - 2, 0, -1))
     paths = [v.paths[order[i % len(order)]] for i in range(a.long_frames)]
-    from utils.misc import reset_peak_memory
     reset_peak_memory(device)
     n, tf, tp = stream(VideoFrames(paths, -1), v.first_labels, enc, device, v.size)
     rss, gpu = peak_mb(device)
@@ -119,14 +114,10 @@ def phase_long(a, device):
 
 
 def phase_steady(a, device, which):
-    """History 0..L with the fast path, then time `which` ('fast' | 'oracle') on the next frames."""
-    from data.vos import VOSVideo
-    from test import encode_frames
-    from utils.misc import reset_peak_memory
-    from utils.propagation import DensePropagator, Propagator
+    """History 0..L with the windowed path, then time `which` ('windowed' | 'reference') on the next frames."""
     enc = encoder_for(a, device)
     v = VOSVideo(sequences(a.data)[0], -1)
-    L, n = PROTOCOL['video_len'], a.oracle_frames
+    L, n = PROTOCOL.video_len, a.reference_frames
     if len(v) < L + 1 + n:
         raise SystemExit(f'{v.entry.name}: needs {L + 1 + n} frames')
     feats, t_feat = [], 0.0
@@ -139,18 +130,17 @@ def phase_steady(a, device, which):
         t_feat += time.perf_counter() - t0
     t_feat /= len(feats)
     first = v.first_labels(feats[0].shape[-2:]).to(device)
-    kw = {k: PROTOCOL[k] for k in ('topk', 'radius', 'temperature', 'video_len', 'long_mem')}
-    fast = Propagator(feats[0], first, **kw)
+    windowed = WindowedPropagator(feats[0], first, PROTOCOL)
     hist = [first]
     for t in range(1, L + 1):
-        hist.append(fast.step(feats[t]))
-    if which == 'oracle':
-        prop = DensePropagator(feats[0], first, **kw)
+        hist.append(windowed.step(feats[t]))
+    if which == 'reference':
+        prop = ReferencePropagator(feats[0], first, PROTOCOL)
         prop.feats = [f.reshape(f.shape[0], -1) for f in feats[:L + 1]]
         prop.labels = [h.reshape(-1, h.shape[-1]) for h in hist]
-        del fast
+        del windowed
     else:
-        prop = fast
+        prop = windowed
     reset_peak_memory(device)
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -168,14 +158,14 @@ def phase_steady(a, device, which):
     return dict(frames=n, t_feat=t_feat * n, t_prop=t_prop, rss=rss, gpu=gpu, preds=out)
 
 
-PHASES = {'fast': phase_fast, 'long': phase_long,
-          'steady_fast': lambda a, d: phase_steady(a, d, 'fast'),
-          'steady_oracle': lambda a, d: phase_steady(a, d, 'oracle')}
+PHASES = {'windowed': phase_windowed, 'long': phase_long,
+          'steady_windowed': lambda a, d: phase_steady(a, d, 'windowed'),
+          'steady_reference': lambda a, d: phase_steady(a, d, 'reference')}
 
 
 def run_phase(name, a):
     cmd = [sys.executable, os.path.abspath(__file__), '--phase', name, '--data', a.data, '--device', a.device,
-           '--seqs', str(a.seqs), '--oracle-frames', str(a.oracle_frames), '--long-frames', str(a.long_frames),
+           '--seqs', str(a.seqs), '--reference-frames', str(a.reference_frames), '--long-frames', str(a.long_frames),
            '--tmp', a.tmp] + (['--resume', a.resume] if a.resume else [])
     print(f'[bench] {name} ...', flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -191,8 +181,8 @@ def main():
     p.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'davis-dev'))
     p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     p.add_argument('--resume', default='', help='checkpoint for the encoder (default: random-init scratch)')
-    p.add_argument('--seqs', type=int, default=2, help='sequences of davis-dev for the fast row')
-    p.add_argument('--oracle-frames', type=int, default=2, help='steady-state frames timed for fast and oracle')
+    p.add_argument('--seqs', type=int, default=2, help='sequences of davis-dev for the windowed row')
+    p.add_argument('--reference-frames', type=int, default=2, help='steady-state frames timed for windowed and reference')
     p.add_argument('--long-frames', type=int, default=100)
     p.add_argument('--skip-long', action='store_true')
     p.add_argument('--no-write', action='store_true', help='do not append to bench/RESULTS.md')
@@ -206,18 +196,17 @@ def main():
         return
     if not os.path.isdir(os.path.join(a.data, 'JPEGImages', '480p')):
         raise SystemExit(f'--data {a.data}: not a DAVIS-layout folder (JPEGImages/480p missing)')
-    import tempfile
     a.tmp = tempfile.mkdtemp(prefix='crw-bench-')
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     t0 = time.time()
-    res = {'fast': run_phase('fast', a), 'steady_fast': run_phase('steady_fast', a),
-           'steady_oracle': run_phase('steady_oracle', a)}
+    res = {'windowed': run_phase('windowed', a), 'steady_windowed': run_phase('steady_windowed', a),
+           'steady_reference': run_phase('steady_reference', a)}
     if not a.skip_long:
         res['long'] = run_phase('long', a)
     load_end = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
 
-    pf = torch.load(res['steady_fast']['preds'])
-    po = torch.load(res['steady_oracle']['preds'])
+    pf = torch.load(res['steady_windowed']['preds'])
+    po = torch.load(res['steady_reference']['preds'])
     diff = max((x - y).abs().max().item() for x, y in zip(pf, po))
     agree = np.mean([(x.argmax(-1) == y.argmax(-1)).float().mean().item() for x, y in zip(pf, po)])
 
@@ -226,35 +215,32 @@ def main():
 
     gpu = device.type == 'cuda'
     rows = []
-    names = {'fast': f"fast, davis-dev first {a.seqs} seq. (streaming, t = 1..n)",
-             'steady_fast': f"fast, t > L (seq. 0, {a.oracle_frames} frames)",
-             'steady_oracle': f"oracle (release dense), t > L (same frames)",
-             'long': f"fast, {a.long_frames}-frame 480p video (streaming)"}
-    for key in ('fast', 'steady_fast', 'steady_oracle', 'long'):
+    names = {'windowed': f"windowed, davis-dev first {a.seqs} seq. (streaming, t = 1..n)",
+             'steady_windowed': f"windowed, t > L (seq. 0, {a.reference_frames} frames)",
+             'steady_reference': "reference (the release's algorithm), t > L (same frames)",
+             'long': f"windowed, {a.long_frames}-frame 480p video (streaming)"}
+    for key in ('windowed', 'steady_windowed', 'steady_reference', 'long'):
         if key not in res:
             continue
         r = res[key]
         mem = f"{r['rss']:.0f}" + (f" / {r['gpu']:.0f}" if gpu else '')
         rows.append(f"| {names[key]} | {r['frames']} | {rate(r, True):.3f} | {rate(r, False):.3f} | {mem} |")
-    sf, so = res['steady_fast'], res['steady_oracle']
+    sf, so = res['steady_windowed'], res['steady_reference']
     speed = rate(sf, False) / rate(so, False)
     speed_f = rate(sf, True) / rate(so, True)
-    dev_name = torch.cuda.get_device_name(device) if gpu else f'{cpu_name()}, {os.cpu_count()} cores'
-    head = (f"### propagation — {time.strftime('%Y-%m-%d %H:%M')} — {device.type}: {dev_name}, "
+    head = (f"### propagation — {time.strftime('%Y-%m-%d %H:%M')} — {device.type}: {device_name(device)}, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.__version__}, "
-            f"git {__import__('utils.misc', fromlist=['git_revision']).git_revision()}\n"
+            f"git {git_revision()}\n"
             f"`{' '.join(['python', 'bench/propagation.py'] + sys.argv[1:])}` — 854x480 (cropSize -1), L 20, k 10, "
             f"R 12, tau 0.05, random-init scratch encoder{' (' + a.resume + ')' if a.resume else ''}; "
             f"load average {load:.1f} at start, {load_end:.1f} at end (shared machine); {time.time() - t0:.0f} s\n\n"
             f"| run | frames | frames/s, features incl. | frames/s, features excl. | peak "
             f"{'RSS / GPU' if gpu else 'RSS'} MB |\n|---|---:|---:|---:|---:|\n")
     table = head + '\n'.join(rows) + (
-        f"\n\nSteady state (t > L): fast / oracle = **{speed:.1f}x** (features excluded), {speed_f:.1f}x (included). "
-        f"Fast vs oracle on those frames: max |soft difference| {diff:.1e}, argmax agreement {agree * 100:.3f}%.\n")
-    print(table)
-    if not a.no_write:
-        with open(os.path.join(ROOT, 'bench', 'RESULTS.md'), 'a') as f:
-            f.write(table + '\n')
+        f"\n\nSteady state (t > L): windowed / reference = **{speed:.1f}x** (features excluded), {speed_f:.1f}x "
+        f"(included). Windowed vs reference on those frames: max |soft difference| {diff:.1e}, argmax agreement "
+        f"{agree * 100:.3f}%.\n")
+    publish(table, write=not a.no_write)
 
 
 if __name__ == '__main__':

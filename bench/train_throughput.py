@@ -18,30 +18,17 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from data.gpu_augment import BatchAugment  # noqa: E402
+from data.sampler import build_train_sampler  # noqa: E402
+from data.video_dataset import build_train_dataset  # noqa: E402
 from model import CRW  # noqa: E402
+from tests.reference_walk import release_walks  # noqa: E402
 from utils.arguments import train_args  # noqa: E402
-from utils.misc import cpu_name, git_revision  # noqa: E402
+from bench.results import device_name, publish  # noqa: E402
+from utils.misc import git_revision  # noqa: E402
 
 
-def release_walk_loss(model, q):
-    """The release's walk computation: each palindrome i multiplied out from scratch (O(T^2) matmuls)."""
-    B, C, T, N = q.shape
-    A = torch.einsum('bctn,bctm->btnm', q[:, :, :-1], q[:, :, 1:]).float()
-    tau = model.temperature
-    fwd = [torch.softmax(A[:, t] / tau, -1) for t in range(T - 1)]
-    bwd = [torch.softmax(A[:, t].transpose(-1, -2) / tau, -1) for t in range(T - 1)]
-    target = torch.arange(N, device=q.device).repeat(B)
-    losses = []
-    for i in range(1, T - 1):
-        chain = fwd[:i + 1] + bwd[:i + 1][::-1]
-        W = chain[0]
-        for P in chain[1:]:
-            W = W @ P
-        losses.append(torch.nn.functional.nll_loss(torch.log(W + 1e-20).flatten(0, 1), target))
-    return sum(losses) / len(losses)
-
-
-def time_model_step(args, device, batch, amp, iters, release_walks=False):
+def time_model_step(args, device, batch, amp, iters, release_loop=False):
     model = CRW(args).to(device).train()
     if device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
@@ -52,9 +39,9 @@ def time_model_step(args, device, batch, amp, iters, release_walks=False):
 
     def step():
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            if release_walks:
+            if release_loop:
                 q, _ = model.pixels_to_nodes(x.transpose(1, 2).reshape(batch, n, 3, args.clip_len, P, P))[:2]
-                loss = release_walk_loss(model, q)
+                loss = release_walks(q, model.temperature, model.edgedrop_rate)[1]
             else:
                 _, loss, _ = model(x)
         opt.zero_grad(set_to_none=True)
@@ -76,8 +63,6 @@ def time_model_step(args, device, batch, amp, iters, release_walks=False):
 
 
 def time_data(args, device, iters):
-    from data import build_train_dataset, build_train_sampler
-    from utils.augs import BatchAugment
     ds = build_train_dataset(args)
     sampler = build_train_sampler(ds, args, rank=0, world_size=1)
     sampler.set_epoch(0)
@@ -139,14 +124,13 @@ def main():
         cps, loss, mem = time_model_step(args, device, a.batch_size, amp, iters)
         rows.append((f"model step ({'bf16' if amp else 'fp32'})", cps, loss, mem))
         if not a.skip_release:
-            cps, loss, mem = time_model_step(args, device, a.batch_size, amp, iters, release_walks=True)
+            cps, loss, mem = time_model_step(args, device, a.batch_size, amp, iters, release_loop=True)
             rows.append((f"model step, release walks ({'bf16' if amp else 'fp32'})", cps, loss, mem))
     if not a.skip_data:
         cps = time_data(args, device, a.data_iters or (20 if device.type == 'cuda' else 5))
         rows.append((f'data pipeline ({a.workers} workers)', cps, float('nan'), float('nan')))
 
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()
-    head = (f"### train_throughput — {time.strftime('%Y-%m-%d')} — {device.type}: {name}, {os.cpu_count()} cores, "
+    head = (f"### train_throughput — {time.strftime('%Y-%m-%d')} — {device.type}: {device_name(device)}, "
             f"torch {torch.__version__}, git {git_revision()}\n"
             f"`python bench/train_throughput.py {' '.join(sys.argv[1:])}` (grid, clip-len {a.clip_len}, "
             f"batch {a.batch_size}, {iters} timed steps)\n\n"
@@ -154,10 +138,7 @@ def main():
     table = head + ''.join(f'| {r[0]} | {r[1]:.{1 if r[1] >= 10 else 3}f} | {r[2]:.4f} | {r[3]:.1f} |\n' for r in rows)
     if a.note:
         table += f'\n{a.note}\n'
-    print(table)
-    if not a.no_write:
-        with open(os.path.join(ROOT, 'bench', 'RESULTS.md'), 'a') as f:
-            f.write(table + '\n')
+    publish(table, write=not a.no_write)
 
 
 if __name__ == '__main__':

@@ -9,16 +9,18 @@ whole key, i.e. P's fields plus the sorted item list with sizes and modification
   reused from it, only new or modified items are probed, the new cache replaces the old one;
 * an unreadable or corrupt file → a one-line message and a rescan.
 
-Files are written atomically (temporary file in the same folder, then ``os.replace``). Items that failed to
+Files are written atomically (``utils.misc.atomic_write``). Items that failed to
 probe are cached as failures with their message (same bytes, same result) and warned about at every start.
 """
 import hashlib
 import os
 import pickle
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from utils.errors import DecodeError
+from utils.misc import atomic_write
 
 CACHE_VERSION = 1
 
@@ -91,22 +93,10 @@ def _load(path, key_hash):
     return obj
 
 
-def _write_atomic(path, obj):
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pkl', dir=d)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _write_cache(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path) as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def probe_all(paths, probe, workers, what='videos'):
@@ -118,7 +108,7 @@ def probe_all(paths, probe, workers, what='videos'):
         except Exception as e:
             msg = str(e).strip().splitlines()
             msg = msg[0][:400] if msg else ''
-            return None, msg if type(e).__name__ == 'DecodeError' else f'{type(e).__name__}: {msg}'
+            return None, msg if isinstance(e, DecodeError) else f'{type(e).__name__}: {msg}'
 
     n = len(paths)
     if n == 0:
@@ -196,7 +186,7 @@ def scan(kind, root, items, probe, *, workers=1, use_cache=False, clip_len=0, fr
         log(f'scanned {len(todo)} {what} in {time.time() - t0:.1f} s with {max(1, int(workers or 1))} threads')
     if use_cache:
         try:
-            _write_atomic(path, {'version': CACHE_VERSION, 'key': key_hash, 'root': os.path.abspath(root),
+            _write_cache(path, {'version': CACHE_VERSION, 'key': key_hash, 'root': os.path.abspath(root),
                                  'kind': kind, 'clip_len': clip_len, 'frame_skip': frame_skip,
                                  'items': items, 'results': results})
             info['cache'] = 'written'

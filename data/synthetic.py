@@ -6,6 +6,9 @@ known integer shift per frame, so the correct correspondence and the correct mas
 import os
 
 import numpy as np
+from PIL import Image
+
+from data.images import save_indexed_png
 
 
 def smooth_texture(rng, h, w, cell=4, channels=3):
@@ -73,7 +76,6 @@ def make_sequence(num_frames=8, height=64, width=96, num_objects=2, seed=0, max_
 
 def write_frame_folder(folder, frames, ext='jpg', quality=95):
     """Write frames [T, H, W, 3] as ``00000.jpg`` ... (DAVIS naming). Returns the file paths."""
-    from PIL import Image
     os.makedirs(folder, exist_ok=True)
     paths = []
     for t, f in enumerate(frames):
@@ -88,7 +90,6 @@ def write_davis_layout(root, sequences, ext='jpg', resolution='480p'):
     """Lay out ``{name: make_sequence(...) output}`` like DAVIS: JPEGImages/<res>/<seq>/, Annotations/<res>/<seq>/
     (palette PNGs, every frame annotated) and ImageSets/2017/val.txt. Returns the path of a test.py filelist
     (``<frames folder> <annotations folder>`` per line, in val.txt order)."""
-    from utils.palette import save_indexed_png
     os.makedirs(os.path.join(root, 'ImageSets', '2017'), exist_ok=True)
     lines = []
     for name, seq in sequences.items():

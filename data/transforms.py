@@ -1,8 +1,9 @@
-"""Frame-level CPU transform of the training clips (SPEC §3, step 1), done in the dataset.
+"""Frame-level CPU transform of the training clips, done in the dataset, and the crop-box rule shared with
+``data.gpu_augment``.
 
 Each frame gets its own random resized crop (or a plain resize) to ``img_size`` and, with ``flip`` in
 ``--frame-transforms``, its own horizontal flip with probability 1/2. Colour jitter (``cj``) is left to
-``utils.augs.BatchAugment`` on the device (it is per-pixel and commutes with the flip in distribution).
+``data.gpu_augment.BatchAugment`` on the device (it is per-pixel and commutes with the flip in distribution).
 
 Resizing is bilinear with antialiasing on uint8 tensors (``torch.nn.functional.interpolate(...,
 antialias=True)``), which reproduces PIL's bilinear resize (the release's) to within one grey level.
@@ -14,13 +15,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.augs import fallback_crop_size
-
 CROP_SCALE = (0.8, 0.95)
 CROP_RATIO = (0.7, 1.3)
 
 
-def random_resized_crop_params(rng, height, width, scale, ratio, attempts=10):
+def fallback_crop_size(height, width, ratio):
+    """``(h, w)`` of RandomResizedCrop's fallback when no random draw fits: the whole frame, narrowed to the
+    nearest aspect ratio (w/h) inside ``ratio``."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def random_crop_box(rng, height, width, scale, ratio, attempts=10):
     """``(top, left, h, w)`` of a random crop: area fraction uniform in ``scale``, log aspect ratio (w/h)
     uniform in log ``ratio``; up to ``attempts`` draws, then the central crop clamped to ``ratio`` (the
     sampling rule of torchvision's RandomResizedCrop)."""
@@ -37,6 +47,33 @@ def random_resized_crop_params(rng, height, width, scale, ratio, attempts=10):
             return top, left, h, w
     h, w = fallback_crop_size(height, width, ratio)
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_crop_boxes(n, height, width, scale, ratio, generator, attempts=10):
+    """``(top, left, h, w)`` int64 tensors [n]: per box, up to ``attempts`` draws of an area fraction uniform in
+    ``scale`` and a log-uniform aspect ratio (w/h) in ``ratio``, the first that fits wins; if none fits, the
+    central crop clamped to ``ratio`` (torchvision RandomResizedCrop's rule), then a uniform position."""
+    area = float(height * width)
+    s = torch.empty(n, attempts, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    logr = torch.empty(n, attempts, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                                 generator=generator)
+    ar = torch.exp(logr)
+    w = torch.round(torch.sqrt(area * s * ar)).to(torch.int64)
+    h = torch.round(torch.sqrt(area * s / ar)).to(torch.int64)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.int64).argmax(dim=1, keepdim=True)
+    found = ok.any(dim=1)
+    w = w.gather(1, first)[:, 0]
+    h = h.gather(1, first)[:, 0]
+    fh, fw = fallback_crop_size(height, width, ratio)
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    top = torch.floor(u[:, 0] * (height - h + 1).to(torch.float64)).to(torch.int64).clamp(max=height - h)
+    left = torch.floor(u[:, 1] * (width - w + 1).to(torch.float64)).to(torch.int64).clamp(max=width - w)
+    top = torch.where(found, top, (height - h) // 2)
+    left = torch.where(found, left, (width - w) // 2)
+    return top, left, h, w
 
 
 def parse_frame_transforms(spec):
@@ -80,7 +117,7 @@ class FrameTransform:
         if self.crop:
             out = torch.empty((T, 3, S, S), dtype=torch.uint8)
             for t in range(T):
-                top, left, h, w = random_resized_crop_params(rng, H, W, self.scale, self.ratio)
+                top, left, h, w = random_crop_box(rng, H, W, self.scale, self.ratio)
                 out[t] = resize_uint8(chw[t:t + 1, :, top:top + h, left:left + w], S)[0]
                 if self.flip and rng.random() < 0.5:
                     out[t] = out[t].flip(-1)

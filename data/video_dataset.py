@@ -1,4 +1,4 @@
-"""Training datasets (SPEC §2): clips of videos, or clips of frame folders.
+"""Training datasets: clips of videos, or clips of frame folders.
 
 ``build_train_dataset(args)`` decides the branch from the layout of ``--data-path`` (not from its name):
 
@@ -17,26 +17,16 @@ import os
 import numpy as np
 import torch
 
-from .scan import list_files, list_subfolders, log, scan
-from .transforms import FrameTransform
-from .video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, decode_frames, list_frames, probe_video,
-                       read_image, resampled_frame_indices, num_resampled_frames, warn)
+from data.images import IMAGE_EXTENSIONS, list_frames, read_image
+from data.scan import list_files, list_subfolders, log, scan
+from data.transforms import FrameTransform
+from data.video_io import (VIDEO_EXTENSIONS, decode_frames, num_resampled_frames, probe_video,
+                           resampled_frame_indices, warn)
+from utils.errors import CRWError, DecodeError
 
 VIDEO_BRANCHES = ('kinetics', 'class_folders', 'video_folder')
 FRAME_BRANCHES = ('frame_list', 'frame_folders')
 _MAX_REPLACEMENTS = 50
-
-
-class DatasetError(SystemExit):
-    """Unusable ``--data-path``. A ``SystemExit`` carrying a one-line message: uncaught, it prints
-    ``error: ...`` and exits with status 1, without a traceback."""
-
-    def __init__(self, message):
-        super().__init__(f'error: {message}')
-        self.message = message
-
-    def __str__(self):
-        return self.message
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -67,11 +57,11 @@ def _folder_kind(folder, max_entries=10000):
 
 
 def detect_layout(data_path):
-    """``(branch, root)`` for ``--data-path`` (see the module docstring). Raises ``DatasetError``."""
+    """``(branch, root)`` for ``--data-path`` (see the module docstring). Raises ``CRWError``."""
     if os.path.isfile(data_path):
         return 'frame_list', data_path
     if not os.path.isdir(data_path):
-        raise DatasetError(f'--data-path {data_path}: no such file or folder')
+        raise CRWError(f'--data-path {data_path}: no such file or folder')
     train = os.path.join(data_path, 'train_256')
     if os.path.isdir(train):
         return 'kinetics', train
@@ -88,7 +78,7 @@ def detect_layout(data_path):
         if kind == 'images':
             return 'frame_folders', data_path
     exts = '/'.join(VIDEO_EXTENSIONS)
-    raise DatasetError(f'--data-path {data_path}: found no videos ({exts}) in train_256/<class>/, <class>/ or the '
+    raise CRWError(f'--data-path {data_path}: found no videos ({exts}) in train_256/<class>/, <class>/ or the '
                        f'folder itself, and no frame folders')
 
 
@@ -114,10 +104,6 @@ class _ClipDataset(torch.utils.data.Dataset):
     def _setup_offsets(self):
         self.clip_counts = np.asarray(self.clip_counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.clip_counts)]).astype(np.int64)
-
-    @property
-    def num_videos(self):
-        return len(self.clip_counts)
 
     def __len__(self):
         return int(self.offsets[-1])
@@ -146,7 +132,7 @@ class _ClipDataset(torch.utils.data.Dataset):
             if v not in self._bad:
                 try:
                     frames = self._load(v, k, rng)
-                except (DecodeError, OSError, ValueError, RuntimeError, IndexError) as e:
+                except (CRWError, OSError, ValueError, RuntimeError, IndexError) as e:
                     self._bad.add(v)
                     msg = str(e).strip().splitlines()
                     warn(f'cannot read {self._name(v)} ({msg[0][:200] if msg else type(e).__name__}); '
@@ -174,11 +160,6 @@ class VideoClipDataset(_ClipDataset):
 
     def _name(self, video):
         return self.paths[video]
-
-    def clip_frame_indices(self, clip_index):
-        """Frame indices (in the file) of clip ``clip_index``."""
-        v, k = self.locate(clip_index)
-        return self._frame_indices(v, k)
 
     def _frame_indices(self, v, k):
         idx = resampled_frame_indices(int(self.num_frames[v]), float(self.fps[v]), self.frame_rate)
@@ -219,10 +200,10 @@ class FrameFolderDataset(_ClipDataset):
 
     def _load(self, video, clip, rng):
         folder = self.folders[video]
-        names = list_frames(folder)
-        n = len(names) if self.counts[video] is None else min(len(names), self.counts[video])
+        paths = list_frames(folder)
+        n = len(paths) if self.counts[video] is None else min(len(paths), self.counts[video])
         pos = self.frame_positions(n, rng)
-        frames = [read_image(os.path.join(folder, names[p])) for p in pos]
+        frames = [read_image(paths[p]) for p in pos]
         if any(f.shape != frames[0].shape for f in frames):
             return frames
         return np.stack(frames)
@@ -275,7 +256,7 @@ def build_train_dataset(args):
     if branch in VIDEO_BRANCHES:
         items = list_files(root, VIDEO_EXTENSIONS)
         if not items:
-            raise DatasetError(f'--data-path {data_path}: no video files under {root}')
+            raise CRWError(f'--data-path {data_path}: no video files under {root}')
         results, info = scan('videos', root, items, probe_video, workers=workers, use_cache=use_cache,
                              clip_len=T, frame_skip=rate, what='videos')
         paths, nf, fps = [], [], []
@@ -292,7 +273,7 @@ def build_train_dataset(args):
         if short:
             warn(f'{len(short)} video(s) have fewer than {T} frames at {rate} fps and give no clip: {_summary(short)}')
         if len(ds) == 0:
-            raise DatasetError(f'--data-path {data_path}: no usable video clips under {root} '
+            raise CRWError(f'--data-path {data_path}: no usable video clips under {root} '
                                f'({len(items)} files, {len(items) - len(paths)} unreadable, {len(short)} too short)')
         layout = {'kinetics': f'Kinetics layout ({root}/<class>/<video>)',
                   'class_folders': f'class folders of videos ({root}/<class>/<video>)',
@@ -328,7 +309,7 @@ def build_train_dataset(args):
         ds = FrameFolderDataset([folders[k] for k in keep], [counts[k] for k in keep], T, rate, transform,
                                 branch=branch, root=root)
         if len(ds) == 0:
-            raise DatasetError(f'--data-path {data_path}: no frame folder with at least {T} frames')
+            raise CRWError(f'--data-path {data_path}: no frame folder with at least {T} frames')
         log(f'training data: {layout}: {len(ds)} videos, one clip of {T} frames (gap <= {rate}) per video '
             f'per epoch')
     ds.scan_info = info

@@ -14,15 +14,12 @@ import sys
 import numpy as np
 import torch
 
-VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.avi')
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+from utils.errors import DecodeError
+
+VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.avi', '.mov')
 
 _TORCHCODEC = None          # cached result of the import attempt: the VideoDecoder class or False
 _TC_FAILED_FILES = set()    # files TorchCodec failed on in this process (told once, then PyAV directly)
-
-
-class DecodeError(RuntimeError):
-    """A video (or frame) could not be read by any backend."""
 
 
 def warn(message):
@@ -54,10 +51,6 @@ def _backends():
     if forced:
         raise ValueError(f'CRW_VIDEO_BACKEND={forced!r}: use torchcodec or pyav')
     return ('torchcodec', 'pyav') if _torchcodec_decoder() is not None else ('pyav',)
-
-
-def torchcodec_available():
-    return _torchcodec_decoder() is not None
 
 
 _CPP_LOCATION = re.compile(r'\S+\.(?:cpp|h|c):\d+,?\s*')
@@ -215,39 +208,3 @@ def num_resampled_frames(num_frames, fps, target_fps):
     with np.errstate(divide='ignore', invalid='ignore'):
         total = np.floor(num_frames * float(target_fps) / np.where(known, fps, 1.0)).astype(np.int64)
     return np.where(frac, total, out)
-
-
-# ---------------------------------------------------------------------------------------------- frame folders
-_DIGITS = re.compile(r'(\d+)')
-
-
-def frame_sort_key(name):
-    """Frames sort by the integer before the first dot (``00012.jpg`` → 12), as the release did; names
-    without one fall back to their last run of digits, then to the name."""
-    stem = name.split('.')[0]
-    try:
-        return (0, int(stem), name)
-    except ValueError:
-        digits = _DIGITS.findall(stem)
-        return (1, int(digits[-1]), name) if digits else (2, 0, name)
-
-
-def list_frames(folder):
-    """Sorted image file names of a frame folder."""
-    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith('.')]
-    names.sort(key=frame_sort_key)
-    return names
-
-
-def read_image(path):
-    """RGB uint8 [H, W, 3] numpy image (OpenCV, PIL as fallback). Raises ``DecodeError``."""
-    import cv2
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is not None:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    try:
-        from PIL import Image
-        with Image.open(path) as im:
-            return np.asarray(im.convert('RGB'))
-    except Exception as e:
-        raise DecodeError(f'{path}: {_short(e)}') from e

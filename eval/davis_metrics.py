@@ -1,4 +1,4 @@
-"""Per-frame DAVIS measures and their per-object statistics (SPEC §6).
+"""Per-frame DAVIS measures and their per-object statistics.
 
 Everything here works on one binary object mask at a time:
 
@@ -14,7 +14,7 @@ Everything here works on one binary object mask at a time:
   Decay (mean over the first quarter of the frames minus the mean over the last quarter, quarters cut the way
   the official scorer cuts them).
 
-Only numpy and OpenCV (for a fast binary dilation) are needed.
+Only numpy and OpenCV (for the binary dilation) are needed.
 """
 import functools
 import math
@@ -22,10 +22,7 @@ import warnings
 
 import numpy as np
 
-try:  # OpenCV's dilation is much faster; scipy gives the same result where OpenCV is missing
-    import cv2
-except ImportError:  # pragma: no cover - opencv is in requirements.txt
-    cv2 = None
+import cv2
 
 VOID_LABEL = 255
 BOUND_TH = 0.008
@@ -106,11 +103,7 @@ def disk(radius):
 
 
 def _dilate(b, radius):
-    kernel = disk(radius)
-    if cv2 is not None:
-        return cv2.dilate(b.astype(np.uint8), kernel).astype(bool)
-    from scipy.ndimage import binary_dilation  # pragma: no cover
-    return binary_dilation(b, structure=kernel.astype(bool))  # pragma: no cover
+    return cv2.dilate(b.astype(np.uint8), disk(radius)).astype(bool)
 
 
 def boundary_precision_recall(gt, pred, void=None, bound_th=BOUND_TH):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""DAVIS-2017 semi-supervised scorer (SPEC §6), a stand-in for davis2017-evaluation's evaluation_method.py.
+"""DAVIS-2017 semi-supervised scorer, a stand-in for davis2017-evaluation's evaluation_method.py.
 
     python eval/evaluate_davis.py --task semi-supervised --results_path /converted/path --set val \
         --davis_path /path/to/davis/
@@ -14,7 +14,7 @@ J and F are computed on every frame but the first and the last (eval/davis_metri
 and prints the tables. Existing CSVs are reused (as the official scorer does) unless ``--force``.
 
 Differences from the official scorer, none of which changes a score it produces:
-* ground-truth pixels labelled 255 are void and left out of J and F (SPEC §6). The official semi-supervised
+* ground-truth pixels labelled 255 are void and left out of J and F. The official semi-supervised
   path turns them into background instead; ``--void background`` reproduces that. The two agree whenever the
   ground truth has no 255 pixels.
 * a result with an object id above the sequence's number of objects is an error naming the sequence and frame
@@ -28,7 +28,6 @@ Python use: ``evaluate(davis_path, results_path, sequences=None, set_name='val')
 import argparse
 import concurrent.futures
 import csv
-import glob
 import os
 import sys
 import time
@@ -38,59 +37,15 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from eval import davis_metrics as dm  # noqa: E402
+from eval.davis_io import annotation_frames, read_label_png, read_split  # noqa: E402
+from utils.errors import CRWError, report  # noqa: E402
+from utils.misc import atomic_write, default_workers  # noqa: E402
 
 GLOBAL_COLUMNS = ['J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall', 'F-Decay']
 SEQUENCE_COLUMNS = ['Sequence', 'J-Mean', 'F-Mean']
 VOID_MODES = ('ignore', 'background')
-
-
-class EvalError(Exception):
-    """A problem with the inputs, reported as one line."""
-
-
-# ----------------------------------------------------------------------------------------------------- inputs
-
-def resolve_set(davis_path, set_name):
-    """(sequence names, tag) for ``--set``: a split name read from ImageSets/2017/<set>.txt, or a text file.
-
-    The tag names the CSV files (``global_results-<tag>.csv``): the split name, or the file's stem.
-    """
-    split_file = os.path.join(davis_path, 'ImageSets', '2017', f'{set_name}.txt')
-    if os.path.isfile(split_file):
-        path, tag = split_file, set_name
-    elif os.path.isfile(set_name):
-        path, tag = set_name, os.path.splitext(os.path.basename(set_name))[0]
-    else:
-        raise EvalError(f"--set {set_name!r}: neither {split_file} nor a file listing sequences exists")
-    with open(path) as f:
-        names = [line.strip() for line in f]
-    names = [n for n in names if n]
-    if not names:
-        raise EvalError(f'{path} lists no sequences')
-    return list(dict.fromkeys(names)), tag
-
-
-def read_label_png(path):
-    """[H, W] int64 label map of an indexed or greyscale PNG (palette indices, not colours)."""
-    with Image.open(path) as im:
-        if im.mode in ('RGB', 'RGBA', 'LA', 'CMYK', 'YCbCr', 'HSV', 'LAB'):
-            raise EvalError(f'{path} is a {im.mode} image; label maps must be indexed (palette) or greyscale PNGs')
-        a = np.array(im)
-    if a.ndim != 2:
-        raise EvalError(f'{path}: expected a single-channel label map, got shape {a.shape}')
-    return a.astype(np.int64)
-
-
-def ground_truth_frames(davis_path, sequence, resolution='480p'):
-    """[(frame id, path)] of a sequence's annotation PNGs, sorted by name (the official scorer's frame list)."""
-    folder = os.path.join(davis_path, 'Annotations', resolution, sequence)
-    paths = sorted(glob.glob(os.path.join(folder, '*.png')))
-    if not paths:
-        raise EvalError(f'{sequence}: no ground-truth annotations (*.png) in {folder}')
-    return [(os.path.splitext(os.path.basename(p))[0], p) for p in paths]
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -100,13 +55,13 @@ def evaluate_sequence(davis_path, results_path, sequence, resolution='480p', voi
     """Per-frame J and F of every object of one sequence.
 
     Returns {'sequence', 'num_objects', 'frames': [frame ids scored], 'J': [K, n], 'F': [K, n]}.
-    Raises EvalError for a missing or malformed result frame or an object id the ground truth does not have.
+    Raises CRWError for a missing or malformed result frame or an object id the ground truth does not have.
     """
     if void not in VOID_MODES:
         raise ValueError(f'void must be one of {VOID_MODES}, got {void!r}')
-    frames = ground_truth_frames(davis_path, sequence, resolution)
+    frames = annotation_frames(davis_path, sequence, resolution)
     if len(frames) < 3:
-        raise EvalError(f'{sequence}: {len(frames)} annotated frame(s); at least 3 are needed '
+        raise CRWError(f'{sequence}: {len(frames)} annotated frame(s); at least 3 are needed '
                         '(the first and the last are not scored)')
     first = read_label_png(frames[0][1])
     first[first == dm.VOID_LABEL] = 0
@@ -120,36 +75,20 @@ def evaluate_sequence(davis_path, results_path, sequence, resolution='480p', voi
         gt[void_mask] = 0
         res_path = os.path.join(results_path, sequence, f'{frame_id}.png')
         if not os.path.isfile(res_path):
-            raise EvalError(f'{sequence}: result frame {frame_id} is missing ({res_path})')
+            raise CRWError(f'{sequence}: result frame {frame_id} is missing ({res_path})')
         pred = read_label_png(res_path)
         if pred.shape != gt.shape:
-            raise EvalError(f'{sequence}: result frame {frame_id} is {pred.shape[1]}x{pred.shape[0]} but the '
+            raise CRWError(f'{sequence}: result frame {frame_id} is {pred.shape[1]}x{pred.shape[0]} but the '
                             f'ground truth is {gt.shape[1]}x{gt.shape[0]} ({res_path})')
         top = int(pred.max(initial=0))
         if top > num_objects:
             bad = sorted(int(v) for v in np.unique(pred[pred > num_objects]))
-            raise EvalError(f'{sequence}: result frame {frame_id} has object id(s) {bad} but the first '
+            raise CRWError(f'{sequence}: result frame {frame_id} has object id(s) {bad} but the first '
                             f'ground-truth frame has {num_objects} object(s) ({res_path})')
         j[:, n], f[:, n] = dm.frame_scores(gt, pred, num_objects,
                                            void=void_mask if void == 'ignore' and void_mask.any() else None,
                                            bound_th=bound_th)
     return {'sequence': sequence, 'num_objects': num_objects, 'frames': [fid for fid, _ in scored], 'J': j, 'F': f}
-
-
-def _worker_init():
-    try:
-        import cv2
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def _default_workers():
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
 
 
 def evaluate(davis_path, results_path, sequences=None, set_name='val', resolution='480p', void='ignore',
@@ -163,19 +102,18 @@ def evaluate(davis_path, results_path, sequences=None, set_name='val', resolutio
     'F-Decay'.
     """
     if not os.path.isdir(davis_path):
-        raise EvalError(f'DAVIS folder {davis_path} does not exist')
+        raise CRWError(f'DAVIS folder {davis_path} does not exist')
     if not os.path.isdir(results_path):
-        raise EvalError(f'results folder {results_path} does not exist')
+        raise CRWError(f'results folder {results_path} does not exist')
     if sequences is None:
-        sequences, _ = resolve_set(davis_path, set_name)
+        sequences, _ = read_split(davis_path, set_name)
     sequences = list(dict.fromkeys(sequences))
-    workers = _default_workers() if workers is None else max(1, int(workers))
+    workers = default_workers() if workers is None else max(1, int(workers))
     args = [(davis_path, results_path, s, resolution, void, bound_th) for s in sequences]
     if workers == 1 or len(sequences) == 1:
         per_seq = [evaluate_sequence(*a) for a in args]
     else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(sequences)),
-                                                    initializer=_worker_init) as ex:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(sequences))) as ex:
             futures = [ex.submit(evaluate_sequence, *a) for a in args]
             try:
                 per_seq = [fu.result() for fu in futures]
@@ -191,7 +129,7 @@ def evaluate(davis_path, results_path, sequences=None, set_name='val', resolutio
             rows.append({'Sequence': f"{res['sequence']}_{k + 1}", 'J-Mean': jm, 'F-Mean': fm, 'J-Recall': jr,
                          'J-Decay': jd, 'F-Recall': fr, 'F-Decay': fd})
     if not rows:
-        raise EvalError('no objects to score: every first ground-truth frame is empty')
+        raise CRWError('no objects to score: every first ground-truth frame is empty')
     g = {c: float(np.mean([r[c] for r in rows])) for c in GLOBAL_COLUMNS[1:]}
     g['J&F-Mean'] = (g['J-Mean'] + g['F-Mean']) / 2.0
     return {c: g[c] for c in GLOBAL_COLUMNS}, rows
@@ -205,12 +143,10 @@ def csv_paths(results_path, tag):
 
 
 def _write_csv_atomic(path, header, rows):
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', newline='') as f:
+    with atomic_write(path, 'w', newline='') as f:
         w = csv.writer(f, lineterminator='\n')
         w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def write_csvs(results_path, tag, global_dict, rows):
@@ -227,7 +163,7 @@ def read_csv(path):
     with open(path, newline='') as f:
         table = list(csv.reader(f))
     if not table:
-        raise EvalError(f'{path} is empty')
+        raise CRWError(f'{path} is empty')
     return table[0], table[1:]
 
 
@@ -260,7 +196,7 @@ def print_tables(tag, g_header, g_rows, s_header, s_rows, out=sys.stdout):
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
-def build_parser():
+def get_args_parser():
     p = argparse.ArgumentParser(
         description='DAVIS-2017 semi-supervised scorer (J and F), same flags and CSV files as '
                     'davis2017-evaluation/evaluation_method.py.')
@@ -276,25 +212,25 @@ def build_parser():
     p.add_argument('--workers', type=int, default=None, help='processes over sequences (default: cores, at most 8)')
     p.add_argument('--resolution', default='480p', help='annotation resolution folder (default 480p)')
     p.add_argument('--void', choices=VOID_MODES, default='ignore',
-                   help="ground-truth 255 pixels: 'ignore' them (SPEC, default) or treat them as "
+                   help="ground-truth 255 pixels: 'ignore' them (default) or treat them as "
                         "'background' (what the official semi-supervised code path does)")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     t0 = time.time()
     try:
         if args.task != 'semi-supervised':
-            raise EvalError(f"--task {args.task!r} is not supported: this scorer implements only "
+            raise CRWError(f"--task {args.task!r} is not supported: this scorer implements only "
                             "'semi-supervised' (use davis2017-evaluation for the unsupervised task)")
         if not args.davis_path:
-            raise EvalError('no DAVIS folder: pass --davis_path or set DAVIS_ROOT')
+            raise CRWError('no DAVIS folder: pass --davis_path or set DAVIS_ROOT')
         if not os.path.isdir(args.davis_path):
-            raise EvalError(f'DAVIS folder {args.davis_path} does not exist')
+            raise CRWError(f'DAVIS folder {args.davis_path} does not exist')
         if not os.path.isdir(args.results_path):
-            raise EvalError(f'results folder {args.results_path} does not exist')
-        sequences, tag = resolve_set(args.davis_path, args.set)
+            raise CRWError(f'results folder {args.results_path} does not exist')
+        sequences, tag = read_split(args.davis_path, args.set)
         g_path, s_path = csv_paths(args.results_path, tag)
         if os.path.exists(g_path) and os.path.exists(s_path) and not args.force:
             print('Using precomputed results... (--force recomputes)')
@@ -309,9 +245,8 @@ def main(argv=None):
             print(f'Per-sequence results saved in {s_path}')
             g_header, g_rows = GLOBAL_COLUMNS, [[g[c] for c in GLOBAL_COLUMNS]]
             s_header, s_rows = SEQUENCE_COLUMNS, [[r['Sequence'], r['J-Mean'], r['F-Mean']] for r in rows]
-    except EvalError as e:
-        print(f'evaluate_davis.py: error: {e}', file=sys.stderr)
-        return 1
+    except CRWError as e:
+        return report('evaluate_davis.py', e)
     print_tables(tag, g_header, g_rows, s_header, s_rows)
     print(f'\nTotal time: {time.time() - t0:.1f} s')
     return 0

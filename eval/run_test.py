@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run the DAVIS evaluation chain test.py -> convert_davis.py -> scorer for a grid of settings (SPEC §6).
+"""Run the DAVIS evaluation chain test.py -> convert_davis.py -> scorer for a grid of settings.
 
     python eval/run_test.py --model-path /path/to/model --L 20 --K 10 --T 0.05 --cropSize -1 --dryrun
 
@@ -22,6 +22,7 @@ $CRW_RESULTS (default ./results/run_test), scorer ``--scorer`` / $DAVIS_SCORER (
 eval/evaluate_davis.py; the official davis2017-evaluation/evaluation_method.py takes the same flags).
 """
 import argparse
+import csv
 import glob
 import itertools
 import os
@@ -34,21 +35,19 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-MODEL_TYPES = ('scratch', 'scratch_zeropad', 'imagenet18')
+from model import MODEL_TYPES  # noqa: E402
+from utils.errors import CRWError, report  # noqa: E402
+
 DEFAULT_FILELIST = os.path.join(_REPO, 'eval', 'davis_vallist.txt')
 DEFAULT_SCORER = os.path.join(_REPO, 'eval', 'evaluate_davis.py')
 DAVIS_PLACEHOLDER = '<DAVIS_ROOT>'
-
-
-class RunError(Exception):
-    """A problem with the arguments or inputs, reported as one line."""
 
 
 def newest_checkpoint(folder):
     """The newest ``model_*.pth`` of a folder: highest epoch number, then latest modification time."""
     cands = [p for p in glob.glob(os.path.join(folder, 'model_*.pth')) if os.path.isfile(p)]
     if not cands:
-        raise RunError(f'{folder} holds no model_*.pth checkpoint')
+        raise CRWError(f'{folder} holds no model_*.pth checkpoint')
 
     def key(p):
         m = re.fullmatch(r'model_(\d+)\.pth', os.path.basename(p))
@@ -68,7 +67,7 @@ def resolve_model(path, model_type=None, dryrun=False):
         print(f'run_test.py: warning: model {path} does not exist (dry run goes on)', file=sys.stderr)
         ckpt = path
     else:
-        raise RunError(f'model {path} not found (a checkpoint, a folder of model_*.pth, or one of {MODEL_TYPES})')
+        raise CRWError(f'model {path} not found (a checkpoint, a folder of model_*.pth, or one of {MODEL_TYPES})')
     if model_type is None:
         model_type = 'scratch_zeropad' if ('zero' in ckpt or 'rel_left_drop' in ckpt) else 'scratch'
     parts = os.path.normpath(os.path.abspath(ckpt)).split(os.sep)[-2:]
@@ -119,7 +118,7 @@ def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, fi
     return test, convert, score
 
 
-def build_parser():
+def get_args_parser():
     p = argparse.ArgumentParser(
         description='DAVIS evaluation chain (test.py -> eval/convert_davis.py -> scorer) over a grid of '
                     'settings. Unknown flags are passed to test.py.', allow_abbrev=False)
@@ -162,24 +161,22 @@ def _run(cmd):
 
 
 def _read_global(path):
-    import csv
     with open(path, newline='') as f:
         rows = list(csv.reader(f))
     return dict(zip(rows[0], rows[1])) if len(rows) >= 2 else {}
 
 
 def main(argv=None):
-    args, extra = build_parser().parse_known_args(argv)
+    args, extra = get_args_parser().parse_known_args(argv)
     try:
         return _main(args, extra)
-    except RunError as e:
-        print(f'run_test.py: error: {e}', file=sys.stderr)
-        return 1
+    except CRWError as e:
+        return report('run_test.py', e)
 
 
 def _main(args, extra):
     if args.slurm:
-        raise RunError('--slurm is not supported (the release submitted to its authors\' cluster); '
+        raise CRWError('--slurm is not supported (the release submitted to its authors\' cluster); '
                        'run the printed commands with your own scheduler')
     python = sys.executable
     out_dir = os.path.abspath(args.out_dir)
@@ -191,14 +188,14 @@ def _main(args, extra):
         davis = DAVIS_PLACEHOLDER
         print(f'run_test.py: note: no --davis-path or $DAVIS_ROOT; printing {DAVIS_PLACEHOLDER}', file=sys.stderr)
     else:
-        raise RunError('no DAVIS folder: pass --davis-path or set DAVIS_ROOT')
+        raise CRWError('no DAVIS folder: pass --davis-path or set DAVIS_ROOT')
     if not args.dryrun:
         if not os.path.isfile(os.path.join(davis, 'ImageSets', '2017', 'val.txt')):
-            raise RunError(f'DAVIS-2017 not found at {davis} (no ImageSets/2017/val.txt)')
+            raise CRWError(f'DAVIS-2017 not found at {davis} (no ImageSets/2017/val.txt)')
         for what, path in (('filelist', filelist), ('scorer', scorer),
                            ('test script', os.path.join(_REPO, args.test_script))):
             if not os.path.isfile(path):
-                raise RunError(f'{what} {path} not found')
+                raise CRWError(f'{what} {path} not found')
 
     models = [resolve_model(m, args.model_type, args.dryrun) for m in args.model_path]
     combos = list(itertools.product(models, args.L, args.K, args.T, args.R))

@@ -10,8 +10,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.checkpoint import atomic_save  # noqa: E402
-from utils.weights import clean_state_dict, load_checkpoint  # noqa: E402
+from utils.checkpoint import atomic_save, clean_state_dict, load_checkpoint  # noqa: E402
 
 
 def main(argv=None):

@@ -8,6 +8,8 @@ import os
 import shutil
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -24,7 +26,6 @@ def main(argv=None):
                         object_size=(56, 88), cell=12)
     # Easier on the eye than raw colour noise: a muted grey background and a tint per object. Applied through
     # the exact masks, so it is the same as tinting each object's texture.
-    import numpy as np
     frames = seq['frames'].astype(np.float32)
     grey = frames.mean(-1, keepdims=True)
     out = 0.35 * frames + 0.45 * grey + 30

@@ -8,6 +8,16 @@ import os
 import re
 import sys
 
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils.misc import atomic_write  # noqa: E402
+
 
 def load_log(path):
     records = []
@@ -25,11 +35,6 @@ def load_log(path):
 
 
 def plot(records, out, smooth=10):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     def smoothed(v):
         v = np.asarray(v, dtype=float)
         k = max(1, min(smooth, len(v) // 4))
@@ -53,9 +58,9 @@ def plot(records, out, smooth=10):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out + '.tmp.png'
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
+    with atomic_write(out) as f:
+        fig.savefig(f, format='png', dpi=110)
+    plt.close(fig)
     return out
 
 

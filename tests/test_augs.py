@@ -1,4 +1,4 @@
-"""BatchAugment (utils/augs.py) and the frame-level transform (data/transforms.py)."""
+"""BatchAugment (data/gpu_augment.py) and the frame-level transform (data/transforms.py)."""
 import types
 
 import numpy as np
@@ -6,15 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.transforms import FrameTransform, random_resized_crop_params as rrc_np
-from utils.augs import (MEAN, STD, BatchAugment, apply_color_jitter, color_jitter_params, grid_patches,
-                        grid_positions, random_resized_crop_params)
+from data.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter, color_jitter_params, grid_positions
+from data.transforms import FrameTransform, random_crop_box, random_crop_boxes
 
 
 def _args(**kw):
     a = dict(frame_aug='grid', frame_transforms='crop', patch_size=[64, 64, 3], img_size=256)
     a.update(kw)
     return types.SimpleNamespace(**a)
+
+
+def grid_patches(frames, patch=64, stride=None):
+    """The grid windows of ``frames`` [..., C, H, W] as [..., N, C, P, P] (row-major, exact copies)."""
+    stride = stride or patch // 2
+    *lead, C, H, W = frames.shape
+    x = frames.unfold(-2, patch, stride).unfold(-2, patch, stride)  # [..., C, ny, nx, P, P]
+    x = x.movedim(-5, -3)                                             # [..., ny, nx, C, P, P]
+    return x.reshape(*lead, x.shape[-5] * x.shape[-4], C, patch, patch)
 
 
 def _position_frames(n=1, size=256):
@@ -64,7 +72,7 @@ def test_patch_crop_matches_crop_then_bilinear_resize():
     aug = BatchAugment(_args())
     g = torch.Generator().manual_seed(0)
     frame = torch.rand(1, 3, 256, 256, generator=g)
-    box = random_resized_crop_params(49, 64, 64, (0.7, 0.9), (3 / 4, 4 / 3), g)
+    box = random_crop_boxes(49, 64, 64, (0.7, 0.9), (3 / 4, 4 / 3), g)
     out = aug.crop_patches(frame, box)[0]
     for n in (0, 9, 48):
         y0, x0 = grid_positions(256, 256, 64)[n]
@@ -76,7 +84,7 @@ def test_patch_crop_matches_crop_then_bilinear_resize():
 
 def test_patch_crop_params_distribution():
     g = torch.Generator().manual_seed(1)
-    top, left, h, w = random_resized_crop_params(20000, 64, 64, (0.7, 0.9), (3 / 4, 4 / 3), g)
+    top, left, h, w = random_crop_boxes(20000, 64, 64, (0.7, 0.9), (3 / 4, 4 / 3), g)
     area = (h * w).double() / 4096
     assert area.min() >= 0.66 and area.max() <= 0.94          # rounding of h, w widens the range slightly
     assert (w <= 64).all() and (h <= 64).all() and (top >= 0).all() and (left >= 0).all()
@@ -84,7 +92,7 @@ def test_patch_crop_params_distribution():
     ratio = w.double() / h.double()
     assert ratio.min() > 0.7 and ratio.max() < 1.4
     # the fallback (no draw fits): central crop, full size for an in-range ratio
-    t, l, hh, ww = random_resized_crop_params(5, 64, 64, (2.0, 3.0), (1.0, 1.0), g)
+    t, l, hh, ww = random_crop_boxes(5, 64, 64, (2.0, 3.0), (1.0, 1.0), g)
     assert (hh == 64).all() and (ww == 64).all() and (t == 0).all() and (l == 0).all()
 
 
@@ -164,13 +172,13 @@ def test_patch_flip_and_cj_options():
 def test_frame_transform_crop_params_and_resize():
     rng = np.random.default_rng(0)
     for _ in range(2000):
-        t, l, h, w = rrc_np(rng, 256, 340, (0.8, 0.95), (0.7, 1.3))
+        t, l, h, w = random_crop_box(rng, 256, 340, (0.8, 0.95), (0.7, 1.3))
         assert 0 <= t and t + h <= 256 and 0 <= l and l + w <= 340
         if (h, w) == (256, 333):   # the fallback: full height, widest allowed ratio, centred
             assert (t, l) == (0, 3)
             continue
         assert 0.79 <= h * w / (256 * 340) <= 0.96 and 0.69 <= w / h <= 1.31
-    assert rrc_np(rng, 10, 100, (0.8, 0.95), (0.7, 1.3)) == (0, 43, 10, 13)   # fallback: central crop
+    assert random_crop_box(rng, 10, 100, (0.8, 0.95), (0.7, 1.3)) == (0, 43, 10, 13)   # fallback: central crop
     frames = np.random.default_rng(1).integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
     out = FrameTransform(64, crop=True, flip=True)(frames, np.random.default_rng(2))
     assert out.shape == (3, 3, 64, 64) and out.dtype == torch.uint8

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from data import ClipSampler, DatasetError, build_train_dataset, build_train_sampler, detect_layout
 from data import video_dataset as vds
 from data import video_io
+from data.sampler import ClipSampler, build_train_sampler
 from data.synthetic import write_video
+from data.video_dataset import build_train_dataset, detect_layout
 from utils.arguments import train_args
+from utils.errors import CRWError
+
+HAS_TORCHCODEC = 'torchcodec' in video_io._backends()
 
 H, W = 32, 48
 BASE, STEP = 10, 5   # frame t is a flat grey image of value BASE + STEP * t
@@ -87,7 +91,7 @@ def test_kinetics_layout_clips_and_frames(kinetics, capsys):
         v, k = ds.locate(ci)
         _, fps, n = VIDEOS[v]
         want = _resampled(n, fps)[k:k + 4]
-        assert ds.clip_frame_indices(ci).tolist() == want
+        assert ds._frame_indices(*ds.locate(ci)).tolist() == want
         clip = ds[(ci, 123)]
         assert clip.shape == (4, 3, 16, 16) and clip.dtype == torch.uint8
         assert _index_of(clip) == want
@@ -102,7 +106,7 @@ def test_class_folders_branch_and_crop(kinetics, tmp_path, capsys):
     assert 'class folders of videos' in capsys.readouterr().out
     a, b, c = ds[(3, 1)], ds[(3, 1)], ds[(3, 2)]
     assert a.shape == (4, 3, 24, 24) and torch.equal(a, b)
-    assert _index_of(a) == _index_of(c) == ds.clip_frame_indices(3).tolist()
+    assert _index_of(a) == _index_of(c) == ds._frame_indices(*ds.locate(3)).tolist()
 
 
 def test_corrupt_videos_skipped_with_one_warning(kinetics, tmp_path, capsys):
@@ -141,16 +145,16 @@ def test_decode_failure_at_load_returns_another_clip(kinetics, tmp_path, capsys)
 def test_no_usable_video_is_a_one_line_error(tmp_path):
     (tmp_path / 'train_256' / 'x').mkdir(parents=True)
     (tmp_path / 'train_256' / 'x' / 'bad.mp4').write_bytes(b'garbage')
-    with pytest.raises(DatasetError) as e:
+    with pytest.raises(CRWError) as e:
         build_train_dataset(_args(tmp_path))
     assert str(tmp_path) in str(e.value) and '\n' not in str(e.value)
     empty = tmp_path / 'empty'
     empty.mkdir()
-    with pytest.raises(DatasetError):
+    with pytest.raises(CRWError):
         detect_layout(str(empty))
 
 
-@pytest.mark.skipif(not video_io.torchcodec_available(), reason='TorchCodec not available')
+@pytest.mark.skipif(not HAS_TORCHCODEC, reason='TorchCodec not available')
 def test_torchcodec_and_pyav_decode_the_same_frames(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (30, 32, 48, 3), dtype=np.uint8).repeat(2, axis=1).repeat(2, axis=2)
@@ -168,7 +172,7 @@ def test_torchcodec_and_pyav_decode_the_same_frames(tmp_path, monkeypatch):
     assert n_tc == n_pa == (30, 24.0)
 
 
-@pytest.mark.skipif(not video_io.torchcodec_available(), reason='TorchCodec not available')
+@pytest.mark.skipif(not HAS_TORCHCODEC, reason='TorchCodec not available')
 def test_dataset_clips_identical_with_either_backend(kinetics, monkeypatch):
     ds = build_train_dataset(_args(kinetics))
     monkeypatch.setenv('CRW_VIDEO_BACKEND', 'pyav')
@@ -176,7 +180,7 @@ def test_dataset_clips_identical_with_either_backend(kinetics, monkeypatch):
     monkeypatch.setenv('CRW_VIDEO_BACKEND', 'torchcodec')
     tc = [ds[(ci, 3)] for ci in (0, 14, 24)]
     assert all((a.int() - b.int()).abs().max() <= 1 for a, b in zip(pa, tc))
-    assert [_index_of(a) for a in pa] == [ds.clip_frame_indices(ci).tolist() for ci in (0, 14, 24)]
+    assert [_index_of(a) for a in pa] == [ds._frame_indices(*ds.locate(ci)).tolist() for ci in (0, 14, 24)]
 
 
 # ---------------------------------------------------------------------------------------------- frames

@@ -1,4 +1,4 @@
-"""Evaluation tools (SPEC §6): DAVIS J/F measures, the scorer, convert_davis.py and run_test.py.
+"""Evaluation tools: DAVIS J/F measures, the scorer, convert_davis.py and run_test.py.
 
 Only synthetic or hand-made data. Expected values are worked out by hand in the comments.
 """
@@ -20,7 +20,8 @@ from data.synthetic import make_sequence, write_davis_layout  # noqa: E402
 from eval import davis_metrics as dm  # noqa: E402
 from eval import evaluate_davis as ed  # noqa: E402
 from eval import run_test as rt  # noqa: E402
-from utils.palette import davis_palette, save_indexed_png  # noqa: E402
+from data.images import davis_palette, save_indexed_png  # noqa: E402
+from utils.errors import CRWError  # noqa: E402
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 ENV.pop('DAVIS_ROOT', None)
@@ -287,7 +288,7 @@ def test_missing_result_frame_and_unknown_object(layout, tmp_path):
     for name, s in seqs.items():
         write_results(res, name, s['masks'])
     os.remove(os.path.join(res, 'synth', '00004.png'))
-    with pytest.raises(ed.EvalError, match=r'synth: result frame 00004 is missing'):
+    with pytest.raises(CRWError, match=r'synth: result frame 00004 is missing'):
         ed.evaluate(davis, res, workers=1)
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '2')
     assert_one_line_error(p, 'synth', '00004')
@@ -296,7 +297,7 @@ def test_missing_result_frame_and_unknown_object(layout, tmp_path):
     bad = seqs['rects']['masks'][2].copy()
     bad[0:3, 0:3] = 3
     save_indexed_png(os.path.join(res, 'rects', '00002.png'), bad)
-    with pytest.raises(ed.EvalError, match=r'rects: result frame 00002 has object id\(s\) \[3\]'):
+    with pytest.raises(CRWError, match=r'rects: result frame 00002 has object id\(s\) \[3\]'):
         ed.evaluate(davis, res, workers=1)
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
     assert_one_line_error(p, 'rects', '00002', 'object id')
@@ -322,7 +323,6 @@ def write_raw(raw, seqs, size=None, skip=()):
 
 
 def test_convert_resizes_to_gt_size_with_palette(layout, tmp_path):
-    import cv2
     davis, seqs, _ = layout
     raw, out = str(tmp_path / 'raw'), str(tmp_path / 'converted')
     write_raw(raw, seqs, size=32)  # as test.py writes them with --cropSize 32
@@ -338,8 +338,9 @@ def test_convert_resizes_to_gt_size_with_palette(layout, tmp_path):
                 assert np.array_equal(np.array(im.getpalette(), dtype=np.uint8).reshape(-1, 3)[:256],
                                       davis_palette())
                 got = np.array(im)
-            small = np.array(Image.open(os.path.join(raw, f'{i}_{t}_mask.png')))
-            assert np.array_equal(got, cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST))
+            small = Image.open(os.path.join(raw, f'{i}_{t}_mask.png'))
+            # nearest neighbour with pixel centres aligned, as PIL does it
+            assert np.array_equal(got, np.array(small.resize((w, h), Image.NEAREST)))
     # the converted folder scores: a coarse 32x32 round trip is imperfect but sensible
     g, _ = ed.evaluate(davis, out, workers=1)
     assert 0.3 < g['J-Mean'] < 1.0
@@ -424,7 +425,7 @@ def test_folder_model_path_picks_newest(tmp_path):
     assert rt.resolve_model('imagenet18') == (None, 'imagenet18', 'imagenet18')
     empty = tmp_path / 'empty'
     empty.mkdir()
-    with pytest.raises(rt.RunError, match='no model_'):
+    with pytest.raises(CRWError, match='no model_'):
         rt.newest_checkpoint(str(empty))
 
 

@@ -1,4 +1,4 @@
-"""Tests of model.py (CRW) and utils/weights.py on CPU with tiny inputs."""
+"""Tests of model.py (CRW) and checkpoint loading (utils/checkpoint.py) on CPU with tiny inputs."""
 import math
 import os
 from types import SimpleNamespace as NS
@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import CRW, EPS
-from utils.weights import (clean_state_dict, load_checkpoint, load_imagenet18_weights, partial_load,
-                           IMAGENET18_FILE)
+from model import CRW
+from reference_walk import release_walks
+from utils.checkpoint import (clean_state_dict, load_checkpoint, load_imagenet18_weights, partial_load,
+                              IMAGENET18_FILE)
+from utils.errors import CRWError
 
 
 def make(**kw):
@@ -21,32 +23,6 @@ def make(**kw):
 def rand_q(B, C, T, N, seed=0):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(B, C, T, N, generator=g), dim=1)
-
-
-def release_walks(q, tau, p, flip=False, masks=None):
-    """The release's palindrome loop, written as it was (in-place masking of the shared affinity tensor, each
-    palindrome multiplied out from scratch). masks: optional (fwd, bwd) [B, T-1, N, N] used instead of rand."""
-    B, C, T, N = q.shape
-    As = torch.einsum('bctn,bctm->btnm', q[:, :, :-1], q[:, :, 1:]).clone()
-
-    def stoch(A, m):
-        if p > 0 or m is not None:
-            A[(torch.rand_like(A) < p) if m is None else m] = -1e20
-        return torch.softmax(A / tau, dim=-1)
-
-    A12s = [stoch(As[:, i], None if masks is None else masks[0][:, i]) for i in range(T - 1)]
-    A21s = [stoch(As[:, i].transpose(-1, -2), None if masks is None else masks[1][:, i]) for i in range(T - 1)]
-    walks, losses = [], []
-    target = torch.arange(N)[None].repeat(B, 1).view(-1)
-    for i in range(1, len(A12s)):
-        g = A12s[:i + 1] + A21s[:i + 1][::-1]
-        aar = aal = g[0]
-        for a in g[1:]:
-            aar, aal = aar @ a, a @ aal
-        W = aal if flip else aar
-        walks.append(W)
-        losses.append(F.cross_entropy(torch.log(W + EPS).flatten(0, -2), target))
-    return torch.stack(walks), sum(losses) / len(losses)
 
 
 # ---------------------------------------------------------------- transitions
@@ -252,7 +228,7 @@ def test_state_dict_keys_strides_padding():
     assert [k for k in deep.state_dict() if k.startswith('selfsim_fc')] == [
         f'selfsim_fc.{i}.{w}' for i in (0, 2, 4) for w in ('weight', 'bias')]
     assert deep.selfsim_fc[4].out_features == 128 and deep.selfsim_fc[0].out_features == 512
-    with pytest.raises(ValueError, match='model-type'):
+    with pytest.raises(CRWError, match='model-type'):
         make(model_type='resnet50')
 
 
@@ -337,7 +313,7 @@ def test_real_argument_namespaces(tmp_path):
     assert m.temperature == 0.05 and m.enc_hid_dim == 256 and len(m.selfsim_fc) == 0
 
 
-# ---------------------------------------------------------------- utils.weights
+# ---------------------------------------------------------------- checkpoint loading
 def test_clean_state_dict():
     v = torch.zeros(1)
     sd = {'module.encoder.model.conv1.weight': v, '_orig_mod.selfsim_fc.0.bias': v,
@@ -379,19 +355,19 @@ def test_partial_load_and_roundtrip(tmp_path, capsys):
 
 
 def test_load_errors(tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match='nope.pth'):
+    with pytest.raises(CRWError, match='nope.pth'):
         load_checkpoint(str(tmp_path / 'nope.pth'))
     bad = tmp_path / 'bad.pth'
     bad.write_bytes(b'not a checkpoint')
-    with pytest.raises(SystemExit, match='bad.pth'):
+    with pytest.raises(CRWError, match='bad.pth'):
         load_checkpoint(str(bad))
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(CRWError) as e:
         load_imagenet18_weights()
     msg = str(e.value)
     assert os.path.join(str(tmp_path / 'hub'), 'checkpoints', IMAGENET18_FILE) in msg
     assert '--imagenet-weights' in msg and '\n' not in msg
-    with pytest.raises(SystemExit, match='missing.pth'):
+    with pytest.raises(CRWError, match='missing.pth'):
         make(model_type='imagenet18', imagenet_weights=str(tmp_path / 'missing.pth'))
 
 

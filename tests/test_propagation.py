@@ -1,4 +1,4 @@
-"""Label propagation (SPEC §5): fast path == the release's dense algorithm, known-answer propagation, the
+"""Label propagation: the windowed path == the release's reference algorithm, known-answer propagation, the
 test.py pipeline end to end, label-map handling. Synthetic data only, tiny sizes."""
 import argparse
 import os
@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import load_script
 from data import vos
+from data.images import davis_palette, list_frames, save_indexed_png
 from data.synthetic import make_sequence, write_davis_layout
-from utils.palette import davis_palette, save_indexed_png
-from utils.propagation import (DensePropagator, Propagator, context_frames, min_max_normalize, propagate_video,
-                               radius_offsets)
+from propagation import Protocol, WindowedPropagator, propagate_video
+from propagation.protocol import context_frames, min_max_normalize, radius_offsets
+from utils.errors import CRWError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,11 +78,11 @@ def same_topk_up_to_ties(d, f, tol=1e-4):
             and all(abs(vf[e] - lf[-1].item()) < tol for e in only_f))
 
 
-def compare_runs(feats, labels, soft_tol=1e-4, **kw):
-    """Run oracle and fast path; assert same top-k multisets (ties aside), soft maps, argmax."""
-    dense = list(propagate_video(feats, labels, dense=True, return_topk=True, **{k: v for k, v in kw.items()
-                                                                                if k not in ('mode', 'tile')}))
-    fast = list(propagate_video(feats, labels, return_topk=True, **kw))
+def compare_runs(feats, labels, soft_tol=1e-4, tile=(8, 8), mode='auto', **protocol):
+    """Run the reference and the windowed path; assert same top-k multisets (ties aside), soft maps, argmax."""
+    protocol = Protocol(**protocol)
+    dense = list(propagate_video(feats, labels, protocol, reference=True, return_topk=True))
+    fast = list(propagate_video(feats, labels, protocol, return_topk=True, tile=tile, mode=mode))
     assert len(dense) == len(fast) == len(feats)
     worst, mismatched = 0.0, 0
     for (t, pd, idd), (_, pf, idf) in zip(dense, fast):
@@ -108,7 +110,7 @@ def compare_runs(feats, labels, soft_tol=1e-4, **kw):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 1. fast path == oracle
+# 1. windowed path == reference
 # ----------------------------------------------------------------------------------------------------------
 
 CASES = [
@@ -117,11 +119,11 @@ CASES = [
     (8, 16, 9, 13, 3, 3, 10, 3, [0], 'window'),
     (12, 16, 12, 17, 4, 3, 10, 20, [0], 'window'),      # shorter than L: copies of frame 0
     (30, 16, 10, 14, 2, 3, 5, 3, [0], 'window'),        # ring wraps many times
-    (10, 16, 11, 9, 3, 12, 10, 20, [0], 'auto'),        # R=12 on a tiny map: dense-mode fallback
+    (10, 16, 11, 9, 3, 12, 10, 20, [0], 'auto'),        # R=12 on a tiny map: full-score fallback
     (9, 16, 20, 28, 3, 12, 10, 4, [0], 'window'),       # R=12, windowed path forced
     (8, 16, 10, 12, 2, 1.5, 1, 1, [0], 'window'),       # k=1
     (8, 16, 10, 12, 2, 1.0, 5, 1, [], 'window'),        # fewer than k candidates: masked fill-ins
-    (8, 16, 10, 12, 2, 2.5, 10, 3, [], 'dense'),        # no long-term memory, dense mode
+    (8, 16, 10, 12, 2, 2.5, 10, 3, [], 'full'),         # no long-term memory, full scores
     (12, 16, 10, 12, 3, 2.5, 5, 3, [0, 4], 'window'),   # extra long-term frame
     (6, 16, 7, 11, 2, 3, 10, 0, [0], 'auto'),           # L=0: long-term memory only
     (12, 32, 40, 40, 3, 12, 10, 8, [0], 'auto'),        # the --cropSize 320 map (40x40), t > L
@@ -130,21 +132,21 @@ CASES = [
 
 
 @pytest.mark.parametrize('T,C,h,w,K,radius,topk,L,long_mem,mode', CASES)
-def test_fast_matches_oracle_random(T, C, h, w, K, radius, topk, L, long_mem, mode):
+def test_windowed_matches_reference_random(T, C, h, w, K, radius, topk, L, long_mem, mode):
     feats, labels = random_video(T, C, h, w, K, seed=T + h)
     compare_runs(feats, labels, topk=topk, radius=radius, temperature=0.05, video_len=L, long_mem=long_mem,
                  mode=mode)
 
 
 @pytest.mark.parametrize('radius,topk,L,tile', [(12, 10, 20, (8, 8)), (3, 5, 3, (8, 16)), (1.5, 10, 20, (4, 4))])
-def test_fast_matches_oracle_clip(radius, topk, L, tile):
+def test_windowed_matches_reference_clip(radius, topk, L, tile):
     feats, labels = clip_video(14, seed=3)
     _, mismatched = compare_runs(feats, labels, topk=topk, radius=radius, temperature=0.05, video_len=L,
                                  long_mem=[0], mode='window', tile=tile)
     assert mismatched < 5
 
 
-def test_fast_matches_oracle_float64_exactly():
+def test_windowed_matches_reference_float64_exactly():
     feats, labels = random_video(10, 8, 9, 14, 3, seed=5, dtype=torch.float64)
     worst, mismatched = compare_runs(feats, labels, soft_tol=1e-12, topk=10, radius=3, temperature=0.07,
                                      video_len=4, long_mem=[0])
@@ -155,17 +157,19 @@ def test_masked_fill_ins_have_zero_weight():
     # radius 1 keeps only the same position; one short-term frame, no long-term memory, k=5: the release's
     # top-5 holds 1 real entry and 4 masked ones of weight exactly 0 -> prediction = previous label
     feats, labels = random_video(4, 8, 5, 6, 3, seed=1)
-    out = list(propagate_video(feats, labels, topk=5, radius=1, temperature=0.05, video_len=1, long_mem=[]))
+    out = list(propagate_video(feats, labels, Protocol(topk=5, radius=1, temperature=0.05, video_len=1,
+                                                       long_mem=[])))
     for t, pred in out:
         assert torch.allclose(pred, labels, atol=1e-6)
 
 
 def test_bank_is_bounded():
     feats, labels = random_video(3, 8, 9, 10, 2)
-    p = Propagator(feats[0], labels, topk=5, radius=3, temperature=0.05, video_len=7, long_mem=[0, 2])
+    p = WindowedPropagator(feats[0], labels, Protocol(topk=5, radius=3, temperature=0.05, video_len=7,
+                                                      long_mem=[0, 2]))
     for t in range(1, 40):
         p.step(feats[t % 3])
-    assert p.bank_f.shape[0] == 1 + 1 + 7     # frame 0, frame 2, the ring
+    assert p.bank_feats.shape[0] == 1 + 1 + 7     # frame 0, frame 2, the ring
 
 
 def test_context_and_offsets():
@@ -224,13 +228,13 @@ def perfect_features(seq):
     return F.normalize(feats, dim=1)
 
 
-@pytest.mark.parametrize('dense', [False, True])
-def test_known_answer_propagation(dense):
+@pytest.mark.parametrize('reference', [False, True])
+def test_known_answer_propagation(reference):
     seq = _non_occluding_sequence()
     feats = perfect_features(seq)
     first = F.one_hot(torch.from_numpy(seq['masks'][0]).long(), 4).to(torch.float64)
-    for t, pred in propagate_video(feats, first, topk=10, radius=3, temperature=0.05, video_len=5,
-                                   long_mem=[0], dense=dense):
+    protocol = Protocol(topk=10, radius=3, temperature=0.05, video_len=5, long_mem=[0])
+    for t, pred in propagate_video(feats, first, protocol, reference=reference):
         lab = pred.argmax(-1).numpy()
         gt = seq['masks'][t]
         for k in (1, 2, 3):
@@ -261,8 +265,7 @@ def _mask_ids(path):
 
 
 def run_main(argv):
-    import test as test_script
-    return test_script.main(argv)
+    return load_script('test.py').main(argv)
 
 
 @pytest.mark.parametrize('crop', [-1, 64])
@@ -306,15 +309,14 @@ def test_missing_resume_is_one_line_error(davis, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and 'nope.pth' in err
 
 
-def test_missing_frames_folder_is_one_line_error(davis, tmp_path):
+def test_missing_frames_folder_is_one_line_error(davis, tmp_path, capsys):
     root, filelist, ckpt, seqs = davis
     bad = tmp_path / 'list.txt'
     lines = open(filelist).read().splitlines()
     bad.write_text(lines[0] + '\n' + lines[1].replace('/two', '/missing', 1) + '\n')
-    with pytest.raises(SystemExit) as e:
-        run_main(['--filelist', str(bad), '--resume', ckpt, '--save-path', str(tmp_path)])
-    msg = str(e.value.code)
-    assert len(msg.splitlines()) == 1 and 'missing' in msg and ':2:' in msg
+    assert run_main(['--filelist', str(bad), '--resume', ckpt, '--save-path', str(tmp_path)]) == 1
+    msg = capsys.readouterr().err.strip()
+    assert len(msg.splitlines()) == 1 and msg.startswith('test.py: error:') and 'missing' in msg and ':2:' in msg
     assert not list(tmp_path.glob('*_mask.png'))     # nothing was computed
 
 
@@ -339,7 +341,7 @@ def test_pipeline_known_answer(tmp_path, monkeypatch):
             masks[t, y + dy * t:y + dy * t + hh, x + dx * t:x + dx * t + ww] = k
         frames[t] = pal[masks[t]]
     filelist = write_davis_layout(str(tmp_path / 'd'), {'flat': {'frames': frames, 'masks': masks * 2}}, ext='png')
-    import test as test_script
+    test_script = load_script('test.py')
     monkeypatch.setattr(test_script, 'build_encoder', lambda args, device: FlatColourEncoder())
     out = tmp_path / 'out'
     assert test_script.main(['--filelist', filelist, '--save-path', str(out), '--cropSize', '-1',
@@ -367,7 +369,7 @@ def test_label_set_nearest_and_order(tmp_path):
         ls = vos.load_label_set(p, size)
         assert ls.values.tolist() == [0, 3, 7, 12]          # sorted, background first, K = 4
         assert ls.label_map.shape == size
-        assert set(np.unique(ls.ids(ls.label_map))) <= {0, 3, 7, 12}   # nearest: no blended ids
+        assert set(np.unique(ls.values[ls.label_map])) <= {0, 3, 7, 12}   # nearest: no blended ids
     # RGB annotation in DAVIS colours -> palette ids; colours outside the palette -> 0..K-1, black first
     Image.fromarray(davis_palette()[lab]).save(tmp_path / 'rgb.png')
     ids, values = vos.read_annotation(str(tmp_path / 'rgb.png'))
@@ -383,7 +385,7 @@ def test_label_set_nearest_and_order(tmp_path):
 def test_first_labels_downsampling():
     lab = np.zeros((20, 30), np.int64)
     lab[:, 15:] = 1
-    oh = vos.downsample_labels(vos.one_hot(lab, 2), vos.feature_size(20, 30))
+    oh = vos.downsample_labels(vos.one_hot(lab, 2), (3, 4))     # ceil(20 / 8) x ceil(30 / 8)
     assert oh.shape == (3, 4, 2)
     assert torch.allclose(oh.sum(-1), torch.ones(3, 4))
 
@@ -402,14 +404,14 @@ def test_filelist_resolution_and_frame_order(tmp_path, monkeypatch):
     (e,) = vos.read_filelist(str(fl))                            # relative to the filelist's folder
     assert e.frames_dir == str(vid) and e.kind == 'davis'
     (e,) = vos.read_filelist(str(fl), data_root=str(tmp_path / 'root'))
-    assert [os.path.basename(p) for p in vos.list_frames(e.frames_dir)] == ['0.jpg', '9.jpg', '10.jpg', '100.jpg']
+    assert [os.path.basename(p) for p in list_frames(e.frames_dir)] == ['0.jpg', '9.jpg', '10.jpg', '100.jpg']
     fl.write_text('JPEGImages/v\n')
-    with pytest.raises(vos.FilelistError, match=':1:'):
+    with pytest.raises(CRWError, match=':1:'):
         vos.read_filelist(str(fl))
 
 
 def test_pose_helpers():
-    from utils.pose import joint_heatmaps, pose_from_soft_map
+    from data.jhmdb import joint_heatmaps, pose_from_soft_map
     coords = np.array([[3.0, 10.2, 0.4], [5.0, 2.0, 7.0]])
     maps = joint_heatmaps(coords, (12, 16))
     assert maps.shape == (12, 16, 4)
@@ -443,5 +445,4 @@ def test_jhmdb_pose_end_to_end(davis, tmp_path):
     # frame 0 comes from the ground-truth heat maps: within a cell of the scaled joints
     assert np.abs(coords[:, :, 0] - (pos[:, :, 0] - 1) * 64 / 40 / 8).max() < 1.0
     assert (out / f'0_{T - 1}_blend.jpg').exists()
-    with pytest.raises(SystemExit, match='cropSize'):
-        run_main(['--filelist', str(fl), '--resume', ckpt, '--save-path', str(out), '--cropSize', '-1'])
+    assert run_main(['--filelist', str(fl), '--resume', ckpt, '--save-path', str(out), '--cropSize', '-1']) == 1

@@ -186,7 +186,8 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--no-l2', action='store_true', help='skip L2 normalisation of the features')
     p.add_argument('--norm_mask', action='store_true', help='min-max normalise each predicted soft map per pixel')
     p.add_argument('--dense', action='store_true',
-                   help="use the release's dense algorithm (oracle) instead of the local-window fast path")
+                   help="use the release's reference algorithm (every affinity, memory grows with the video) instead of "
+                        'the windowed path (same results)')
     # release flags kept for compatibility
     p.add_argument('--visdom', action='store_true', help='show predictions in visdom')
     p.add_argument('--server', default='localhost', type=str, help='visdom server')

@@ -1,28 +1,29 @@
-"""Atomic checkpoint writing: a crash mid-write never destroys the previous checkpoint."""
+"""Checkpoints: atomic saving, RNG state for exact resume, loading (this project's and the release's files),
+key clean-up, partial loading and the local ImageNet ResNet-18 weights.
+
+Checkpoints of this project and of the videowalk release hold the model's state dict under ``'model'`` with
+keys ``encoder.model.<torchvision ResNet keys>`` and ``selfsim_fc.<i>.*``. Nothing here downloads anything.
+"""
 import os
-import tempfile
+import re
 
 import torch
+import torch.nn as nn
+
+from utils.errors import CRWError
+from utils.misc import atomic_write
+
+IMAGENET18_FILE = 'resnet18-f37072fd.pth'       # torchvision's ResNet18_Weights.IMAGENET1K_V1
+IMAGENET18_OLD_FILE = 'resnet18-5c106cde.pth'   # the same weights under torchvision's older file name
+IMAGENET18_URL = 'https://download.pytorch.org/models/' + IMAGENET18_FILE
 
 
+# ---------------------------------------------------------------------------------------------- saving
 def atomic_save(obj, path):
-    """torch.save ``obj`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file torch.save's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save ``obj`` to ``path`` all or nothing (see ``utils.misc.atomic_write``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def rng_state():
@@ -42,3 +43,142 @@ def set_rng_state(state):
             torch.cuda.set_rng_state_all(state['cuda'])
         except (RuntimeError, IndexError):  # resumed on a machine with a different GPU count
             pass
+
+
+def unwrap_model(model):
+    """The module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, '_orig_mod'):
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _torch_load(path, map_location):
+    """torch.load, safe mode first; our own and the release's checkpoints pickle an argparse Namespace,
+    which needs the full unpickler."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Read a checkpoint file -> dict with at least ``'model'`` (a raw state dict is wrapped as
+    ``{'model': sd}``). A missing or unreadable file raises CRWError."""
+    if not path or not os.path.isfile(path):
+        raise CRWError(f'checkpoint {path!r}: no such file')
+    try:
+        ckpt = _torch_load(path, map_location)
+    except Exception as e:  # truncated file, not a torch file, ...
+        first = str(e).splitlines()[0] if str(e) else ''
+        raise CRWError(f'checkpoint {path}: cannot be read ({type(e).__name__}: {first})') from e
+    if isinstance(ckpt, dict) and 'model' in ckpt and isinstance(ckpt['model'], dict):
+        return ckpt
+    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        return {'model': ckpt}
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
+        return dict(ckpt, model=ckpt['state_dict'])
+    raise CRWError(f"checkpoint {path}: neither a state dict nor a dict with a 'model' state dict")
+
+
+_WRAPPER_PARTS = ('module', '_orig_mod')          # DataParallel/DDP, torch.compile
+_OLD_CONV = re.compile(r'(^|\.)(conv[12])\.1\.weight$')  # release's old padded-conv wrappers
+
+
+def clean_state_dict(sd):
+    """Return a new state dict with wrapper prefixes (``module.``, ``_orig_mod.``) removed from the keys and the
+    release's old wrapped-conv keys renamed (``...conv1.1.weight`` -> ``...conv1.weight``, same for conv2)."""
+    out = {}
+    for k, v in sd.items():
+        parts = [p for p in k.split('.') if p not in _WRAPPER_PARTS]
+        k2 = _OLD_CONV.sub(r'\1\2.weight', '.'.join(parts))
+        out[k2] = v
+    return out
+
+
+def _abbrev(keys, n=6):
+    keys = list(keys)
+    return '[' + ', '.join(keys[:n]) + (f', ... +{len(keys) - n} more' if len(keys) > n else '') + ']'
+
+
+def partial_load(model, state_dict, skip_keys=(), verbose=True):
+    """Load the entries of ``state_dict`` that the model has with the same shape; leave the rest as is.
+
+    Keys containing any string of ``skip_keys`` are not loaded (propagation passes ('selfsim_fc',)). The
+    state dict is cleaned first (``clean_state_dict``) and a wrapped model is unwrapped.
+    Returns (loaded, missing, unexpected): lists of key names; missing = model keys left untouched;
+    unexpected = checkpoint keys not loaded (absent from the model, other shape, or skipped).
+    Prints a one-line summary.
+    """
+    net = unwrap_model(model)
+    sd = clean_state_dict(state_dict)
+    own = net.state_dict()
+    skip_keys = tuple(skip_keys or ())
+    loaded, skipped, mismatched, absent = [], [], [], []
+    for k, v in sd.items():
+        if any(s in k for s in skip_keys):
+            skipped.append(k)
+        elif k not in own:
+            absent.append(k)
+        elif tuple(own[k].shape) != tuple(v.shape):
+            mismatched.append(k)
+        else:
+            loaded.append(k)
+    own.update({k: sd[k] for k in loaded})
+    net.load_state_dict(own)
+    loaded_set = set(loaded)
+    missing = [k for k in own if k not in loaded_set]
+    unexpected = skipped + mismatched + absent
+    if verbose:
+        msg = f'partial_load: loaded {len(loaded)}/{len(own)} model keys'
+        if missing:
+            msg += f'; missing {len(missing)} {_abbrev(missing)}'
+        if skipped:
+            msg += f'; skipped {len(skipped)} {_abbrev(skipped)}'
+        if mismatched:
+            msg += f'; shape mismatch {len(mismatched)} {_abbrev(mismatched)}'
+        if absent:
+            msg += f'; unexpected {len(absent)} {_abbrev(absent)}'
+        print(msg)
+    return loaded, missing, unexpected
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet
+def imagenet18_default_path():
+    """Where torchvision keeps (and this project looks for) the ResNet-18 ImageNet weights."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET18_FILE)
+
+
+def load_imagenet18_weights(path=''):
+    """torchvision's ResNet-18 ImageNet state dict (keys 'conv1.weight', ..., 'fc.bias') from ``path``, else from
+    the torch hub cache. Never downloads: a missing file raises CRWError saying where to put it."""
+    if path:
+        candidates = [path]
+    else:
+        default = imagenet18_default_path()
+        candidates = [default, os.path.join(os.path.dirname(default), IMAGENET18_OLD_FILE)]
+    found = next((p for p in candidates if os.path.isfile(p)), None)
+    if found is None:
+        where = (f'--imagenet-weights {path}: no such file' if path else
+                 f'ImageNet ResNet-18 weights not found at {candidates[0]}')
+        raise CRWError(f'{where}; --model-type imagenet18 needs them and nothing is downloaded: put '
+                       f'{IMAGENET18_FILE} ({IMAGENET18_URL}) at {imagenet18_default_path()} '
+                       'or pass --imagenet-weights PATH')
+    try:
+        sd = _torch_load(found, 'cpu')
+    except Exception as e:
+        raise CRWError(f'ImageNet ResNet-18 weights {found}: cannot be read ({type(e).__name__})') from e
+    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict):
+        sd = sd['model']
+    elif isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict):
+        sd = sd['state_dict']
+    sd = clean_state_dict(sd)
+    w = sd.get('conv1.weight')
+    if w is None or tuple(w.shape) != (64, 3, 7, 7) or 'layer4.1.bn2.weight' not in sd:
+        raise CRWError(f'{found}: not a torchvision ResNet-18 state dict (expected keys conv1.weight [64, 3, 7, 7], '
+                       'layer1..layer4, fc)')
+    return sd

@@ -1,8 +1,11 @@
 """One distributed set-up for every case: torchrun (one node or many, NCCL on GPUs, gloo on CPU), one GPU, CPU."""
+import builtins
 import os
 
 import torch
 import torch.distributed as dist
+
+from utils.errors import CRWError
 
 
 def init_distributed_mode(args):
@@ -10,7 +13,7 @@ def init_distributed_mode(args):
     when launched by torchrun (RANK/WORLD_SIZE in the environment). Returns the torch.device to use."""
     want = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if want.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f'--device {want}: CUDA is not available on this machine; use --device cpu')
+        raise CRWError(f'--device {want}: CUDA is not available on this machine; use --device cpu')
     if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ and int(os.environ['WORLD_SIZE']) > 1:
         args.rank = int(os.environ['RANK'])
         args.world_size = int(os.environ['WORLD_SIZE'])
@@ -41,7 +44,6 @@ _builtin_print = None
 
 def _silence_non_main(is_main):
     """Only rank 0 prints (pass force=True to print from every rank)."""
-    import builtins
     global _builtin_print
     if _builtin_print is None:
         _builtin_print = builtins.print

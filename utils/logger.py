@@ -55,9 +55,6 @@ class MetricLogger:
                 v = v.item()
             self.meters[k].update(float(v))
 
-    def add_meter(self, name, meter):
-        self.meters[name] = meter
-
     def __str__(self):
         return self.delimiter.join(f'{k}: {m}' for k, m in self.meters.items())
 

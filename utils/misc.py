@@ -1,12 +1,43 @@
-"""Small helpers: git revision, peak memory, formatted times."""
+"""Small helpers: atomic file writing, git revision, run header, peak memory, formatted times, CPU name."""
+import contextlib
 import datetime
-import platform
 import os
+import platform
 import resource
 import subprocess
 import sys
+import tempfile
 
 import torch
+
+TMP_SUFFIX = '.tmp'
+
+
+def temp_name_prefix(path):
+    """Prefix of the temporary files ``atomic_write`` makes beside ``path`` (``.<name>.``)."""
+    return '.' + os.path.basename(path) + '.'
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb', **open_kwargs):
+    """Write ``path`` all or nothing: yields a file object on a temporary file in the same folder
+    (``.<name>.<random>.tmp``), which is flushed, synced and renamed over ``path`` when the block ends
+    without error, and removed otherwise. A crash or Ctrl-C mid-write leaves the previous file intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def git_revision():
@@ -71,3 +102,12 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or 'cpu'
+
+
+def default_workers(limit=8):
+    """Processes for per-sequence work: the CPUs this process may use, at most ``limit``."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(limit, n))

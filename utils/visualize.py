@@ -1,5 +1,6 @@
-"""Optional visualisation (--visualize): scalars to wandb (offline unless configured), images to visdom.
-Neither package is imported unless asked for; a missing package or server is one warning, never a crash."""
+"""Optional visualisation (--visualize): scalars to wandb (offline unless configured); a visdom connection is
+opened when a server runs. Neither package is imported unless asked for; a missing package or server is one
+warning, never a crash."""
 import os
 import warnings
 
@@ -23,23 +24,13 @@ class Visualizer:
             else:
                 raise ConnectionError(f'no visdom server at {args.server}:{args.port}')
         except Exception as e:  # noqa: BLE001
-            warnings.warn(f'--visualize: visdom unavailable ({type(e).__name__}: {e}); images are not shown. '
+            warnings.warn(f'--visualize: visdom unavailable ({type(e).__name__}: {e}); nothing is sent there. '
                           f'Start one with: python -c "from visdom.server.run_server import main; main()" '
                           f'-port {args.port} -bind_local')
 
     def log(self, scalars, step):
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
-
-    def images(self, clip, step):
-        """clip: [T, 3, H, W] float in [0, 1] (first clip of the batch, before normalisation)."""
-        if self.vis is not None:
-            try:
-                self.vis.images(clip.clamp(0, 1).cpu().numpy(), nrow=clip.shape[0], win='clip',
-                                opts={'title': f'clip at step {step}'})
-            except Exception as e:  # noqa: BLE001
-                warnings.warn(f'visdom: {e}; disabling image logging')
-                self.vis = None
 
     def close(self):
         if self.wandb is not None:

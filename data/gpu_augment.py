@@ -1,4 +1,4 @@
-"""Batch augmentation of training clips on the device (SPEC §3, steps 1 `cj`, 2 and 3).
+"""Batch augmentation of training clips on the device: colour jitter, the grid of patches, normalisation.
 
 The dataset delivers uint8 clips [B, T, 3, S, S] already cropped/resized (and flipped) per frame. Here, on
 whatever device the clips are on:
@@ -16,10 +16,10 @@ whatever device the clips are on:
 Random parameters are drawn on a CPU ``torch.Generator`` seeded with the ``seed`` argument, then moved to
 the device: CPU and GPU runs draw identical parameters.
 """
-import math
-
 import torch
 import torch.nn.functional as F
+
+from data.transforms import random_crop_boxes
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -34,54 +34,6 @@ def grid_positions(height, width, patch, stride=None):
     stride = stride or patch // 2
     ny, nx = (height - patch) // stride + 1, (width - patch) // stride + 1
     return [(r * stride, c * stride) for r in range(ny) for c in range(nx)]
-
-
-def grid_patches(frames, patch=64, stride=None):
-    """The grid windows of ``frames`` [..., C, H, W] as [..., N, C, P, P] (row-major, exact copies)."""
-    stride = stride or patch // 2
-    *lead, C, H, W = frames.shape
-    x = frames.unfold(-2, patch, stride).unfold(-2, patch, stride)  # [..., C, ny, nx, P, P]
-    ny, nx = x.shape[-4], x.shape[-3]
-    x = x.movedim(-5, -3)                                             # [..., ny, nx, C, P, P]
-    return x.reshape(*lead, ny * nx, C, patch, patch)
-
-
-def fallback_crop_size(height, width, ratio):
-    """``(h, w)`` of RandomResizedCrop's fallback when no random draw fits: the whole frame, narrowed to the
-    nearest aspect ratio (w/h) inside ``ratio``."""
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return int(round(width / min(ratio))), width
-    if in_ratio > max(ratio):
-        return height, int(round(height * max(ratio)))
-    return height, width
-
-
-def random_resized_crop_params(n, height, width, scale, ratio, generator, attempts=10):
-    """``(top, left, h, w)`` int64 tensors [n]: per box, up to ``attempts`` draws of an area fraction uniform in
-    ``scale`` and a log-uniform aspect ratio (w/h) in ``ratio``, the first that fits wins; if none fits, the
-    central crop clamped to ``ratio`` (torchvision RandomResizedCrop's rule), then a uniform position."""
-    area = float(height * width)
-    s = torch.empty(n, attempts, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
-    logr = torch.empty(n, attempts, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]),
-                                                                 generator=generator)
-    ar = torch.exp(logr)
-    w = torch.round(torch.sqrt(area * s * ar)).to(torch.int64)
-    h = torch.round(torch.sqrt(area * s / ar)).to(torch.int64)
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.to(torch.int64).argmax(dim=1, keepdim=True)
-    found = ok.any(dim=1)
-    w = w.gather(1, first)[:, 0]
-    h = h.gather(1, first)[:, 0]
-    fh, fw = fallback_crop_size(height, width, ratio)
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
-    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
-    top = torch.floor(u[:, 0] * (height - h + 1).to(torch.float64)).to(torch.int64).clamp(max=height - h)
-    left = torch.floor(u[:, 1] * (width - w + 1).to(torch.float64)).to(torch.int64).clamp(max=width - w)
-    top = torch.where(found, top, (height - h) // 2)
-    left = torch.where(found, left, (width - w) // 2)
-    return top, left, h, w
 
 
 def color_jitter_params(n, strengths, generator):
@@ -156,7 +108,7 @@ class BatchAugment:
             p['frame_cj'] = color_jitter_params(n, CJ, g)
         if self.grid:
             m = n * self.num_patches(height, width)
-            p['patch_box'] = random_resized_crop_params(m, self.patch, self.patch, self.patch_scale,
+            p['patch_box'] = random_crop_boxes(m, self.patch, self.patch, self.patch_scale,
                                                         self.patch_ratio, g)
             if self.patch_flip:
                 p['patch_flip'] = torch.rand(m, generator=g) < 0.5

@@ -1,23 +1,32 @@
 """Throughput of the training input pipeline: dataset clips/s (decode + per-frame crop) and BatchAugment.
 
-    python -m data.benchmark                       # synthetic Kinetics-like videos in a temporary folder
-    python -m data.benchmark --data-path X --workers 8 --clips 400 --device cuda
+    python bench/data_pipeline.py                  # synthetic Kinetics-like videos in a temporary folder
+    python bench/data_pipeline.py --data-path X --workers 8 --clips 400 --device cuda
 
 Synthetic videos: 256x340, 30 fps, 10 s, H.264 (x264 preset medium, crf 23: CABAC and B-frames like the
 usual Kinetics downloads), a texture panning across the frame.
 """
 import argparse
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from data.gpu_augment import BatchAugment  # noqa: E402
+from data.sampler import build_train_sampler  # noqa: E402
+from data.synthetic import smooth_texture  # noqa: E402
+from data.video_dataset import build_train_dataset  # noqa: E402
+from utils.arguments import train_args  # noqa: E402
+
 
 def make_videos(root, n=8, seconds=10, fps=30, height=256, width=340):
     import av
-    from data.synthetic import smooth_texture
     rng = np.random.default_rng(0)
     for v in range(n):
         path = os.path.join(root, 'train_256', f'class{v % 2}', f'video{v}.mp4')
@@ -47,10 +56,6 @@ def main(argv=None):
     p.add_argument('--frame-aug', default='grid')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     a = p.parse_args(argv)
-
-    from data import build_train_dataset, build_train_sampler
-    from utils.arguments import train_args
-    from utils.augs import BatchAugment
 
     tmp = None
     data_path = a.data_path

@@ -1,9 +1,13 @@
-"""JHMDB pose propagation helpers (SPEC §5): joints -> heat maps for frame 0, soft maps -> joints.
+"""JHMDB pose propagation data: joint files, joints -> heat maps for frame 0, soft maps -> joints, drawing.
 
 Coordinates are (x, y) in feature cells (pixel / 8 after resizing), as the release saved them for PCK.
 """
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from scipy.io import loadmat
+
+from utils.errors import CRWError
 
 SIGMA = 0.5   # Gaussian width in feature cells
 # parent of each of the 15 JHMDB joints, for drawing (the release's skeleton)
@@ -15,13 +19,12 @@ COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0
 
 def load_joints(mat_path):
     """joint_positions.mat -> pos_img [2, J, T] float64 (x, y) in pixels, 0-based (the file is 1-based)."""
-    from scipy.io import loadmat
     try:
         m = loadmat(mat_path)
     except Exception as e:
-        raise SystemExit(f'{mat_path}: cannot read the joint file ({type(e).__name__})')
+        raise CRWError(f'{mat_path}: cannot read the joint file ({type(e).__name__})') from e
     if 'pos_img' not in m:
-        raise SystemExit(f"{mat_path}: no 'pos_img' array (expected a JHMDB joint_positions.mat)")
+        raise CRWError(f"{mat_path}: no 'pos_img' array (expected a JHMDB joint_positions.mat)")
     return np.asarray(m['pos_img'], dtype=np.float64) - 1
 
 
@@ -72,7 +75,6 @@ def pose_from_soft_map(soft, topk=3):
 
 def draw_pose(path, img, xy):
     """Save img [H, W, 3] uint8 with the skeleton of joints xy [2, J] (pixels; negative = missing)."""
-    from PIL import Image, ImageDraw
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
     for j, p in enumerate(PARENTS[:xy.shape[1]]):

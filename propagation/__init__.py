@@ -1,0 +1,16 @@
+"""Label propagation by k-nearest-neighbour voting in feature space.
+
+protocol   the settings (Protocol: context length, radius, k, temperature, long-term memory) and the rules
+           both implementations share (context frames, radius offsets)
+reference  the release's algorithm, all affinities (``test.py --dense``)
+windowed   the default: the same results from the scores inside the radius only, bounded memory
+api        load_encoder, encode_frames, propagate_video: what test.py and other code call
+"""
+from propagation.api import (STRIDE, encode_frames, load_encoder, make_propagator, propagate_video,
+                             soft_to_index)
+from propagation.protocol import Protocol
+from propagation.reference import ReferencePropagator
+from propagation.windowed import WindowedPropagator
+
+__all__ = ['STRIDE', 'Protocol', 'ReferencePropagator', 'WindowedPropagator', 'encode_frames', 'load_encoder',
+           'make_propagator', 'propagate_video', 'soft_to_index']
