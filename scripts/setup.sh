@@ -30,7 +30,7 @@ as_root() {
   else return 1; fi
 }
 can_apt() { command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null; }; }; }
-APT_UPDATED=
+APT_UPDATED=''
 apt_install() {
   if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq && APT_UPDATED=1 || return 1; fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
@@ -50,13 +50,13 @@ check_version() {
 same_dir() { [ "$(cd "$1" 2>/dev/null && pwd -P)" = "$(cd "$2" 2>/dev/null && pwd -P)" ]; }
 
 # ---- 1. the environment -------------------------------------------------------------------------------
-active= active_kind=
+active='' active_kind=''
 if [ -n "${VIRTUAL_ENV:-}" ]; then active=$VIRTUAL_ENV active_kind="virtual environment"
 elif [ -n "${CONDA_PREFIX:-}" ]; then active=$CONDA_PREFIX active_kind="conda environment"
 fi
 
 if [ -n "$active" ] && [ -d .venv ] && [ ! -L .venv ] && same_dir .venv "$active"; then
-  active=  # the active environment is this repository's own .venv (`source .venv/bin/activate`)
+  active=''  # the active environment is this repository's own .venv (`source .venv/bin/activate`)
 fi
 
 if [ -n "$active" ]; then
@@ -67,8 +67,8 @@ if [ -n "$active" ]; then
     die "a $active_kind is active ($active) but .venv/ is this repository's own environment: run \`deactivate\` to use .venv/, or remove .venv/ to use $active"
   fi
   if [ "$(readlink .venv 2>/dev/null)" != "$active" ]; then ln -sfn "$active" .venv; fi
-  where="the active $active_kind $active (.venv links to it)"
-  say "using $where"
+  where="the active $active_kind $active"
+  say "using $where (.venv links to it)"
 else
   if [ -L .venv ] && [ ! -x .venv/bin/python ]; then
     say "removing the link .venv: its environment $(readlink .venv) is gone"
@@ -76,8 +76,8 @@ else
   fi
   # Reuse .venv when its python runs and has pip (a venv made without ensurepip has none: remake it).
   if [ -x .venv/bin/python ] && .venv/bin/python -c 'import pip' 2>/dev/null; then
-    where=".venv ($(if [ -L .venv ]; then echo "a link to $(readlink .venv)"; else echo "this repository's"; fi))"
-    say "using $where"
+    where=.venv
+    say "using .venv ($(if [ -L .venv ]; then echo "a link to $(readlink .venv)"; else echo "this repository's"; fi))"
   else
     [ -L .venv ] && die ".venv links to $(readlink .venv), whose python has no pip: install pip there, or remove the link .venv, and re-run"
     if [ -e .venv ] && [ ! -f .venv/pyvenv.cfg ]; then
@@ -99,7 +99,7 @@ else
     fi
     say "making .venv with $(command -v python3) (Python $(py_version python3))"
     python3 -m venv --clear .venv >/dev/null || die "python3 -m venv .venv failed (its messages are above)"
-    where=".venv (this repository's)"
+    where=.venv
   fi
   check_version .venv/bin/python ".venv/bin/python" "remove .venv and re-run with a python3 of that range first on the PATH"
 fi
@@ -145,7 +145,7 @@ if satisfied; then
   say "requirements.txt already satisfied"
 else
   "$py" -c 'import pip' 2>/dev/null || die "$py has no pip: install pip into that environment and re-run"
-  say "installing requirements.txt into $where (the first time takes minutes: torch is several GB)"
+  say "installing requirements.txt into $where with pip (the first install takes minutes: torch is several GB)"
   "$py" -m pip install -q --disable-pip-version-check -r requirements.txt \
     || die "pip could not install requirements.txt into $where (its messages are above)"
   satisfied || die "requirements.txt is still not satisfied in $where after pip install"
