@@ -270,6 +270,28 @@ class CRW(nn.Module):
         names = [f"{'l' if self.flip else 'r'}{i}" for i in range(1, T1)]
         return W, names
 
+    @staticmethod
+    def _cycle_xent(W):
+        """W [K, B, N, N] -> (logits log(W + 1e-20), per-start-node cross-entropy [K, B, N], target the start)."""
+        logits = torch.log(W + EPS)
+        return logits, logits.logsumexp(-1) - logits.diagonal(dim1=-2, dim2=-1)
+
+    @torch.no_grad()
+    def walk_details(self, q):
+        """What the walk does on q [B, C, T, N], for pictures (``--visualize``); costs nothing unless called.
+
+        Returns {'A': affinities [B, T-1, N, N], 'P': transitions t -> t+1 [B, T-1, N, N], 'W': palindrome
+        walks [T-2, B, N, N] (W[k, b, n] = where a walk from node n ends), 'xent': per-start-node cycle loss
+        [T-2, B, N], 'names': the walks' names}, all float32. Edge dropout is not applied and nothing random is
+        drawn, whatever the mode, so calling it leaves training (and its RNG stream) unchanged.
+        """
+        self._check_T(q.shape[2])
+        P, Pbar = self.transitions(q, masks=(None, None))
+        W, names = self.walks(P, Pbar)
+        with torch.autocast(device_type=W.device.type, enabled=False):
+            _, xent = self._cycle_xent(W)
+        return {'A': self.affinity(q), 'P': P, 'W': W, 'xent': xent, 'names': names}
+
     def walk_loss(self, q, size=None, masks=None):
         """q [B, C, T, N] (unit-norm nodes) -> (loss, diagnostics).
 
@@ -282,8 +304,8 @@ class CRW(nn.Module):
         P, Pbar = self.transitions(q, masks)
         W, names = self.walks(P, Pbar)
         with torch.autocast(device_type=W.device.type, enabled=False):
-            logits = torch.log(W + EPS)  # [K, B, N, N]
-            xent = (logits.logsumexp(-1) - logits.diagonal(dim1=-2, dim2=-1)).mean((1, 2))  # [K]
+            logits, node_xent = self._cycle_xent(W)
+            xent = node_xent.mean((1, 2))  # [K]
             target = torch.arange(logits.shape[-1], device=logits.device)
             acc = (logits.argmax(-1) == target).float().mean((1, 2))
             loss = xent.mean()

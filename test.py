@@ -36,12 +36,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.images import davis_palette, list_frames, save_indexed_png
-from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map
+from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map, pose_image
 from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
 from propagation import STRIDE, Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
 from utils.arguments import test_args
 from utils.errors import CRWError, report
 from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
+from utils.visualize import PropagationViewer
 
 FEATURE_BATCH = 4   # frames per encoder call
 
@@ -92,12 +93,16 @@ class AsyncWriter:
             self.pool.shutdown(wait=True)
 
 
+def label_blend(ids, disp):
+    """ids [H, W] label ids, disp [H, W, 3] uint8 -> [H, W, 3] uint8: image and label colours half and half."""
+    colours = davis_palette()[ids.astype(np.int64) % 256].astype(np.float32)
+    return (disp.astype(np.float32) * 0.5 + colours * 0.5).round().clip(0, 255).astype(np.uint8)
+
+
 def write_mask_and_blend(prefix, ids, disp):
     """ids [H, W] label ids, disp [H, W, 3] uint8 -> {prefix}_mask.png and {prefix}_blend.jpg."""
     save_indexed_png(prefix + '_mask.png', ids)
-    colours = davis_palette()[ids.astype(np.int64) % 256].astype(np.float32)
-    blend = (disp.astype(np.float32) * 0.5 + colours * 0.5).round().clip(0, 255).astype(np.uint8)
-    Image.fromarray(blend).save(prefix + '_blend.jpg', quality=90)
+    Image.fromarray(label_blend(ids, disp)).save(prefix + '_blend.jpg', quality=90)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,8 +117,9 @@ def _loader(frames, args, device):
         persistent_workers=False)
 
 
-def run_davis_video(entry, args, encoder, device, writer, progress=None):
-    """Propagate frame 0's labels through one DAVIS-style video and queue its outputs. Returns #frames."""
+def run_davis_video(entry, args, encoder, device, writer, progress=None, viewer=None):
+    """Propagate frame 0's labels through one DAVIS-style video and queue its outputs (and, with a
+    ``PropagationViewer``, show them in visdom). Returns #frames."""
     video = VOSVideo(entry, args.cropSize)
     values, size = video.labels.values, video.size
     if progress is not None:
@@ -133,12 +139,15 @@ def run_davis_video(entry, args, encoder, device, writer, progress=None):
                 index = soft_to_index(prop.step(feats[b]), size, args.norm_mask)
             ids = values[index.cpu().numpy()].astype(np.uint8)
             writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, disp[b].numpy())
+            if viewer is not None:
+                viewer.blend(entry.index, entry.name, t, label_blend(ids, disp[b].numpy()))
+                viewer.features(entry.index, entry.name, t, feats[b], ids.shape)
             if progress is not None:
                 progress.update(1)
     return len(video)
 
 
-def run_jhmdb_video(entry, args, encoder, device, writer, progress=None):
+def run_jhmdb_video(entry, args, encoder, device, writer, progress=None, viewer=None):
     """JHMDB pose propagation: joint heat maps from frame 0, propagated, decoded per frame -> {i}.dat."""
     paths = list_frames(entry.frames_dir)
     if not paths:
@@ -165,6 +174,9 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None):
             xy = pose_from_soft_map(soft).cpu().numpy()                  # [2, J] feature cells
             coords.append(xy)
             writer.submit(draw_pose, f'{prefix}_{t}_blend.jpg', disp[b].numpy(), xy * STRIDE)
+            if viewer is not None:
+                viewer.blend(entry.index, entry.name, t, pose_image(disp[b].numpy(), xy * STRIDE))
+                viewer.features(entry.index, entry.name, t, feats[b], disp[b].shape[:2])
             if progress is not None:
                 progress.update(1)
     np.stack(coords, axis=-1).dump(prefix + '.dat')
@@ -194,9 +206,6 @@ def run(args):
     print('Arguments', args)
     print(f'Context length {args.videoLen}, image size {args.cropSize}, device {device}, '
           f"{'reference (release) propagation' if args.dense else 'windowed propagation'}")
-    if args.visdom:
-        warnings.warn('--visdom is not implemented in this test.py: results are only written to --save-path',
-                      stacklevel=2)
 
     random.seed(args.manualSeed)
     np.random.seed(args.manualSeed % 2 ** 32)
@@ -213,6 +222,9 @@ def run(args):
     encoder = build_encoder(args, device)
     os.makedirs(args.save_path, exist_ok=True)
 
+    viewer = None
+    if args.visdom or args.pca_vis:  # without a server: one warning, results are still written
+        viewer = PropagationViewer(args.server, args.port, blend=args.visdom, pca=args.pca_vis) or None
     writer = AsyncWriter()
     try:
         for entry in entries:
@@ -222,7 +234,7 @@ def run(args):
             with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False,
                       mininterval=1.0, file=sys.stderr) as bar:
                 try:
-                    n = run_video(entry, args, encoder, device, writer, bar)
+                    n = run_video(entry, args, encoder, device, writer, bar, viewer)
                 except CRWError as e:
                     raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
                 writer.wait()
@@ -232,6 +244,8 @@ def run(args):
                   f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB', flush=True)
     finally:
         writer.close()
+        if viewer is not None:
+            viewer.close()
 
 
 if __name__ == '__main__':

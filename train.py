@@ -72,7 +72,7 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
         # Augmentation seed from (seed, step): the same batch gets the same crops after a resume.
         video = aug(clips, mix_seed(args.seed, step, args.rank))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            _, loss, diags = model(video)
+            q, loss, diags = model(video)
         loss = loss.mean()  # DataParallel returns one loss per replica
         if not torch.isfinite(loss):
             first_bad = step
@@ -83,6 +83,8 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
         lr_scheduler.step()
         state['iteration'] += 1
         state['global_step'] += 1
+        if vis is not None and step % args.vis_every == 0:  # logged at the same step number as the scalars
+            vis.pictures(unwrap_model(model), clips, video, q, state['global_step'])
         if state['iteration'] % args.print_freq == 0 or state['iteration'] == total:
             diags = {k: v.mean().item() for k, v in diags.items()}
             loss_v = dist_utils.all_reduce_mean(loss.detach()).item()

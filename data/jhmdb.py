@@ -73,12 +73,17 @@ def pose_from_soft_map(soft, topk=3):
     return xy
 
 
-def draw_pose(path, img, xy):
-    """Save img [H, W, 3] uint8 with the skeleton of joints xy [2, J] (pixels; negative = missing)."""
+def pose_image(img, xy):
+    """img [H, W, 3] uint8 with the skeleton of joints xy [2, J] (pixels; negative = missing) drawn on a copy."""
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
     for j, p in enumerate(PARENTS[:xy.shape[1]]):
         x1, y1, x2, y2 = xy[0, p], xy[1, p], xy[0, j], xy[1, j]
         if min(x1, y1, x2, y2) >= 0:
             d.line([(float(x1), float(y1)), (float(x2), float(y2))], fill=COLOURS[j % len(COLOURS)], width=4)
-    im.save(path, quality=90)
+    return np.asarray(im)
+
+
+def draw_pose(path, img, xy):
+    """Save ``pose_image(img, xy)`` to path (JPEG quality 90)."""
+    Image.fromarray(pose_image(img, xy)).save(path, quality=90)

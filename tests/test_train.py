@@ -155,9 +155,12 @@ def test_visualize_without_wandb_or_visdom_server_warns_and_trains(frame_list, t
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '1', '--visualize',
-                              '--port', '1'))
+                              '--port', '1', '--vis-every', '1'))
     assert any('visdom' in str(w.message) for w in caught)
     assert (out / 'checkpoint.pth').is_file()
+    views = ('flow', 'loss', 'matches', 'neighbours', 'pca')
+    assert sorted(os.listdir(out / 'vis')) == [f'00000001_{v}.png' for v in views]  # pictures without any server
     import importlib.util
-    if importlib.util.find_spec('wandb') is not None:  # optional dependency: an offline run is written
-        assert (out / 'wandb').is_dir()
+    if importlib.util.find_spec('wandb') is not None:  # optional dependency: an offline run with the pictures
+        media = list((out / 'wandb').glob('offline-run-*/files/media/images/vis/*.png'))
+        assert sorted({p.name.split('_')[0] for p in media}) == sorted(views)

@@ -96,7 +96,12 @@ def get_train_args_parser(add_help=True):
     p.add_argument('--save-every', default=1000, type=int,
                    help='also write checkpoint.pth every this many iterations (the release saved at random)')
     p.add_argument('--print-freq', default=10, type=int)
-    p.add_argument('--visualize', action='store_true', help='scalars to wandb (offline by default), images to visdom')
+    p.add_argument('--visualize', action='store_true',
+                   help='scalars to wandb (offline by default); pictures of the walk (PCA, flow, matches, '
+                        'neighbours, per-node loss) to <output-dir>/vis/, visdom and wandb')
+    p.add_argument('--vis-every', default=50, type=int,
+                   help='with --visualize, draw the pictures every this many iterations (the release drew on a '
+                        'random 2%% of its iterations, one in 50 on average)')
     p.add_argument('--port', default=8095, type=int, help='visdom port')
     p.add_argument('--server', default='localhost', type=str, help='visdom server')
     p.add_argument('--channels-last', action='store_true',
@@ -135,6 +140,8 @@ def _finish_train_args(p, args):
     for name in ('batch_size', 'epochs', 'img_size', 'clips_per_video', 'frame_skip'):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.vis_every <= 0:
+        p.error('--vis-every must be positive')
     if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
         p.error('--steps-per-epoch must be positive')
     if args.workers < 0:
@@ -195,7 +202,8 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--finetune', default=0, type=int, help='release flag; test-time finetuning is not implemented')
     p.add_argument('--texture', action='store_true', help='release flag; not implemented')
     p.add_argument('--round', action='store_true', help='release flag; not implemented')
-    p.add_argument('--pca-vis', action='store_true', help='release flag; not implemented')
+    p.add_argument('--pca-vis', action='store_true',
+                   help="show the PCA of each frame's features in visdom (colours fitted on the first frame)")
     return p
 
 
@@ -208,7 +216,7 @@ def _finish_test_args(p, args):
         p.error(f'--resume {args.resume}: no such file (refusing to run with random weights)')
     if args.batchSize != 1:
         p.error('--batchSize must be 1: videos have different lengths and sizes')
-    for flag in ('finetune', 'texture', 'round', 'pca_vis'):
+    for flag in ('finetune', 'texture', 'round'):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')}: this release flag did nothing useful and is not implemented")
     if args.topk <= 0 or args.videoLen < 0 or args.radius <= 0 or args.temperature <= 0:
