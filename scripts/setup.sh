@@ -10,6 +10,10 @@
 #   3. requirements.txt, with that environment's own pip. Skipped when the installed versions already
 #      satisfy requirements.txt: that check reads package metadata only (no `import torch`), so a re-run
 #      on a set-up machine takes well under a few seconds.
+#   4. visdom 0.2.4 (train.py --visualize, test.py --visdom, and the tests that start a visdom server).
+#      Not a requirements.txt line: it is published as source only and its setup.py imports pkg_resources,
+#      which setuptools 81 dropped, so pip builds it with setuptools<81 in pip's own isolated build
+#      environment; the environment's setuptools is left as it is. Skipped when visdom 0.2.4 is installed.
 # Safe to re-run. Exits non-zero with one "[setup] error: ..." line when something cannot be done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -149,5 +153,21 @@ else
   "$py" -m pip install -q --disable-pip-version-check -r requirements.txt \
     || die "pip could not install requirements.txt into $where (its messages are above)"
   satisfied || die "requirements.txt is still not satisfied in $where after pip install"
+fi
+# ---- 4. visdom ------------------------------------------------------------------------------------------
+VISDOM=0.2.4
+if [ "$("$py" -c 'from importlib.metadata import version; print(version("visdom"))' 2>/dev/null)" = "$VISDOM" ]; then
+  say "visdom $VISDOM already installed"
+else
+  say "installing visdom $VISDOM into $where (built with setuptools<81)"
+  build_pins=$(mktemp)
+  echo 'setuptools<81' >"$build_pins"
+  # PIP_CONSTRAINT reaches the isolated build environment up to pip 25.2; PIP_BUILD_CONSTRAINT from pip 25.3.
+  if ! PIP_CONSTRAINT=$build_pins PIP_BUILD_CONSTRAINT=$build_pins \
+      "$py" -m pip install -q --disable-pip-version-check "visdom==$VISDOM"; then
+    rm -f "$build_pins"
+    die "pip could not install visdom $VISDOM into $where (its messages are above)"
+  fi
+  rm -f "$build_pins"
 fi
 say "ok: .venv/bin/python is Python $(py_version "$py") with torch $("$py" -c 'from importlib.metadata import version; print(version("torch"))')"
