@@ -4,10 +4,7 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import warnings
 from types import SimpleNamespace as NS
 
@@ -23,7 +20,7 @@ from data.synthetic import make_sequence, smooth_texture, write_davis_layout
 from model import CRW
 from test_train import frame_list, small_args  # noqa: F401 - frame_list is a fixture
 from utils.visualize import (DISPLAY, TEST_ENVS, WINDOWS, PCAColours, batch_views, draw_pca, flow_field,
-                             mutual_matches, node_layout, prune_pngs)
+                             free_port, local_visdom_server, mutual_matches, node_layout, prune_pngs)
 
 VIEWS = ('pca', 'flow', 'matches', 'neighbours', 'loss')
 
@@ -125,36 +122,10 @@ def test_prune_keeps_the_latest_steps(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- a real visdom server
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
 def visdom_port(tmp_path_factory):
-    """A visdom 0.2.4 server on a free localhost port (no download of the web page's scripts)."""
-    folder = tmp_path_factory.mktemp('visdom')
-    port = _free_port()
-    log = open(folder / 'server.log', 'w')
-    proc = subprocess.Popen([sys.executable, '-c', 'from visdom.server.run_server import main; main()',
-                             '-port', str(port), '-bind_local', '-env_path', f'{folder}/'],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(('localhost', port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (folder / 'server.log').read_text()
-                assert time.time() < deadline, 'the visdom server did not answer within 60 s'
-                time.sleep(0.2)
+    with local_visdom_server(str(tmp_path_factory.mktemp('visdom'))) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def windows(port, env):
@@ -212,7 +183,7 @@ def test_propagation_pictures_reach_visdom(tmp_path, visdom_port):
     # no server: one warning, the results are still written
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        assert test_py.main(argv + ['--visdom', '--port', str(_free_port()), '--save-path',
+        assert test_py.main(argv + ['--visdom', '--port', str(free_port()), '--save-path',
                                     str(tmp_path / 'out2')]) == 0
     assert len([w for w in caught if '--visdom' in str(w.message)]) == 1
     assert (tmp_path / 'out2' / '0_3_blend.jpg').exists()

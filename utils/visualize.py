@@ -18,11 +18,16 @@ Sinks: ``Visualizer`` (training) sends them to visdom when a server answers, to 
 ``PropagationViewer`` (test.py) shows each propagated frame's blend and its features' PCA in visdom.
 visdom and wandb are optional: missing, or no server, is one warning.
 """
+import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
 import socket
+import subprocess
+import sys
+import time
 import warnings
 from urllib.parse import urlparse
 
@@ -371,8 +376,9 @@ def training_views(frames, q, walk, grid_shape, centres, patches=None, t=0, seed
     return views
 
 
-def batch_views(model, clips, video, q, seed=0):
-    """``training_views`` of the first clip of a training batch.
+def batch_inputs(model, clips, video, q):
+    """What ``training_views`` needs from a training batch's first clip, as numpy arrays (a few small copies
+    from the device; the drawing itself can then run on another thread).
 
     model: the CRW (unwrapped); clips: uint8 [B, T, 3, H, W] as loaded; video: the augmented model input
     [B, T, N*3, P, P] (grid) or [B, T, 3, H, W]; q [B, C, T, N]: the embeddings the step computed.
@@ -387,9 +393,13 @@ def batch_views(model, clips, video, q, seed=0):
     grid = video.shape[2] > 3
     shape, centres = node_layout(frames.shape[1], frames.shape[2], num_nodes,
                                  patch=video.shape[-1] if grid else None, stride=model.map_scale)
-    patches = clip_patches(video[0], num_nodes) if grid else None
-    return training_views(frames, q0[0].cpu().numpy(), walk, shape, centres, patches, seed=seed,
-                          stride=model.map_scale)
+    return {'frames': frames, 'q': q0[0].cpu().numpy(), 'walk': walk, 'grid_shape': shape, 'centres': centres,
+            'patches': clip_patches(video[0], num_nodes) if grid else None, 'stride': model.map_scale}
+
+
+def batch_views(model, clips, video, q, seed=0):
+    """``training_views`` of the first clip of a training batch (arguments: see ``batch_inputs``)."""
+    return training_views(**batch_inputs(model, clips, video, q), seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- sinks
@@ -411,8 +421,73 @@ def connect_visdom(server, port, env, flag):
         return None
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_visdom_server(folder, timeout=60):
+    """``with local_visdom_server(folder) as port:`` a visdom server on a free localhost port (tests, benchmarks).
+
+    Started through ``visdom.server.run_server.main`` with -bind_local, which, unlike ``python -m
+    visdom.server``, downloads nothing (the API works; a browser page would lack its scripts). Its log and
+    saved environments go to ``folder``. Stopped on exit.
+    """
+    port = free_port()
+    log_path = os.path.join(folder, 'server.log')
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen([sys.executable, '-c', 'from visdom.server.run_server import main; main()',
+                                 '-port', str(port), '-bind_local', '-env_path', os.path.join(folder, '')],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    socket.create_connection(('localhost', port), timeout=1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        with open(log_path) as f:
+                            raise RuntimeError(f'the visdom server did not start: {f.read()[-2000:]}') from None
+                    time.sleep(0.2)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+class Background:
+    """Runs jobs one at a time, in submission order, on one thread; ``submit`` waits while ``max_pending``
+    jobs are queued (bounded memory). Jobs report their own errors."""
+
+    def __init__(self, max_pending=1):
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.pending = collections.deque()
+        self.max_pending = max_pending
+
+    def submit(self, fn, *args):
+        while len(self.pending) >= self.max_pending:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def wait(self):
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self):
+        self.wait()
+        self.pool.shutdown(wait=True)
+
+
 class Visualizer:
-    """train.py --visualize: scalars to wandb; pictures (``batch_views``) to visdom, wandb and PNG files."""
+    """train.py --visualize: scalars to wandb; pictures to PNG files, visdom and wandb.
+
+    ``pictures`` copies what it needs from the step's tensors (tens of milliseconds) and leaves the drawing,
+    PNG encoding and sending to a background thread; one drawing is in flight at most, and scalars wait for
+    it so that wandb's steps never go back.
+    """
 
     def __init__(self, args):
         self.wandb = self._wandb_module = self.vis = None
@@ -427,29 +502,38 @@ class Visualizer:
         except Exception as e:  # noqa: BLE001 - any wandb failure must not stop training
             warnings.warn(f'--visualize: wandb unavailable ({type(e).__name__}: {e}); nothing is logged there')
         self.vis = connect_visdom(args.server, args.port, self.env, '--visualize')
+        self.background = Background(max_pending=1)
         print(f"| --visualize: pictures every {args.vis_every} iterations to {self.png_dir}"
               + (f', visdom {args.server}:{args.port} env {self.env!r}' if self.vis else '')
               + (', wandb' if self.wandb else ''))
 
     def log(self, scalars, step):
         if self.wandb is not None:
+            self.background.wait()
             self.wandb.log(scalars, step=step)
 
     def pictures(self, model, clips, video, q, step):
-        """Draw the views of the batch's first clip and send them; a failure is a warning, never a crash."""
+        """Draw the views of the batch's first clip and send them (see ``batch_inputs`` for the arguments); a
+        failure is a warning, never the end of the run."""
         try:
-            views = batch_views(model, clips, video, q, seed=step)
+            inputs = batch_inputs(model, clips, video, q)
         except Exception as e:  # noqa: BLE001 - a picture must not end a training run
             warnings.warn(f'--visualize: drawing failed at step {step} ({type(e).__name__}: {e})')
             return
-        self.show(views, step)
+        self.background.submit(self._draw_and_show, inputs, step)
+
+    def _draw_and_show(self, inputs, step):
+        try:
+            self.show(training_views(**inputs, seed=step), step)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f'--visualize: drawing failed at step {step} ({type(e).__name__}: {e})')
 
     def show(self, views, step):
         """views {name: RGB uint8 image} -> PNGs (always), visdom windows and wandb images (when on)."""
         os.makedirs(self.png_dir, exist_ok=True)
         for name, img in views.items():
             with atomic_write(os.path.join(self.png_dir, f'{step:08d}_{name}.png')) as f:
-                Image.fromarray(img).save(f, format='PNG')
+                Image.fromarray(img).save(f, format='PNG', compress_level=1)  # 4x faster than the default 6
         prune_pngs(self.png_dir, VIS_KEEP)
         if self.vis is not None:
             try:
@@ -464,6 +548,7 @@ class Visualizer:
             self.wandb.log({f'vis/{name}': self._wandb_module.Image(img) for name, img in views.items()}, step=step)
 
     def close(self):
+        self.background.close()
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -489,29 +574,31 @@ def prune_pngs(folder, keep):
 class PropagationViewer:
     """test.py --visdom / --pca-vis: every propagated frame's blend (window ``blend_<video>``, environment
     main_davis_viz1) and the PCA of its features (window ``pca_<video>``, environment main_pca; the colours are
-    fitted on the video's first frame, so they are comparable across frames). Sends happen in order on one
+    fitted on the video's first frame, so they are comparable across frames). Sends happen in order on a
     background thread; ``close()`` waits for them."""
 
     def __init__(self, server, port, blend=True, pca=False):
-        flag = '--visdom' if blend else '--pca-vis'
-        self.vis = connect_visdom(server, port, TEST_ENVS['blend'], flag)
+        self.vis = connect_visdom(server, port, TEST_ENVS['blend'], '--visdom' if blend else '--pca-vis')
         self.show_blend, self.show_pca = blend, pca
         self._pca = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if self.vis else None
-        self._pending = []
+        self.background = Background(max_pending=8)
 
     def __bool__(self):
         return self.vis is not None
 
     def _send(self, img, win, env, title):
-        self._pending = [f for f in self._pending if not f.done() or f.exception()]
-        self._pending.append(self._pool.submit(self.vis.image, img.transpose(2, 0, 1), win=win, env=env,
-                                               opts={'title': title}))
+        if self.vis is None:
+            return
+        try:
+            self.vis.image(img.transpose(2, 0, 1), win=win, env=env, opts={'title': title})
+        except Exception as e:  # noqa: BLE001 - the server went away: results are still written
+            warnings.warn(f'--visdom: visdom stopped answering ({type(e).__name__}: {e}); nothing more is sent')
+            self.vis = None
 
     def blend(self, video, name, t, img):
         """img [H, W, 3] uint8: frame t of video number ``video`` with its propagated labels."""
         if self.vis is not None and self.show_blend:
-            self._send(img, f'blend_{video}', TEST_ENVS['blend'], f'{video} {name}: frame {t}')
+            self.background.submit(self._send, img, f'blend_{video}', TEST_ENVS['blend'], f'{video} {name}: frame {t}')
 
     def features(self, video, name, t, feat, size):
         """feat [C, h, w] (tensor) of frame t; the PCA picture is shown at ``size`` (H, W)."""
@@ -523,13 +610,8 @@ class PropagationViewer:
             self._pca = PCAColours(x)
         rgb = (self._pca(x).reshape(h, w, 3) * 255).round().astype(np.uint8)
         img = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        self._send(img, f'pca_{video}', TEST_ENVS['pca'], f'{video} {name}: PCA of frame {t} features')
+        self.background.submit(self._send, img, f'pca_{video}', TEST_ENVS['pca'],
+                               f'{video} {name}: PCA of frame {t} features')
 
     def close(self):
-        if self._pool is None:
-            return
-        self._pool.shutdown(wait=True)
-        for f in self._pending:
-            if f.exception() is not None:
-                warnings.warn(f'--visdom: sending to visdom failed ({f.exception()})')
-                break
+        self.background.close()
