@@ -10,13 +10,14 @@ Views of one training clip (``training_views``; numpy in, RGB uint8 images [H, W
 * ``neighbours``: a few query nodes of frame t and their most similar nodes anywhere in the clip, each with its
   affinity (cosine) and frame;
 * ``loss``:       one tile per start node, laid out like the nodes: where the clip's longest palindrome walk
-  from that node ends (normalised to its maximum; the start cell is outlined), tinted by the node's cycle
-  loss (colour map 'winter': blue = lowest loss of the clip, green = highest).
+  from that node ends (normalised to its maximum; the start cell at least grey), tinted by the node's cycle
+  loss (colour map 'cool': cyan = lowest loss of the clip, magenta = highest).
 
 Sinks: ``Visualizer`` (training) sends them to visdom when a server answers, to wandb when it is installed
-(offline unless configured) and always writes PNGs under <output-dir>/vis/ (the last ``VIS_KEEP`` drawings).
-``PropagationViewer`` (test.py) shows each propagated frame's blend and its features' PCA in visdom.
-visdom and wandb are optional: missing, or no server, is one warning.
+(offline unless configured) and always writes PNGs under <output-dir>/vis/ (the last ``VIS_KEEP`` drawings);
+the drawing and sending run on a background thread. ``PropagationViewer`` (test.py) shows each propagated
+frame's blend and its features' PCA in visdom. visdom and wandb are optional: missing, or no server, is one
+warning.
 """
 import collections
 import concurrent.futures
@@ -73,12 +74,11 @@ def _scale_for(shape):
     return max(1.0, DISPLAY / max(h, w))
 
 
-def _resize(img, scale, nearest=False):
+def _resize(img, scale):
     if scale == 1:
         return np.ascontiguousarray(img)
     h, w = img.shape[:2]
-    return cv2.resize(img, (round(w * scale), round(h * scale)),
-                      interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+    return cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
 
 
 def _stack(images, axis, gap=4):
@@ -178,8 +178,10 @@ def _one_blas_thread():
 
 
 class PCAColours:
-    """RGB colours from the first 3 principal components of features (whitened, as the release), each
-    component scaled to [0, 1] by its range over the fitted features (later features are clipped to it).
+    """RGB colours from the first 3 principal components of features. Not whitened, and one scale for the
+    three (their joint range over the fitted features, to [0, 1]; later features are clipped to it), so that
+    colour differences follow the variance (the release whitened, which blows minor components up to full
+    colour).
 
     ``PCAColours(feats [M, C])(feats2 [M2, C]) -> [M2, 3] float in [0, 1]``. Exact (eigenvectors of the
     C x C covariance). BLAS runs on one thread: right after a training step, PyTorch's OpenMP workers still
@@ -307,23 +309,24 @@ def draw_neighbours(patches, feats, queries, frame_of, k=NUM_NEIGHBOURS, tile=56
     return _stack(rows, 0, gap=4)
 
 
+LOSS_CMAP = 'cool'  # cyan (lowest loss of the clip) to magenta (highest): both bright on black
+
+
 def draw_loss_grid(W, xent, grid_shape):
     """W [N, N] walk end probabilities (row n: where the walk from node n ends), xent [N] per-node cycle loss
     -> one tile per start node (laid out like the nodes): its row as a gh x gw map normalised to its maximum,
-    tinted by the node's loss (colour map 'winter' over the clip's loss range), the start cell outlined."""
+    tinted by the node's loss (``LOSS_CMAP`` over the clip's loss range); the start cell is grey where the
+    walk does not bring much back to it."""
     gh, gw = grid_shape
     N = gh * gw
     maps = np.asarray(W, dtype=np.float32).reshape(N, gh, gw)
     maps = maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-12)
-    tint = _colours('winter', _normalise(xent)).astype(np.float32)
+    tint = _colours(LOSS_CMAP, _normalise(xent)).astype(np.float32)
     tiles = (maps[..., None] * tint[:, None, None, :]).round().astype(np.uint8)
+    flat, n = tiles.reshape(N, N, 3), np.arange(N)                    # flat[n, n]: tile n's start cell
+    flat[n, n] = np.maximum(flat[n, n], 96)
     cell = max(1, min(8, 48 // max(gh, gw)))
     tiles = np.stack([cv2.resize(t, (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST) for t in tiles])
-    if cell >= 3:
-        for n in range(N):
-            r, c = divmod(n, gw)
-            cv2.rectangle(tiles[n], (c * cell, r * cell), (c * cell + cell - 1, r * cell + cell - 1),
-                          (255, 255, 255), 1)
     return mosaic(tiles, gh, gw)
 
 
@@ -372,7 +375,8 @@ def training_views(frames, q, walk, grid_shape, centres, patches=None, t=0, seed
     xent = np.asarray(walk['xent'][k])
     views['loss'] = _titled(draw_loss_grid(np.asarray(walk['W'][k]), xent, grid_shape),
                             f"cycle loss per start node, walk {walk['names'][k]} (0..{T - 1}..0, no edge dropout)",
-                            f'tile = where the walk ends; tint: blue {xent.min():.2f} .. green {xent.max():.2f}')
+                            f'tile = where the walk ends (grey: its start); tint = loss, cyan {xent.min():.2f} .. '
+                            f'magenta {xent.max():.2f}')
     return views
 
 
