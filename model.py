@@ -272,7 +272,7 @@ class CRW(nn.Module):
 
     @staticmethod
     def _cycle_xent(W):
-        """W [K, B, N, N] -> (logits log(W + 1e-20), per-start-node cross-entropy [K, B, N], target the start)."""
+        """W [K, B, N, N] -> (logits log(W + 1e-20), cross-entropy per start node [K, B, N]; row n's target is n)."""
         logits = torch.log(W + EPS)
         return logits, logits.logsumexp(-1) - logits.diagonal(dim1=-2, dim2=-1)
 
