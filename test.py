@@ -10,6 +10,11 @@ label colours half and half); ``eval/convert_davis.py`` turns them into DAVIS re
 (``<frames folder> <joint_positions.mat>``) write ``{save}/{i}.dat`` (joint coordinates [2, 15, T] in
 feature cells, as the release) and ``{i}_{t}_blend.jpg`` with the skeleton.
 
+Your own video (README "Your own video"): ``--video clip.mp4 --mask first.png`` (or a folder of frames, a
+folder of masks named like their frames) writes ``{save}/clip/<frame>.png`` in the DAVIS result format and
+``{save}/clip_overlay.mp4`` (``propagation.video.propagate_user_video``). Both paths propagate with
+``propagation.video.VideoPropagator``.
+
 Pipeline per video: frames are read lazily by a DataLoader (``--workers`` processes prefetching), encoded
 in small batches on the device, L2-normalised, and propagated frame by frame by ``propagation`` (the
 windowed path by default, the release's reference algorithm with ``--dense``); outputs are written by
@@ -124,7 +129,7 @@ def run_user_video(args, encoder, device):
     """--video/--mask: your own video, through propagation.video.propagate_user_video."""
     reset_peak_memory(device)
     t0 = time.time()
-    with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0,
+    with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0, delay=1.0,
               file=sys.stderr) as bar:
         n, first = propagate_user_video(
             encoder, args.video, args.mask, args.save_path, Protocol.from_args(args), device, crop_size=args.cropSize,
@@ -188,7 +193,7 @@ def run(args):
             reset_peak_memory(device)
             t0 = time.time()
             run_video = run_jhmdb_video if entry.kind == 'jhmdb' else run_davis_video
-            with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False,
+            with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False, delay=1.0,
                       mininterval=1.0, file=sys.stderr) as bar:
                 try:
                     n = run_video(entry, args, encoder, device, writer, bar)

@@ -6,7 +6,8 @@ atomically (``utils.misc.atomic_write``).
 half image, half label colour; ``write_mask_and_blend``).
 --video (``SequenceWriter``): ``{save}/<video>/<frame>.png`` in the DAVIS result format (palette PNG, the
 input mask's palette), ``{save}/<video>_overlay.mp4`` (label colours blended half and half over the object
-pixels, background untouched) and, optionally, the same overlays as ``{save}/<video>_blend/<frame>.jpg``.
+pixels, outlines in full colour, background untouched) and, optionally, the same overlays as
+``{save}/<video>_blend/<frame>.jpg``.
 """
 import concurrent.futures
 import os
@@ -49,13 +50,19 @@ class AsyncWriter:
             self.pool.shutdown(wait=True)
 
 
-def blend_labels(frame, ids, palette=None, keep_background=False):
-    """frame [H, W, 3] uint8, ids [H, W] label ids -> [H, W, 3] uint8: half frame, half the ids' palette colour;
-    with keep_background, pixels of id 0 keep the frame as it is."""
+def blend_labels(frame, ids, palette=None, overlay=False):
+    """frame [H, W, 3] uint8, ids [H, W] label ids -> [H, W, 3] uint8: half frame, half the ids' palette colour.
+    overlay: pixels of id 0 keep the frame as it is, and the objects' outlines (pixels whose right or lower
+    neighbour has another id) get their colour in full."""
     colours = (davis_palette() if palette is None else np.asarray(palette))[ids.astype(np.int64) % 256]
     out = (frame.astype(np.float32) * 0.5 + colours.astype(np.float32) * 0.5).round().clip(0, 255).astype(np.uint8)
-    if keep_background:
+    if overlay:
         out[ids == 0] = frame[ids == 0]
+        edge = np.zeros(ids.shape, bool)
+        edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+        edge[:-1] |= ids[:-1] != ids[1:]
+        edge &= ids != 0
+        out[edge] = colours[edge]
     return out
 
 
@@ -96,7 +103,7 @@ class SequenceWriter:
         self.frames += 1
 
     def _overlay(self, frame_name, ids, frame):
-        overlay = blend_labels(frame, ids, self.palette, keep_background=True)
+        overlay = blend_labels(frame, ids, self.palette, overlay=True)
         self.video.write(overlay)
         if self.blend_dir:
             write_jpeg(os.path.join(self.blend_dir, frame_name + '.jpg'), overlay)

@@ -3,7 +3,7 @@
 A filelist has one video per line: ``<frames folder> <annotations folder>`` (DAVIS) or
 ``<frames folder> <joint_positions.mat>`` (JHMDB). Relative paths are resolved against ``data_root`` when
 given, else the current folder, else the filelist's folder. Frames are sorted by the integer in their
-names. Only frame 0's annotation is read.
+names. Only frame 0's annotation is read, and it must exist (the PNG with frame 0's number).
 
 Frames are loaded lazily, one at a time (``VideoFrames`` is a map-style Dataset, so a DataLoader with
 workers prefetches a few while the device works); a video is never held in memory whole.
@@ -11,7 +11,8 @@ workers prefetches a few while the device works); a video is never held in memor
 Images: RGB in [0, 1]; ``crop_size`` S > 0 resizes to S x S (bilinear, aspect ratio not kept, as the
 release), -1 keeps the native size; the network input is normalised with the ImageNet mean/std.
 Labels: the distinct values of frame 0's annotation (palette indices of a P-mode PNG, grey values, or
-colours of an RGB PNG), sorted, so background 0 comes first; K of them. The label map is resized with
+colours of an RGB PNG; ``AnnotationReader``, which also refuses anti-aliased masks and takes a 0/255 mask's
+255 as object 1), sorted, so background 0 comes first; K of them. The label map is resized with
 nearest neighbour (the release meant to and, through an argument slip, blended labels bilinearly), turned
 into one-hot [H, W, K] and brought to the feature map size with bilinear interpolation (no antialiasing).
 """

@@ -41,6 +41,11 @@ class ReferencePropagator:
         self.labels = [torch.cat([lab, lab.new_zeros(lab.shape[0], n)], dim=1) for lab in self.labels]
         self.K += n
 
+    def drop_labels(self, channels):
+        """Zero label ``channels`` in every stored frame (see WindowedPropagator.drop_labels)."""
+        for lab in self.labels:
+            lab[:, list(channels)] = 0
+
     def set_labels(self, labels):
         """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K]."""
         self.labels[-1] = labels.reshape(self.N, self.K).to(self.labels[-1])

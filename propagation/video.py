@@ -19,16 +19,19 @@ with nearest neighbour, with one warning).
 Annotations after the first (``masks={0: ..., 40: ...}``, or ``step(frame, mask=...)`` later on):
 propagation starts at the first annotated frame (frame 0 of the protocol: long-term memory, padding of the
 short-term context); frames before it give None. In a later annotation, 0 means "not annotated here" and
-every other id it contains is taken as given on that frame:
+every other id it contains is taken as given from that frame on, whether it is new or already tracked:
 
 * a new id gets a new label channel (zero in every earlier frame);
 * on that frame, the pixels the annotation gives an id take that id; the other pixels keep the prediction
-  with the annotated ids' channels removed (an annotated object is exactly where the annotation says, not
-  also where it was predicted) and renormalised (background where nothing else is left);
-* the corrected soft labels (at the feature map: the annotation's one-hot brought down bilinearly, as for
-  the first frame, plus the remaining prediction weighted by the uncovered fraction of each cell) replace
-  that frame's predicted labels in the context, so the frames after it propagate from them. Objects the
-  annotation does not mention go on as predicted.
+  with the annotated ids removed (an annotated object is exactly where the annotation says, not also where
+  it was predicted), renormalised (background where nothing else is left);
+* what earlier frames in the context (frame 0 included) said about the annotated ids is withdrawn: their
+  soft labels for those ids become 0, so those nodes no longer vote for them. An annotated id is thus
+  propagated from its latest annotation only, exactly as an object first annotated on that frame would be;
+* the frame's corrected soft labels (at the feature map: the annotation's one-hot brought down bilinearly,
+  as for the first frame, plus the remaining prediction weighted by the part of each cell the annotation
+  leaves uncovered) replace its predicted labels in the context. Ids the annotation does not mention go on
+  as predicted.
 
 Shapes: features [C, h, w] with h, w = ceil(H'/8), ceil(W'/8) for frames propagated at H' x W'.
 """
@@ -212,6 +215,7 @@ class VideoPropagator:
                 table[int(v)] = channel[int(v)]
         given_onehot = downsample_labels(one_hot(table[ann], K + 1), soft.shape[:2])[..., :K].to(soft)
         cover = given_onehot.sum(-1, keepdim=True)
+        self.prop.drop_labels(annotated)
         self.prop.set_labels(given_onehot + (1 - cover) * rest)
         ids = self.values[soft_to_index(rest, out_size, self.norm_mask).cpu().numpy()].astype(np.uint8)
         annotated_pixels = mask != 0

@@ -190,6 +190,11 @@ class WindowedPropagator:
         self.bank_labels = torch.cat([self.bank_labels, pad], dim=-1)
         self.K += n
 
+    def drop_labels(self, channels):
+        """Zero label ``channels`` in every stored frame: what earlier frames said about those objects no longer
+        votes (their annotation on a later frame supersedes it)."""
+        self.bank_labels[..., list(channels)] = 0
+
     def set_labels(self, labels):
         """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K] (an annotated
         frame's corrected labels), for the frames after it."""

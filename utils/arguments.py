@@ -163,8 +163,9 @@ def get_test_args_parser(add_help=True):
                    help='folder that relative paths in --filelist are resolved against (e.g. a DAVIS root for '
                         'eval/davis_vallist.txt); default: the current folder, then the filelist\'s folder')
     p.add_argument('--video', default=None, type=str,
-                   help='your own video instead of --filelist: a video file (.mp4 .mkv .webm .avi .mov ...) or a folder '
-                        'of frames; writes <save-path>/<video>/<frame>.png (DAVIS format) and <video>_overlay.mp4')
+                   help='your own video instead of --filelist: a video file (.mp4 .mkv .webm .avi .mov ...) or a '
+                        'folder of frames; writes <save-path>/<video>/<frame>.png (DAVIS format) and '
+                        '<video>_overlay.mp4')
     p.add_argument('--mask', default=None, type=str,
                    help='with --video: the first frame\'s label image (palette PNG, or greyscale/RGB with a few flat '
                         'colours), or a folder of label images named like their frames (later ones add or correct '
@@ -175,7 +176,8 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--save-blend', action='store_true',
                    help='with --video: also write the overlays as <save-path>/<video>_blend/<frame>.jpg')
     p.add_argument('--save-path', default='./results', type=str,
-                   help='where {i}_{t}_mask.png/_blend.jpg go (--filelist) or <video>/ and <video>_overlay.mp4 (--video)')
+                   help='where {i}_{t}_mask.png/_blend.jpg go (--filelist), or <video>/ and <video>_overlay.mp4 '
+                        '(--video)')
     p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
     p.add_argument('--model-type', default='scratch', type=str, help='scratch | scratch_zeropad | imagenet18')
     p.add_argument('--imagenet-weights', default='', type=str,
