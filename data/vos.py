@@ -185,12 +185,13 @@ class AnnotationReader:
     Refused (CRWError, one line): a greyscale or non-palette RGB image with more than MAX_MASK_COLOURS
     distinct values, i.e. anti-aliased edges or a JPEG-compressed mask, which would become hundreds of
     labels. A mask whose values are exactly {0, 255} (a binary mask) has 255 mapped to object 1, with a
-    one-line note on stderr (``note``).
+    one-line note on stderr (``note``), once.
     """
 
     def __init__(self, note=None):
         self.colour_ids = None        # {0xRRGGBB: id} for RGB masks outside the DAVIS palette
         self.palette = None
+        self._noted_binary = False
         self.note = note or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     def read(self, path):
@@ -207,7 +208,9 @@ class AnnotationReader:
             ids = self._colour_ids(path, colour_codes(arr))
         values = np.unique(ids)
         if values.size and values.max() == 255 and set(values.tolist()) <= {0, 255}:
-            self.note(f'{path}: note: a 0/255 mask; object 255 is taken as object 1')
+            if not self._noted_binary:    # once per video
+                self.note(f'{path}: note: a 0/255 mask; object 255 is taken as object 1 (in every such mask)')
+                self._noted_binary = True
             ids = np.where(ids == 255, 1, ids)
         return ids
 

@@ -56,6 +56,13 @@ def run_test(argv):
     return load_script('test.py').main(argv)
 
 
+def run_filelist(frames_dir, ann_dir, ckpt, out):
+    """test.py --filelist on one video (a one-line filelist beside ``out``)."""
+    filelist = out.parent / (out.name + '_list.txt')
+    filelist.write_text(f'{frames_dir} {ann_dir}\n')
+    return run_test(['--filelist', str(filelist), '--resume', ckpt, '--save-path', str(out)] + PROTOCOL)
+
+
 def ids_of(path):
     return np.asarray(Image.open(path))
 
@@ -99,9 +106,7 @@ def test_video_file_equals_filelist_on_its_decoded_frames(clip, ckpt, tmp_path):
     write_frame_folder(str(d / 'JPEGImages' / 'v'), decoded, ext='png')
     (d / 'Annotations' / 'v').mkdir(parents=True)
     save_indexed_png(str(d / 'Annotations' / 'v' / '00000.png'), seq['masks'][0])
-    (d / 'list.txt').write_text(f"{d / 'JPEGImages' / 'v'} {d / 'Annotations' / 'v'}\n")
-    assert run_test(['--filelist', str(d / 'list.txt'), '--resume', ckpt, '--save-path', str(tmp_path / 'fl')]
-                    + PROTOCOL) == 0
+    assert run_filelist(d / 'JPEGImages' / 'v', d / 'Annotations' / 'v', ckpt, tmp_path / 'fl') == 0
     first = root / 'Annotations' / '480p' / 'clip' / '00000.png'
     assert run_test(['--video', mp4, '--mask', str(first), '--resume', ckpt, '--save-path', str(tmp_path / 'v')]
                     + PROTOCOL) == 0
@@ -258,7 +263,7 @@ def antialiased_rgb(path, mask):
     Image.fromarray(rgb.round().astype(np.uint8)).save(path)
 
 
-def test_antialiased_rgb_mask_refused_on_both_paths(clip, ckpt, tmp_path, capsys):
+def test_antialiased_rgb_mask_refused(clip, ckpt, tmp_path, capsys):
     root, _, seq = clip
     frames_dir = root / 'JPEGImages' / '480p' / 'clip'
     antialiased_rgb(tmp_path / 'aa.png', seq['masks'][0])
@@ -268,16 +273,6 @@ def test_antialiased_rgb_mask_refused_on_both_paths(clip, ckpt, tmp_path, capsys
     assert line.startswith('test.py: error:') and 'aa.png' in line and 'distinct colours' in line
     assert 'palette PNG' in line and int(line.split(': ')[3].split()[0]) > 32
     assert not (tmp_path / 'o').exists()
-    # the filelist path reads annotations with the same code
-    ann = tmp_path / 'ann'
-    ann.mkdir()
-    antialiased_rgb(ann / '00000.png', seq['masks'][0])
-    (tmp_path / 'l.txt').write_text(f'{frames_dir} {ann}\n')
-    assert run_test(['--filelist', str(tmp_path / 'l.txt'), '--resume', ckpt, '--save-path', str(tmp_path / 'f')]
-                    + PROTOCOL) == 1
-    line = one_line(capsys)
-    assert 'distinct colours' in line and ':1:' in line
-    assert not list((tmp_path / 'f').glob('*_mask.png'))
 
 
 def test_binary_0_255_mask_is_object_1_on_both_paths(clip, ckpt, tmp_path, capsys):
@@ -293,23 +288,27 @@ def test_binary_0_255_mask_is_object_1_on_both_paths(clip, ckpt, tmp_path, capsy
     assert len(notes) == 1 and 'object 1' in notes[0]
     assert set(np.unique(ids_of(tmp_path / 'o' / 'clip' / '00003.png'))) <= {0, 1}
     assert np.array_equal(ids_of(tmp_path / 'o' / 'clip' / '00000.png'), (seq['masks'][0] == 2).astype(np.uint8))
-    (tmp_path / 'l.txt').write_text(f'{frames_dir} {ann}\n')
-    assert run_test(['--filelist', str(tmp_path / 'l.txt'), '--resume', ckpt, '--save-path', str(tmp_path / 'f')]
-                    + PROTOCOL) == 0
+    assert run_filelist(frames_dir, ann, ckpt, tmp_path / 'f') == 0
     assert len([x for x in capsys.readouterr().err.splitlines() if '0/255' in x]) == 1
     assert set(np.unique(ids_of(tmp_path / 'f' / '0_0_mask.png'))) == {0, 1}
 
 
-def test_missing_first_frame_annotation_refused(clip, ckpt, tmp_path, capsys):
+@pytest.mark.parametrize('case', ['antialiased', 'no first frame'])
+def test_filelist_annotation_refused(case, clip, ckpt, tmp_path, capsys):
+    # the filelist path reads annotations with the same code: an anti-aliased mask is refused there too; and
+    # a video whose first frame has no annotation is refused rather than started from frame 1's
     root, _, seq = clip
     ann = tmp_path / 'ann'
     ann.mkdir()
-    save_indexed_png(str(ann / '00001.png'), seq['masks'][1])            # frame 1's only
-    (tmp_path / 'l.txt').write_text(f"{root / 'JPEGImages' / '480p' / 'clip'} {ann}\n")
-    assert run_test(['--filelist', str(tmp_path / 'l.txt'), '--resume', ckpt, '--save-path', str(tmp_path / 'f')]
-                    + PROTOCOL) == 1
+    if case == 'antialiased':
+        antialiased_rgb(ann / '00000.png', seq['masks'][0])
+        expected = ['distinct colours', 'palette PNG', ':1:']
+    else:
+        save_indexed_png(str(ann / '00001.png'), seq['masks'][1])
+        expected = ['no annotation of the first frame 00000.png', '00001.png', ':1:']
+    assert run_filelist(root / 'JPEGImages' / '480p' / 'clip', ann, ckpt, tmp_path / 'f') == 1
     line = one_line(capsys)
-    assert 'no annotation of the first frame 00000.png' in line and '00001.png' in line
+    assert line.startswith('test.py: error:') and all(e in line for e in expected), line
     assert not list((tmp_path / 'f').glob('*_mask.png'))
 
 
