@@ -109,13 +109,21 @@ class SequenceWriter:
             write_jpeg(os.path.join(self.blend_dir, frame_name + '.jpg'), overlay)
 
     def close(self):
-        self.files.close()
-        self.video_jobs.close()
-        self.video.close()
-
-    def abort(self, error=None):
+        """Wait for every write; the overlay video appears only if all of them succeeded."""
         try:
             self.files.close()
             self.video_jobs.close()
+        except BaseException as e:
+            self.video.abort(e)
+            raise
+        self.video.close()
+
+    def abort(self, error=None):
+        """Stop after an error: pending writes finish, the overlay video is dropped."""
+        try:
+            self.files.close()
+            self.video_jobs.close()
+        except Exception:  # noqa: BLE001 - the error being handled is the one to report
+            pass
         finally:
             self.video.abort(error)

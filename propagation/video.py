@@ -126,10 +126,10 @@ class VideoPropagator:
     def step(self, frame, mask=None):
         """One frame (uint8 [H, W, 3] array/tensor or image path) and optionally its mask -> label ids [H, W]
         uint8 at the frame's size; None for a frame before the first mask."""
-        img = as_frame(frame)
-        size = img.shape[:2]
         if mask is None and not self.started:
             return self.skip()
+        img = as_frame(frame)
+        size = img.shape[:2]
         mask = None if mask is None else self.read_mask(mask, size)
         x = prepare_frame(img, processing_size(size, self.crop_size, self.max_side))
         return self.step_batch(x[None], [mask], size)[0]
@@ -225,7 +225,7 @@ class VideoPropagator:
 
 def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEATURE_BATCH, **options):
     """Propagate masks through ``frames``, streaming: a generator of (t, label ids [H, W] uint8) for every frame
-    from the first annotated one on (earlier frames are read and skipped).
+    from the first annotated one on (earlier frames are counted, not read).
 
     frames: an iterable of frames (uint8 [H, W, 3] RGB arrays/tensors or image paths), consumed lazily;
     masks: the mask of frame 0, or {t: mask} for annotations on any frames (label ids or label image paths);
@@ -250,7 +250,8 @@ def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEA
             continue
         img = as_frame(frame)
         if size is not None and img.shape[:2] != size:
-            yield from flush()
+            raise CRWError(f'frame {t} is {img.shape[1]}x{img.shape[0]}, the first one {size[1]}x{size[0]}; all '
+                           'frames of a video must have one size')
         size = img.shape[:2]
         mask = masks.get(t)
         batch_masks.append(None if mask is None else vp.read_mask(mask, size))

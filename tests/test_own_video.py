@@ -79,7 +79,7 @@ def one_line(capsys):
 
 def test_video_folder_equals_filelist(clip, ckpt, filelist_out, tmp_path):
     root, filelist, seq = clip
-    frames_dir, ann = root / 'JPEGImages' / '480p' / 'clip', root / 'Annotations' / '480p' / 'clip'
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
     # a palette of its own in the first mask: kept in the outputs
     pal = np.random.default_rng(0).integers(0, 256, (256, 3)).astype(np.uint8)
     save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0], pal)
