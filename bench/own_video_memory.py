@@ -62,9 +62,13 @@ def main(argv=None):
         dt = time.time() - t0
     rss = peak_memory_bytes('cpu') / 2 ** 30
     gpu = f'{peak_memory_bytes(device) / 2 ** 30:.2f}' if device.type == 'cuda' else '-'
+    load = os.getloadavg()[0]
     table = '\n'.join([
-        f'\n### Own-video generator API, {a.frames}-frame {size[1]}x{size[0]} video ({device_name(device)}; '
-        f'git {git_revision()}; torch threads {torch.get_num_threads()})\n',
+        f'\n### own_video_memory — {time.strftime("%Y-%m-%d %H:%M")} — {device_name(device)}, torch threads '
+        f'{torch.get_num_threads()}, torch {torch.__version__}, git {git_revision()}',
+        f'`python bench/own_video_memory.py --seq {a.seq} --frames {a.frames}` — the generator API on a '
+        f'{size[1]}x{size[0]} H.264 video decoded frame by frame, README protocol, native size; load average '
+        f'{load:.1f} at the end (shared machine)\n',
         '| frames | seconds | frames/s | peak RSS (GB) | RSS before the encoder (GB) | peak GPU (GB) |',
         '|---:|---:|---:|---:|---:|---:|',
         f'| {n} | {dt:.0f} | {n / dt:.2f} | {rss:.2f} | {base / 2 ** 30:.2f} | {gpu} |',
