@@ -5,9 +5,9 @@ result against the clip's ground truth, and draw it.
 
 The clip is assets/hockey/: the first 40 frames of the DAVIS sequence "hockey" as an H.264 video, with its
 ground-truth masks (DAVIS, CC BY-NC 4.0; assets/README). The demo runs what you would run on your own video,
-``test.py --video hockey.mp4 --mask <frame 0's annotation>`` (at --max-side 480, so that it takes about a
-minute on two CPU cores; masks are written at the video's 854x480), then scores the masks with the built-in
-DAVIS scorer (eval/evaluate_davis.py) and draws a contact sheet and a GIF of the overlays.
+``test.py --video hockey.mp4 --mask <frame 0's annotation>`` at the video's 854x480 (about two minutes of CPU
+time; ``--max-side 480`` halves it, at a lower score), then scores the masks with the built-in DAVIS scorer
+(eval/evaluate_davis.py) and draws a contact sheet and a GIF of the overlays.
 --sample takes any folder laid out like assets/hockey/ (<seq>.mp4, Annotations/480p/<seq>/*.png,
 ImageSets/2017/val.txt naming <seq>); scripts/make_demo_clip.py makes one from a DAVIS folder.
 """
@@ -35,9 +35,9 @@ def get_args_parser():
     p.add_argument('--resume', default=os.path.join(ROOT, 'pretrained.pth'), help='checkpoint to propagate with')
     p.add_argument('--out', default=os.path.join(ROOT, 'demo_out'), help='where results and pictures go')
     p.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available)')
-    p.add_argument('--max-side', default=480, type=int,
-                   help='propagate at most this many pixels on the longer side (480: about a minute on 2 CPU cores; '
-                        '0: the video\'s own size)')
+    p.add_argument('--max-side', default=0, type=int,
+                   help='propagate at most this many pixels on the longer side (0: the video\'s own size, 854x480, '
+                        'about 2 min of CPU time; 480: about half that, at a lower score)')
     # README protocol settings
     p.add_argument('--topk', default=10, type=int)
     p.add_argument('--videoLen', default=20, type=int)
