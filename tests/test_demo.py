@@ -54,3 +54,15 @@ def test_shipped_clip_is_complete(repo_root):
     assert os.path.getsize(os.path.join(clip, 'hockey.mp4')) < 4 * 2 ** 20
     assert len(os.listdir(os.path.join(clip, 'Annotations', '480p', 'hockey'))) == 40
     assert 'CC BY-NC 4.0' in open(os.path.join(repo_root, 'assets', 'README')).read()
+
+
+def test_make_demo_clip_builds_a_scoreable_folder(tmp_path):
+    from data.synthetic import write_davis_layout
+    from data.video_io import probe_video
+    from scripts import make_demo_clip
+    write_davis_layout(str(tmp_path / 'davis'), {'seq': make_sequence(num_frames=5, height=32, width=48, seed=1)})
+    make_demo_clip.main(['--davis', str(tmp_path / 'davis'), '--seq', 'seq', '--frames', '4', '--out',
+                         str(tmp_path / 'clip')])
+    assert probe_video(str(tmp_path / 'clip' / 'seq.mp4'))[0] == 4
+    assert sorted(os.listdir(tmp_path / 'clip' / 'Annotations' / '480p' / 'seq')) == [f'{t:05d}.png' for t in range(4)]
+    assert (tmp_path / 'clip' / 'ImageSets' / '2017' / 'val.txt').read_text() == 'seq\n'
