@@ -10,6 +10,11 @@ label colours half and half); ``eval/convert_davis.py`` turns them into DAVIS re
 (``<frames folder> <joint_positions.mat>``) write ``{save}/{i}.dat`` (joint coordinates [2, 15, T] in
 feature cells, as the release) and ``{i}_{t}_blend.jpg`` with the skeleton.
 
+Your own video (README "Your own video"): ``--video clip.mp4 --mask first.png`` (or a folder of frames, a
+folder of masks named like their frames) writes ``{save}/clip/<frame>.png`` in the DAVIS result format and
+``{save}/clip_overlay.mp4`` (``propagation.video.propagate_user_video``). Both paths propagate with
+``propagation.video.VideoPropagator``.
+
 Pipeline per video: frames are read lazily by a DataLoader (``--workers`` processes prefetching), encoded
 in small batches on the device, L2-normalised, and propagated frame by frame by ``propagation`` (the
 windowed path by default, the release's reference algorithm with ``--dense``); outputs are written by
@@ -22,30 +27,26 @@ release wrote the ground truth after a down/up-sampling round trip; scorers skip
 ``--norm_mask`` changes only what is written, not the soft labels later frames use (the release's in-place
 normalisation leaked into one copy of frame 0's labels); TF32 is disabled on CUDA so features are float32.
 """
-import concurrent.futures
 import os
 import random
 import sys
-import threading
 import time
 import warnings
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from data.images import davis_palette, list_frames, save_indexed_png
+from data.images import list_frames
 from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map, pose_image
+from data.outputs import AsyncWriter, blend_labels, write_mask_and_blend
 from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
-from propagation import STRIDE, Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
+from propagation import STRIDE, Protocol, VideoPropagator, encode_frames, load_encoder, make_propagator
+from propagation.video import FEATURE_BATCH, propagate_user_video
 from utils.arguments import test_args
 from utils.errors import CRWError, report
 from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
 from utils.visualize import PropagationViewer
-
-FEATURE_BATCH = 4   # frames per encoder call
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Model
@@ -59,50 +60,6 @@ def build_encoder(args, device):
     encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights)
     print(f'encoder: {args.model_type}, {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params')
     return encoder
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Output writing
-# ----------------------------------------------------------------------------------------------------------
-
-class AsyncWriter:
-    """Runs write jobs on background threads, at most ``max_pending`` queued; close() re-raises errors."""
-
-    def __init__(self, threads=2, max_pending=16):
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
-        self.slots = threading.Semaphore(max_pending)
-        self.futures = []
-
-    def submit(self, fn, *a):
-        self.slots.acquire()
-        fut = self.pool.submit(fn, *a)
-        fut.add_done_callback(lambda _: self.slots.release())
-        self.futures.append(fut)
-        if len(self.futures) > 256:
-            self.futures = [f for f in self.futures if not f.done() or f.exception()]
-
-    def wait(self):
-        for f in self.futures:
-            f.result()
-        self.futures = []
-
-    def close(self):
-        try:
-            self.wait()
-        finally:
-            self.pool.shutdown(wait=True)
-
-
-def label_blend(ids, disp):
-    """ids [H, W] label ids, disp [H, W, 3] uint8 -> [H, W, 3] uint8: image and label colours half and half."""
-    colours = davis_palette()[ids.astype(np.int64) % 256].astype(np.float32)
-    return (disp.astype(np.float32) * 0.5 + colours * 0.5).round().clip(0, 255).astype(np.uint8)
-
-
-def write_mask_and_blend(prefix, ids, disp):
-    """ids [H, W] label ids, disp [H, W, 3] uint8 -> {prefix}_mask.png and {prefix}_blend.jpg."""
-    save_indexed_png(prefix + '_mask.png', ids)
-    Image.fromarray(label_blend(ids, disp)).save(prefix + '_blend.jpg', quality=90)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,29 +78,23 @@ def run_davis_video(entry, args, encoder, device, writer, progress=None, viewer=
     """Propagate frame 0's labels through one DAVIS-style video and queue its outputs (and, with a
     ``PropagationViewer``, show them in visdom). Returns #frames."""
     video = VOSVideo(entry, args.cropSize)
-    values, size = video.labels.values, video.size
     if progress is not None:
         progress.reset(total=len(video))
-    if values.max() > 255:
+    if video.labels.values.max() > 255:
         raise CRWError(f'{entry.target}: label ids above 255 cannot be written as 8-bit PNGs')
-    prop = None
+    vp = VideoPropagator(encoder, Protocol.from_args(args), device, l2=not args.no_l2, norm_mask=args.norm_mask,
+                         reference=args.dense)
     prefix = os.path.join(args.save_path, str(entry.index))
     for imgs, disp, ts in _loader(video.frames, args, device):
-        feats = encode_frames(encoder, imgs.to(device, non_blocking=True), l2=not args.no_l2)
-        for b, t in enumerate(ts.tolist()):
-            if t == 0:
-                first = video.first_labels(feats.shape[-2:]).to(device)
-                prop = make_propagator(feats[b], first, Protocol.from_args(args), reference=args.dense)
-                index = torch.from_numpy(video.labels.label_map)        # ground truth
-            else:
-                index = soft_to_index(prop.step(feats[b]), size, args.norm_mask)
-            ids = values[index.cpu().numpy()].astype(np.uint8)
-            writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, disp[b].numpy())
+        ts = ts.tolist()
+        masks = [video.mask if t == 0 else None for t in ts]
+        for b, (t, ids, d) in enumerate(zip(ts, vp.step_batch(imgs, masks, video.size), disp)):
+            writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, d.numpy())
             if viewer is not None:
-                viewer.blend(entry.index, entry.name, t, label_blend(ids, disp[b].numpy()))
-                viewer.features(entry.index, entry.name, t, feats[b], ids.shape)
-            if progress is not None:
-                progress.update(1)
+                viewer.blend(entry.index, entry.name, t, blend_labels(d.numpy(), ids))
+                viewer.features(entry.index, entry.name, t, vp.last_features[b], ids.shape)
+        if progress is not None:
+            progress.update(len(ts))
     return len(video)
 
 
@@ -183,6 +134,22 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None, viewer=
     return len(paths)
 
 
+def run_user_video(args, encoder, device):
+    """--video/--mask: your own video, through propagation.video.propagate_user_video."""
+    reset_peak_memory(device)
+    t0 = time.time()
+    with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0, delay=1.0,
+              file=sys.stderr) as bar:
+        n, first = propagate_user_video(
+            encoder, args.video, args.mask, args.save_path, Protocol.from_args(args), device, crop_size=args.cropSize,
+            max_side=args.max_side, l2=not args.no_l2, norm_mask=args.norm_mask, reference=args.dense,
+            save_blend=args.save_blend, workers=args.workers, progress=bar)
+    dt = time.time() - t0
+    print(f'{args.video}: {n} frames from frame {first}, {n / dt:.2f} frames/s, peak '
+          f'{"GPU" if device.type == "cuda" else "RSS"} memory {peak_memory_bytes(device) / 2 ** 20:.0f} MB; '
+          f'masks and overlay video in {args.save_path}', flush=True)
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -215,6 +182,10 @@ def run(args):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
 
+    if args.video is not None:
+        run_user_video(args, build_encoder(args, device), device)
+        return
+
     entries = read_filelist(args.filelist, args.data_root)
     if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
@@ -231,7 +202,7 @@ def run(args):
             reset_peak_memory(device)
             t0 = time.time()
             run_video = run_jhmdb_video if entry.kind == 'jhmdb' else run_davis_video
-            with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False,
+            with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False, delay=1.0,
                       mininterval=1.0, file=sys.stderr) as bar:
                 try:
                     n = run_video(entry, args, encoder, device, writer, bar, viewer)

@@ -141,6 +141,20 @@ def read_label_image(path):
         raise DecodeError(f'{path}: cannot read the label image ({type(e).__name__})') from e
 
 
+def read_label_palette(path):
+    """[256, 3] uint8 palette of a P-mode (palette) PNG, None for other images."""
+    try:
+        with Image.open(path) as im:
+            if im.mode != 'P':
+                return None
+            pal = np.asarray(im.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
+    except Exception as e:
+        raise DecodeError(f'{path}: cannot read the label image ({type(e).__name__})') from e
+    out = davis_palette()
+    out[:len(pal)] = pal
+    return out
+
+
 def save_indexed_png(path, labels, palette=None):
     """Write a [H, W] integer label map as a palette PNG (what DAVIS scorers read), atomically. ``palette``:
     [n, 3] uint8 colours (default: the DAVIS palette)."""

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from data.images import save_indexed_png
+from data.video_io import VideoWriter
 
 
 def smooth_texture(rng, h, w, cell=4, channels=3):
@@ -109,20 +110,9 @@ def write_davis_layout(root, sequences, ext='jpg', resolution='480p'):
 
 
 def write_video(path, frames, fps=24):
-    """Encode frames [T, H, W, 3] uint8 to an H.264 (or MPEG-4) file with PyAV. H and W must be even."""
-    import av
+    """Encode frames [T, H, W, 3] uint8 to an H.264 (or MPEG-4) file with PyAV (``data.video_io.VideoWriter``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with av.open(path, mode='w') as container:
-        try:
-            stream = container.add_stream('libx264', rate=fps)
-            stream.options = {'crf': '18', 'preset': 'ultrafast'}
-        except Exception:  # PyAV builds without x264
-            stream = container.add_stream('mpeg4', rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = 'yuv420p'
+    with VideoWriter(path, fps) as writer:
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(f)
     return path

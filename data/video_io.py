@@ -1,4 +1,5 @@
-"""Reading videos and frame folders: metadata probes, frame decoding, clip frame indices.
+"""Reading and writing videos: metadata probes, frame decoding (clips, or a whole video streamed), clip frame
+indices, encoding (``VideoWriter``).
 
 Videos are decoded with TorchCodec (``torchcodec.decoders.VideoDecoder``, exact seek mode, only the frames a
 clip needs) and, when TorchCodec cannot be imported or fails on a file, with PyAV. The environment variable
@@ -10,11 +11,13 @@ import math
 import os
 import re
 import sys
+from fractions import Fraction
 
 import numpy as np
 import torch
 
 from utils.errors import DecodeError
+from utils.misc import atomic_write
 
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.avi', '.mov')
 
@@ -174,6 +177,120 @@ def decode_frames(path, indices):
             warn(f'TorchCodec failed on {path} ({errors[0]}); decoding it with PyAV')
         return frames
     raise DecodeError('; '.join(errors))
+
+
+def _iter_torchcodec(path, start):
+    vd = _torchcodec_decoder()
+    if vd is None:
+        raise DecodeError('TorchCodec is not available')
+    dec = vd(path, seek_mode='exact', dimension_order='NHWC', num_ffmpeg_threads=1)
+    first = dec[start] if start < len(dec) else None    # fails here, before anything is yielded, if it fails
+    if first is None:
+        return
+    yield start, first.numpy()
+    for i in range(start + 1, len(dec)):              # in order: decodes on, no seek
+        yield i, dec[i].numpy()
+
+
+def _iter_pyav(path, start):
+    import av
+    with av.open(path) as container:
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if i >= start:
+                yield i, frame.to_ndarray(format='rgb24')
+
+
+def iter_frames(path, start=0):
+    """Yield (index, uint8 [H, W, 3] RGB frame) for the frames of ``path`` from ``start`` on, in presentation
+    order, decoding as it goes (one frame in memory at a time, whatever the video's length). TorchCodec first,
+    PyAV if TorchCodec is unavailable or cannot open the file; a failure after the first frame raises
+    ``DecodeError``."""
+    errors = []
+    for backend in _backends():
+        it = _iter_torchcodec(path, start) if backend == 'torchcodec' else _iter_pyav(path, start)
+        try:
+            first = next(it, None)
+        except Exception as e:
+            errors.append(f'{backend}: {_short(e)}')
+            continue
+        if first is None:
+            return
+        yield first
+        try:
+            yield from it
+        except Exception as e:
+            raise DecodeError(f'{path}: decoding stopped after frame {first[0]} ({backend}: {_short(e)})') from e
+        return
+    raise DecodeError(f'{path}: cannot decode ({"; ".join(errors)})')
+
+
+# ---------------------------------------------------------------------------------------------- writing
+class VideoWriter:
+    """Encode RGB frames into a video file with PyAV, one at a time: H.264 (libx264, crf 18) or MPEG-4 where
+    the PyAV build has no x264. yuv420p needs even sides: an odd height or width is padded by repeating the
+    last row or column. The file is written under a temporary name and appears only when ``close()``
+    succeeds; ``abort()`` (or an exception inside ``with``) removes it."""
+
+    def __init__(self, path, fps=24):
+        import av
+        self._file_ctx = atomic_write(path)
+        self._file = self._file_ctx.__enter__()
+        fmt = {'.mkv': 'matroska', '.webm': 'webm', '.avi': 'avi', '.mov': 'mov'}.get(
+            os.path.splitext(path)[1].lower(), 'mp4')
+        self.container = av.open(self._file, mode='w', format=fmt)
+        rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else 24
+        try:
+            self.stream = self.container.add_stream('libx264', rate=rate)
+            self.stream.options = {'crf': '18', 'preset': 'ultrafast'}
+        except Exception:  # PyAV builds without x264
+            self.stream = self.container.add_stream('mpeg4', rate=rate)
+        self.stream.pix_fmt = 'yuv420p'
+        self._av = av
+        self.size = None
+
+    def write(self, frame):
+        """frame: uint8 [H, W, 3] RGB; every frame the size of the first."""
+        frame = np.asarray(frame)
+        if self.size is None:
+            self.size = frame.shape[:2]
+            self.stream.height = frame.shape[0] + frame.shape[0] % 2
+            self.stream.width = frame.shape[1] + frame.shape[1] % 2
+        if frame.shape[:2] != self.size:
+            raise ValueError(f'frame of size {frame.shape[:2]}, the video is {self.size}')
+        if frame.shape[0] % 2 or frame.shape[1] % 2:
+            frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode='edge')
+        vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')
+        for packet in self.stream.encode(vf):
+            self.container.mux(packet)
+
+    def close(self):
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+        except BaseException as e:
+            self.abort(e)
+            raise
+        self._file_ctx.__exit__(None, None, None)
+
+    def abort(self, error=None):
+        """Drop the partial file."""
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - the file is removed anyway
+            pass
+        error = error or RuntimeError('aborted')
+        self._file_ctx.__exit__(type(error), error, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc)
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- resampling

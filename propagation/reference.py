@@ -36,6 +36,20 @@ class ReferencePropagator:
         """Index of the last frame propagated (0 before the first step)."""
         return len(self.feats) - 1
 
+    def add_labels(self, n):
+        """Append ``n`` label channels (objects that appear later), zero in every stored frame."""
+        self.labels = [torch.cat([lab, lab.new_zeros(lab.shape[0], n)], dim=1) for lab in self.labels]
+        self.K += n
+
+    def drop_labels(self, channels):
+        """Zero label ``channels`` in every stored frame (see WindowedPropagator.drop_labels)."""
+        for lab in self.labels:
+            lab[:, list(channels)] = 0
+
+    def set_labels(self, labels):
+        """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K]."""
+        self.labels[-1] = labels.reshape(self.N, self.K).to(self.labels[-1])
+
     def step(self, feat, return_topk=False):
         """Predict the next frame from its features [C, h, w] -> soft labels [h, w, K]
         (and, with return_topk, (frame ids [N, k], node ids [N, k], logits [N, k]) of the chosen context)."""

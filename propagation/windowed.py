@@ -183,6 +183,28 @@ class WindowedPropagator:
             return self.long_term_slot[frame]
         return self.first_ring_slot + (frame - 1) % self.video_len
 
+    # -- annotations on later frames ------------------------------------------------------------------
+    def add_labels(self, n):
+        """Append ``n`` label channels (objects that appear later), zero in every stored frame."""
+        pad = self.bank_labels.new_zeros(*self.bank_labels.shape[:2], n)
+        self.bank_labels = torch.cat([self.bank_labels, pad], dim=-1)
+        self.K += n
+
+    def drop_labels(self, channels):
+        """Zero label ``channels`` in every stored frame: what earlier frames said about those objects no longer
+        votes (their annotation on a later frame supersedes it)."""
+        self.bank_labels[..., list(channels)] = 0
+
+    def set_labels(self, labels):
+        """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K] (an annotated
+        frame's corrected labels), for the frames after it."""
+        labels = labels.reshape(self.N, self.K).to(self.device, self.dtype)
+        t = self._t
+        slots = [s for s, f in enumerate(self.slot_frame) if f == t]
+        for slot in slots:
+            self.bank_labels[slot].zero_()
+            self.bank_labels[slot, self.layout.to_tiled] = labels
+
     # -- scores -----------------------------------------------------------------------------------------
     def _node_chunks(self, per_node_bytes):
         n = max(1, int(self.budget // max(1, per_node_bytes)))

@@ -169,7 +169,22 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--data-root', default='', type=str,
                    help='folder that relative paths in --filelist are resolved against (e.g. a DAVIS root for '
                         'eval/davis_vallist.txt); default: the current folder, then the filelist\'s folder')
-    p.add_argument('--save-path', default='./results', type=str, help='where {i}_{t}_mask.png/_blend.jpg go')
+    p.add_argument('--video', default=None, type=str,
+                   help='your own video instead of --filelist: a video file (.mp4 .mkv .webm .avi .mov ...) or a '
+                        'folder of frames; writes <save-path>/<video>/<frame>.png (DAVIS format) and '
+                        '<video>_overlay.mp4')
+    p.add_argument('--mask', default=None, type=str,
+                   help='with --video: the first frame\'s label image (palette PNG, or greyscale/RGB with a few flat '
+                        'colours), or a folder of label images named like their frames (later ones add or correct '
+                        'objects from their frame on)')
+    p.add_argument('--max-side', default=None, type=int,
+                   help='with --video: propagate at most this many pixels on the longer side (masks are still written '
+                        'at the video\'s size); default: the size --cropSize gives (-1: the video\'s own)')
+    p.add_argument('--save-blend', action='store_true',
+                   help='with --video: also write the overlays as <save-path>/<video>_blend/<frame>.jpg')
+    p.add_argument('--save-path', default='./results', type=str,
+                   help='where {i}_{t}_mask.png/_blend.jpg go (--filelist), or <video>/ and <video>_overlay.mp4 '
+                        '(--video)')
     p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
     p.add_argument('--model-type', default='scratch', type=str, help='scratch | scratch_zeropad | imagenet18')
     p.add_argument('--imagenet-weights', default='', type=str,
@@ -208,10 +223,26 @@ def get_test_args_parser(add_help=True):
 
 
 def _finish_test_args(p, args):
-    if args.filelist is None:
-        p.error('--filelist is required: one "<frames folder> <annotations folder>" line per video')
-    if not os.path.isfile(args.filelist):
+    if args.filelist is None and args.video is None:
+        p.error('--filelist is required (one "<frames folder> <annotations folder>" line per video), or --video '
+                'with --mask for your own video')
+    if args.filelist is not None and args.video is not None:
+        p.error('give --filelist or --video, not both')
+    if args.filelist is not None and not os.path.isfile(args.filelist):
         p.error(f'--filelist {args.filelist}: no such file')
+    if args.video is not None:
+        if not os.path.exists(args.video):
+            p.error(f'--video {args.video}: no such file or folder')
+        if args.mask is None:
+            p.error('--video needs --mask: the first frame\'s label image or a folder of label images')
+        if not os.path.exists(args.mask):
+            p.error(f'--mask {args.mask}: no such file or folder')
+    else:
+        for flag in ('mask', 'max_side', 'save_blend'):
+            if getattr(args, flag):
+                p.error(f"--{flag.replace('_', '-')} goes with --video")
+    if args.max_side is not None and args.max_side < 8:
+        p.error('--max-side must be at least 8 (one feature cell)')
     if args.resume and not os.path.isfile(args.resume):
         p.error(f'--resume {args.resume}: no such file (refusing to run with random weights)')
     if args.batchSize != 1:

@@ -1,0 +1,373 @@
+"""Your own video: test.py --video/--mask, the Python API (propagation.propagate / VideoPropagator), masks on
+later frames, and bad masks and videos. Synthetic clips with exact masks, built here; tiny sizes."""
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import load_script
+from data import vos
+from data.images import davis_palette, save_indexed_png
+from data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
+from data.video_io import iter_frames, probe_video
+from propagation import Protocol, VideoPropagator, load_encoder, propagate
+from utils.errors import CRWError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROTOCOL = ['--topk', '10', '--videoLen', '20', '--radius', '12', '--temperature', '0.05', '--cropSize', '-1',
+            '--workers', '0', '--device', 'cpu']
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+    import model
+    path = str(tmp_path_factory.mktemp('ck') / 'scratch.pth')
+    torch.manual_seed(0)
+    m = model.CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
+    torch.save({'model': m.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def clip(tmp_path_factory):
+    """A 6-frame clip laid out as DAVIS (PNG frames, lossless) plus its filelist."""
+    root = tmp_path_factory.mktemp('clip')
+    seq = make_sequence(num_frames=6, height=48, width=80, num_objects=3, seed=5)
+    filelist = write_davis_layout(str(root), {'clip': seq}, ext='png')
+    return root, filelist, seq
+
+
+@pytest.fixture(scope='module')
+def filelist_out(clip, ckpt, tmp_path_factory):
+    """test.py --filelist's masks of the clip [T, H, W]."""
+    root, filelist, seq = clip
+    out = tmp_path_factory.mktemp('fl')
+    assert run_test(['--filelist', filelist, '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 0
+    return np.stack([ids_of(out / f'0_{t}_mask.png') for t in range(len(seq['frames']))])
+
+
+def run_test(argv):
+    return load_script('test.py').main(argv)
+
+
+def run_filelist(frames_dir, ann_dir, ckpt, out):
+    """test.py --filelist on one video (a one-line filelist beside ``out``)."""
+    filelist = out.parent / (out.name + '_list.txt')
+    filelist.write_text(f'{frames_dir} {ann_dir}\n')
+    return run_test(['--filelist', str(filelist), '--resume', ckpt, '--save-path', str(out)] + PROTOCOL)
+
+
+def ids_of(path):
+    return np.asarray(Image.open(path))
+
+
+def one_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --video == --filelist on the same frames and mask
+# ----------------------------------------------------------------------------------------------------------
+
+def test_video_folder_equals_filelist(clip, ckpt, filelist_out, tmp_path):
+    root, filelist, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    # a palette of its own in the first mask: kept in the outputs
+    pal = np.random.default_rng(0).integers(0, 256, (256, 3)).astype(np.uint8)
+    save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0], pal)
+    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'v'), '--save-blend'] + PROTOCOL) == 0
+    for t in range(6):
+        out = Image.open(tmp_path / 'v' / 'clip' / f'{t:05d}.png')
+        assert out.mode == 'P' and np.array_equal(np.asarray(out.getpalette(), np.uint8).reshape(-1, 3)[:256], pal)
+        assert np.array_equal(np.asarray(out), filelist_out[t]), t
+        assert (tmp_path / 'v' / 'clip_blend' / f'{t:05d}.jpg').exists()
+    assert np.array_equal(ids_of(tmp_path / 'v' / 'clip' / '00000.png'), seq['masks'][0])
+    assert probe_video(str(tmp_path / 'v' / 'clip_overlay.mp4'))[0] == 6
+    assert not [n for n in os.listdir(tmp_path / 'v') if n.endswith('.tmp')]
+
+
+def test_video_file_equals_filelist_on_its_decoded_frames(clip, ckpt, tmp_path):
+    # an mp4 decodes to other pixels than the frames it was made from: compare with the filelist path run on
+    # the decoded frames themselves (written losslessly as PNG)
+    root, _, seq = clip
+    mp4 = write_video(str(tmp_path / 'my clip.mp4'), seq['frames'])
+    decoded = np.stack([f for _, f in iter_frames(mp4)])
+    assert decoded.shape == seq['frames'].shape
+    d = tmp_path / 'dec'
+    write_frame_folder(str(d / 'JPEGImages' / 'v'), decoded, ext='png')
+    (d / 'Annotations' / 'v').mkdir(parents=True)
+    save_indexed_png(str(d / 'Annotations' / 'v' / '00000.png'), seq['masks'][0])
+    assert run_filelist(d / 'JPEGImages' / 'v', d / 'Annotations' / 'v', ckpt, tmp_path / 'fl') == 0
+    first = root / 'Annotations' / '480p' / 'clip' / '00000.png'
+    assert run_test(['--video', mp4, '--mask', str(first), '--resume', ckpt, '--save-path', str(tmp_path / 'v')]
+                    + PROTOCOL) == 0
+    for t in range(6):
+        assert np.array_equal(ids_of(tmp_path / 'v' / 'my clip' / f'{t:05d}.png'),
+                              ids_of(tmp_path / 'fl' / f'0_{t}_mask.png')), t
+    assert probe_video(str(tmp_path / 'v' / 'my clip_overlay.mp4'))[0] == 6
+
+
+def test_python_api_is_what_test_py_uses(clip, ckpt, filelist_out):
+    root, filelist, seq = clip
+    encoder = load_encoder(ckpt, 'cpu')
+    protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
+    mask = str(root / 'Annotations' / '480p' / 'clip' / '00000.png')
+    out = list(propagate(encoder, iter(seq['frames']), mask, protocol, 'cpu'))    # a generator of frames
+    assert [t for t, _ in out] == list(range(6))
+    written = filelist_out
+    frames_from_paths = list(propagate(encoder, sorted((root / 'JPEGImages' / '480p' / 'clip').iterdir()),
+                                       {0: seq['masks'][0]}, protocol, 'cpu'))
+    for (t, ids), (_, ids2) in zip(out, frames_from_paths):
+        assert ids.dtype == np.uint8 and ids.shape == (48, 80)
+        assert np.array_equal(ids, written[t]) and np.array_equal(ids2, written[t])
+    # one frame at a time: None before the first mask, the mask itself on its frame
+    vp = VideoPropagator(encoder, protocol)
+    assert vp.step(seq['frames'][0]) is None
+    assert np.array_equal(vp.step(torch.from_numpy(seq['frames'][1]), mask=seq['masks'][1]), seq['masks'][1])
+    nxt = vp.step(seq['frames'][2])
+    assert nxt.shape == (48, 80) and set(np.unique(nxt)) <= {0, 1, 2, 3} and vp.start == 1
+
+
+def test_max_side_propagates_smaller_and_writes_full_size(clip, ckpt, tmp_path):
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    first = root / 'Annotations' / '480p' / 'clip' / '00000.png'
+    assert run_test(['--video', str(frames_dir), '--mask', str(first), '--resume', ckpt, '--save-path',
+                     str(tmp_path), '--max-side', '40'] + PROTOCOL) == 0
+    ids = ids_of(tmp_path / 'clip' / '00003.png')
+    assert ids.shape == (48, 80) and set(np.unique(ids)) <= {0, 1, 2, 3}
+    assert vos.processing_size((480, 854), -1, 480) == (270, 480)
+    assert vos.processing_size((480, 854), 320, None) == (320, 320)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# masks on later frames
+# ----------------------------------------------------------------------------------------------------------
+
+class FlatColourEncoder(torch.nn.Module):
+    """Features = the mean colour of each 8x8 block (stride 8), for flat-coloured test videos."""
+
+    def frames(self, x):
+        return F.avg_pool2d(x, 8, ceil_mode=True)
+
+
+def flat_clip(T=9):
+    """Grey background; object 1 (four feature cells wide, one colour per cell column: red to yellow) moves
+    right 8 px (one cell) a frame from frame 0; object 2 (green) enters at the top left at frame 3 and moves down
+    8 px a frame. Exact masks."""
+    H, W = 96, 128
+    pal = np.array([[128, 128, 128], [230, 30, 30], [30, 200, 30]], np.uint8)
+    masks = np.zeros((T, H, W), np.uint8)
+    frames = np.zeros((T, H, W, 3), np.uint8)
+    for t in range(T):
+        masks[t, 48:80, 8 + 8 * t:40 + 8 * t] = 1
+        if t >= 3:
+            y = 8 * (t - 3)
+            masks[t, y:y + 24, 0:24] = 2
+        frames[t] = pal[masks[t]]
+        for c in range(4):
+            frames[t, 48:80, 8 + 8 * t + 8 * c:16 + 8 * t + 8 * c] = (230, 30 + 60 * c, 30)
+    return frames, masks
+
+
+def iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def test_later_mask_adds_an_object_and_corrects_one():
+    frames, masks = flat_clip()
+    only1 = np.where(masks[0] == 1, 1, 0)
+    only2 = np.where(masks[3] == 2, 2, 0)                       # frame 3 annotates the newcomer only
+    half1 = masks[6] == 1
+    half1[:, np.nonzero(half1.any(0))[0][16:]] = False          # frame 6 redraws object 1 as its left half
+    # L = 3: with flat colours the same object cell ties exactly across frames; a short context keeps every
+    # tied candidate inside the top-k
+    protocol = Protocol(topk=10, video_len=3, radius=4, temperature=0.05)
+    out = dict(propagate(FlatColourEncoder(), frames, {0: only1, 3: only2, 6: np.where(half1, 1, 0)}, protocol,
+                         'cpu'))
+    assert sorted(out) == list(range(9))
+    for t in range(3):
+        assert 2 not in out[t]
+        assert iou(out[t] == 1, masks[t] == 1) > 0.95
+    assert np.array_equal(out[3] == 2, masks[3] == 2)            # the annotation itself
+    assert iou(out[3] == 1, masks[3] == 1) > 0.95                # object 1 goes on as predicted
+    for t in (4, 5):
+        for k in (1, 2):
+            assert iou(out[t] == k, masks[t] == k) > 0.9, (t, k)
+    # frame 6: object 1 is exactly the new annotation; its other pixels are no longer object 1
+    assert np.array_equal(out[6] == 1, half1)
+    assert iou(out[6] == 2, masks[6] == 2) > 0.9
+    # and the corrected object 1 is what is propagated after it: about half the true object
+    for t in (7, 8):
+        assert 0.35 < (out[t] == 1).sum() / (masks[t] == 1).sum() < 0.65, t
+        assert iou(out[t] == 2, masks[t] == 2) > 0.9, t
+
+
+def test_mask_folder_starts_at_first_annotated_frame(clip, ckpt, tmp_path, capsys):
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    md = tmp_path / 'masks'
+    md.mkdir()
+    save_indexed_png(str(md / '00002.png'), seq['masks'][2])
+    save_indexed_png(str(md / '00004.png'), np.where(seq['masks'][4] == 3, 3, 0))
+    assert run_test(['--video', str(frames_dir), '--mask', str(md), '--resume', ckpt, '--save-path',
+                     str(tmp_path / 'o')] + PROTOCOL) == 0
+    err = capsys.readouterr().err
+    assert 'the first annotated frame is 00002' in err and 'get no output' in err
+    assert sorted(os.listdir(tmp_path / 'o' / 'clip')) == [f'{t:05d}.png' for t in range(2, 6)]
+    assert np.array_equal(ids_of(tmp_path / 'o' / 'clip' / '00002.png'), seq['masks'][2])
+    four = ids_of(tmp_path / 'o' / 'clip' / '00004.png')
+    assert np.array_equal(four == 3, seq['masks'][4] == 3)
+    assert probe_video(str(tmp_path / 'o' / 'clip_overlay.mp4'))[0] == 4
+
+
+def test_propagator_label_channels_grow_on_both_paths():
+    from propagation import ReferencePropagator, WindowedPropagator
+    g = torch.Generator().manual_seed(0)
+    feats = F.normalize(torch.randn(4, 8, 6, 7, generator=g), dim=1)
+    labels = torch.softmax(torch.randn(6, 7, 2, generator=g), -1)
+    p = Protocol(topk=5, video_len=2, radius=3, temperature=0.05)
+    outs = []
+    for cls in (WindowedPropagator, ReferencePropagator):
+        prop = cls(feats[0], labels, p)
+        prop.step(feats[1])
+        prop.add_labels(1)
+        new = torch.zeros(6, 7, 3)
+        new[..., 2] = 1
+        prop.set_labels(new)                      # frame 1 is now all object "2"
+        outs.append(prop.step(feats[2]))
+    assert outs[0].shape == (6, 7, 3)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert outs[0][..., 2].sum() > 0 and torch.allclose(outs[0].sum(-1), torch.ones(6, 7), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad input: one line, nothing written half
+# ----------------------------------------------------------------------------------------------------------
+
+def antialiased_rgb(path, mask):
+    """An RGB rendering of mask with blurred (anti-aliased) edges: many colours."""
+    rgb = davis_palette()[mask].astype(np.float32)
+    k = np.ones(5, np.float32) / 5
+    for axis in (0, 1):
+        rgb = np.apply_along_axis(lambda v: np.convolve(v, k, mode='same'), axis, rgb)
+    Image.fromarray(rgb.round().astype(np.uint8)).save(path)
+
+
+def test_antialiased_rgb_mask_refused(clip, ckpt, tmp_path, capsys):
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    antialiased_rgb(tmp_path / 'aa.png', seq['masks'][0])
+    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'aa.png'), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert line.startswith('test.py: error:') and 'aa.png' in line and 'distinct colours' in line
+    assert 'palette PNG' in line and int(line.split(': ')[3].split()[0]) > 32
+    assert not (tmp_path / 'o').exists()
+
+
+def test_binary_0_255_mask_is_object_1_on_both_paths(clip, ckpt, tmp_path, capsys):
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    ann = tmp_path / 'ann'
+    ann.mkdir()
+    Image.fromarray(np.where(seq['masks'][0] == 2, 255, 0).astype(np.uint8), mode='L').save(ann / '00000.png')
+    assert run_test(['--video', str(frames_dir), '--mask', str(ann / '00000.png'), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 0
+    err = capsys.readouterr().err
+    notes = [x for x in err.splitlines() if '0/255' in x]
+    assert len(notes) == 1 and 'object 1' in notes[0]
+    assert set(np.unique(ids_of(tmp_path / 'o' / 'clip' / '00003.png'))) <= {0, 1}
+    assert np.array_equal(ids_of(tmp_path / 'o' / 'clip' / '00000.png'), (seq['masks'][0] == 2).astype(np.uint8))
+    assert run_filelist(frames_dir, ann, ckpt, tmp_path / 'f') == 0
+    assert len([x for x in capsys.readouterr().err.splitlines() if '0/255' in x]) == 1
+    assert set(np.unique(ids_of(tmp_path / 'f' / '0_0_mask.png'))) == {0, 1}
+
+
+@pytest.mark.parametrize('case', ['antialiased', 'no first frame'])
+def test_filelist_annotation_refused(case, clip, ckpt, tmp_path, capsys):
+    # the filelist path reads annotations with the same code: an anti-aliased mask is refused there too; and
+    # a video whose first frame has no annotation is refused rather than started from frame 1's
+    root, _, seq = clip
+    ann = tmp_path / 'ann'
+    ann.mkdir()
+    if case == 'antialiased':
+        antialiased_rgb(ann / '00000.png', seq['masks'][0])
+        expected = ['distinct colours', 'palette PNG', ':1:']
+    else:
+        save_indexed_png(str(ann / '00001.png'), seq['masks'][1])
+        expected = ['no annotation of the first frame 00000.png', '00001.png', ':1:']
+    assert run_filelist(root / 'JPEGImages' / '480p' / 'clip', ann, ckpt, tmp_path / 'f') == 1
+    line = one_line(capsys)
+    assert line.startswith('test.py: error:') and all(e in line for e in expected), line
+    assert not list((tmp_path / 'f').glob('*_mask.png'))
+
+
+def test_mask_size(clip, ckpt, tmp_path, capsys):
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    big = np.repeat(np.repeat(seq['masks'][0], 2, 0), 2, 1)               # same aspect ratio, twice the size
+    save_indexed_png(str(tmp_path / 'big.png'), big)
+    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'big.png'), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 0
+    warnings = [x for x in capsys.readouterr().err.splitlines() if 'nearest neighbour' in x]
+    assert len(warnings) == 1 and '160x96' in warnings[0] and '80x48' in warnings[0]
+    assert np.array_equal(ids_of(tmp_path / 'o' / 'clip' / '00000.png'), seq['masks'][0])
+    save_indexed_png(str(tmp_path / 'wide.png'), seq['masks'][0][:40])    # 80x40: another aspect ratio
+    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'wide.png'), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'w')] + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert 'wide.png' in line and 'aspect ratio' in line
+    assert not (tmp_path / 'w').exists()
+
+
+def test_bad_video_and_mask_folder_are_one_line(clip, ckpt, tmp_path, capsys):
+    root, _, seq = clip
+    bad = tmp_path / 'broken.mp4'
+    bad.write_bytes(b'not a video at all' * 100)
+    save_indexed_png(str(tmp_path / 'm.png'), seq['masks'][0])
+    md = tmp_path / 'masks'
+    md.mkdir()
+    save_indexed_png(str(md / '00042.png'), seq['masks'][0])
+    common = ['--resume', ckpt, '--save-path', str(tmp_path / 'o')] + PROTOCOL
+    # as a user runs it: one line on stderr, no traceback
+    r = subprocess.run([sys.executable, 'test.py', '--video', str(bad), '--mask', str(tmp_path / 'm.png')] + common,
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and 'broken.mp4: cannot decode' in err[0], r.stderr[-800:]
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(md)] + common) == 1
+    assert 'no mask is named like a frame' in one_line(capsys)
+    for extra, text in ((['--video', str(bad)], '--video needs --mask'),
+                        (['--video', str(bad), '--mask', str(md), '--filelist', str(bad)], 'not both'),
+                        (['--filelist', str(bad), '--max-side', '100'], '--max-side goes with --video')):
+        with pytest.raises(SystemExit) as e:
+            run_test(extra + common)
+        assert e.value.code == 2 and text in one_line(capsys)
+    assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').rglob('*.png'))
+
+
+def test_annotation_reader_colours(tmp_path):
+    # RGB masks outside the DAVIS palette: one numbering for all masks of a video, new colours appended
+    a = np.zeros((8, 8, 3), np.uint8)
+    a[:4] = (200, 10, 10)
+    b = a.copy()
+    b[6:, :2] = (10, 10, 200)
+    Image.fromarray(a).save(tmp_path / 'a.png')
+    Image.fromarray(b).save(tmp_path / 'b.png')
+    reader = vos.AnnotationReader()
+    assert np.unique(reader.read(str(tmp_path / 'a.png'))).tolist() == [0, 1]
+    ids_b = reader.read(str(tmp_path / 'b.png'))
+    assert ids_b[0, 0] == 1 and ids_b[7, 0] == 2
+    assert reader.palette[1].tolist() == [200, 10, 10] and reader.palette[2].tolist() == [10, 10, 200]
+    with pytest.raises(CRWError, match='35 distinct grey levels'):
+        Image.fromarray(np.arange(35, dtype=np.uint8).repeat(2).reshape(10, 7), mode='L').save(tmp_path / 'g.png')
+        vos.AnnotationReader().read(str(tmp_path / 'g.png'))
