@@ -7,8 +7,8 @@ the computation is reorganised for speed:
   (no copy of the clip before the first convolution);
 * the T−2 palindrome walks are built from running prefix products (one batched matmul per time step for both
   halves, one for all walks together) instead of multiplying each palindrome out from scratch;
-* the walk part (affinities, softmax, products, log, cross-entropy) always runs in float32, also under
-  autocast; the encoder is channels_last- and bf16-friendly.
+* the node embedding (patch mean, head, L2 norm) and the walk part (affinities, softmax, products, log,
+  cross-entropy) always run in float32, also under autocast; the encoder is channels_last- and bf16-friendly.
 
 Shapes: B batch, T frames, N nodes per frame, C channels, H×W input patch/frame, h×w feature map (stride 8).
 The state-dict keys are the release's: ``encoder.model.<torchvision ResNet keys>`` and
@@ -175,22 +175,25 @@ class CRW(nn.Module):
 
         N > 1 (grid): a node is the spatial mean of its patch's map, N' = N.
         N == 1 (dense): every feature-map cell is a node, N' = h*w (row-major).
-        q is the head output L2-normalised over C. maps (views, no copy): grid [B, N, C, T, h, w];
-        dense [B, h*w, C, T, 1, 1] (the release's shapes).
+        q is the head output L2-normalised over C (float32, also under autocast). maps (views, no copy): grid
+        [B, N, C, T, h, w]; dense [B, h*w, C, T, 1, 1] (the release's shapes).
         """
         B, T, N = frames.shape[:3]
         maps = self.encoder.frames(frames.flatten(0, 2))  # [B*T*N, C, h, w], one batch for all patches
         if self.featdrop_rate > 0:
             maps = self.featdrop(maps)
         C, h, w = maps.shape[1:]
-        if N == 1:
-            nodes = maps.flatten(2).transpose(1, 2)  # [B*T, h*w, C]
-            N = h * w
-            maps_out = maps.unflatten(0, (B, T)).permute(0, 3, 4, 2, 1).reshape(B, N, C, T)[..., None, None]
-        else:
-            nodes = maps.mean((-2, -1))  # [B*T*N, C]
-            maps_out = maps.unflatten(0, (B, T, N)).permute(0, 2, 3, 1, 4, 5)
-        q = F.normalize(self.selfsim_fc(nodes), p=2, dim=-1)
+        # Node embedding (patch mean, head, L2 norm) in float32 also under autocast: with bf16 nodes the
+        # affinities moved by up to ~6.5e-3, i.e. 0.13 in logits at tau = 0.05.
+        with torch.autocast(device_type=maps.device.type, enabled=False):
+            if N == 1:
+                nodes = maps.flatten(2).transpose(1, 2).float()  # [B*T, h*w, C]
+                N = h * w
+                maps_out = maps.unflatten(0, (B, T)).permute(0, 3, 4, 2, 1).reshape(B, N, C, T)[..., None, None]
+            else:
+                nodes = maps.float().mean((-2, -1))  # [B*T*N, C]
+                maps_out = maps.unflatten(0, (B, T, N)).permute(0, 2, 3, 1, 4, 5)
+            q = F.normalize(self.selfsim_fc(nodes), p=2, dim=-1)
         q = q.reshape(B, T, N, q.shape[-1]).permute(0, 3, 1, 2)  # [B, C, T, N]
         return q, maps_out
 
