@@ -27,6 +27,13 @@ MASKED_LOGIT = -1e20  # value of a dropped edge's affinity (release value)
 MODEL_TYPES = ('scratch', 'scratch_zeropad', 'imagenet18')
 
 
+def min_input_size(model_type='scratch'):
+    """Smallest square input (pixels) the encoder takes: its stride-8 map needs at least one cell (8 pixels),
+    and with the reflect padding of 'scratch' every padded conv of layer2-layer4 needs a map of at least 2
+    cells (reflect padding must be smaller than the input), hence 9."""
+    return 9 if model_type == 'scratch' else 8
+
+
 class ResNetTrunk(ResNet):
     """torchvision ResNet whose layers may be ``None`` (removed); forward returns the last feature map.
 

@@ -41,7 +41,7 @@ from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
 from propagation import STRIDE, Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
 from utils.arguments import test_args
 from utils.errors import CRWError, report
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
 
 FEATURE_BATCH = 4   # frames per encoder call
 
@@ -55,7 +55,8 @@ def build_encoder(args, device):
     if not args.resume and args.model_type != 'imagenet18':
         warnings.warn(f'no --resume: the {args.model_type} encoder has random weights (seed {args.manualSeed})',
                       stacklevel=2)
-    encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights)
+    encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights,
+                           allow_partial=args.allow_partial, trust=args.trust_checkpoint)
     print(f'encoder: {args.model_type}, {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params')
     return encoder
 
@@ -116,6 +117,7 @@ def run_davis_video(entry, args, encoder, device, writer, progress=None):
     """Propagate frame 0's labels through one DAVIS-style video and queue its outputs. Returns #frames."""
     video = VOSVideo(entry, args.cropSize)
     values, size = video.labels.values, video.size
+    Protocol.from_args(args).check_context(-(-size[0] // STRIDE), -(-size[1] // STRIDE))
     if progress is not None:
         progress.reset(total=len(video))
     if values.max() > 255:
@@ -145,6 +147,7 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None):
         raise CRWError(f'{entry.frames_dir}: no frames')
     H0, W0 = frame_size(paths[0], -1)
     H, W = frame_size(paths[0], args.cropSize)
+    Protocol.from_args(args).check_context(-(-H // STRIDE), -(-W // STRIDE))
     joints = load_joints(entry.target)                                   # [2, J, T] pixels, 0-based
     if progress is not None:
         progress.reset(total=len(paths))
@@ -209,9 +212,9 @@ def run(args):
     entries = read_filelist(args.filelist, args.data_root)
     if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
+    writable_folder(args.save_path, '--save-path')
 
     encoder = build_encoder(args, device)
-    os.makedirs(args.save_path, exist_ok=True)
 
     writer = AsyncWriter()
     try:
