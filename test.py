@@ -212,6 +212,11 @@ def run(args):
     entries = read_filelist(args.filelist, args.data_root)
     if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
+    for entry in entries:   # list every video's frames now: a bad folder fails before any video is computed
+        try:
+            list_frames(entry.frames_dir)
+        except CRWError as e:
+            raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
     writable_folder(args.save_path, '--save-path')
 
     encoder = build_encoder(args, device)

@@ -186,7 +186,8 @@ def format_table(header, rows):
     return '\n'.join(' ' + line for line in lines)
 
 
-def print_tables(tag, g_header, g_rows, s_header, s_rows, out=sys.stdout):
+def print_tables(tag, g_header, g_rows, s_header, s_rows, out=None):
+    out = out or sys.stdout
     out.write(f'--------------------------- Global results for {tag} ---------------------------\n')
     out.write(format_table(g_header, g_rows) + '\n')
     out.write(f'\n---------- Per sequence results for {tag} ----------\n')

@@ -23,10 +23,28 @@ IMAGENET18_URL = 'https://download.pytorch.org/models/' + IMAGENET18_FILE
 
 # ---------------------------------------------------------------------------------------------- saving
 def atomic_save(obj, path):
-    """torch.save ``obj`` to ``path`` all or nothing (see ``utils.misc.atomic_write``)."""
+    """torch.save ``obj`` to ``path`` all or nothing (see ``utils.misc.atomic_write``). Ctrl-C in the middle
+    raises KeyboardInterrupt (torch's zip writer would replace it by 'RuntimeError: ... unexpected pos' while
+    closing the half-written archive)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except Exception as e:
+            if _interrupted(e):
+                raise KeyboardInterrupt from None
+            raise
+
+
+def _interrupted(error):
+    """True if a KeyboardInterrupt is in the chain of exceptions that led to ``error``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def rng_state():
