@@ -137,9 +137,11 @@ def find_resume_path(args):
 
 
 def prepare_output_dir(args):
-    """Check that --output-dir can take checkpoints (before the data scan and the first step) and remove
-    temporary files of writes that a kill interrupted."""
+    """Check that --output-dir can take checkpoints (every process, before the data scan and the first step)
+    and remove temporary files of writes that a kill interrupted (the main process)."""
     writable_folder(args.output_dir, '--output-dir')
+    if not dist_utils.is_main_process():
+        return
     stale = remove_stale_temp_files(args.output_dir, CHECKPOINT_FILES)
     if stale:
         print(f'| removed {len(stale)} partial file(s) of an interrupted checkpoint write in {args.output_dir}')
@@ -187,9 +189,7 @@ def main(args):
     if args.amp and device.type != 'cuda':
         print('| --amp: bf16 autocast is used on CUDA only; training in fp32 on the CPU')
     print_run_header(args, 'CRW training')
-    if dist_utils.is_main_process():
-        prepare_output_dir(args)
-    dist_utils.barrier()
+    prepare_output_dir(args)
     # the checkpoint is read (and checked against the flags) before the data scan, which can take long
     resume = find_resume_path(args)
     ckpt = load_checkpoint(resume, map_location='cpu', trust=args.trust_checkpoint) if resume else None
