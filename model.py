@@ -190,8 +190,8 @@ class CRW(nn.Module):
         if self.featdrop_rate > 0:
             maps = self.featdrop(maps)
         C, h, w = maps.shape[1:]
-        # Node embedding (patch mean, head, L2 norm) in float32 also under autocast: with bf16 nodes the
-        # affinities moved by up to ~6.5e-3, i.e. 0.13 in logits at tau = 0.05.
+        # Node embedding (patch mean, head, L2 norm) in float32 also under autocast: bf16 nodes moved the
+        # affinities by up to 8.4e-3 (0.17 in logits at tau = 0.05), fp32 ones by 6.5e-3 (bench/amp_agreement.py).
         with torch.autocast(device_type=maps.device.type, enabled=False):
             if N == 1:
                 nodes = maps.flatten(2).transpose(1, 2).float()  # [B*T, h*w, C]
