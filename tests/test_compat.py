@@ -18,7 +18,7 @@ from PIL import Image
 import train
 import utils.dist as dist_utils
 from conftest import load_script
-from data.gpu_augment import BatchAugment, apply_color_jitter
+from data.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter
 from data.images import davis_palette
 from data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
 from eval import convert_davis, evaluate_davis
@@ -46,10 +46,11 @@ def frame_list(tmp_path_factory):
 
 
 def train_argv(data, out, *extra):
-    """A whole-frame run small enough for a test (32x32 frames: 16 nodes, 3 frames, batch 2)."""
+    """A whole-frame run small enough for a test (32x32 frames: 16 nodes, 3 frames, batch 2; without layer4,
+    which holds three quarters of the weights)."""
     return ['--data-path', data, '--frame-aug', '', '--img-size', '32', '--clip-len', '3', '--frame-skip', '1',
             '--batch-size', '2', '--workers', '0', '--temp', '0.05', '--device', 'cpu', '--output-dir', str(out),
-            '--print-freq', '1', '--seed', '3', '--epochs', '1', *extra]
+            '--print-freq', '1', '--seed', '3', '--epochs', '1', '--remove-layers', 'layer4', *extra]
 
 
 def one_line(text, marker='error:'):
@@ -107,7 +108,8 @@ def test_convert_release_bgr_masks_to_the_right_ids(onefour, tmp_path, capsys):
     raw.mkdir()
     for i, name in enumerate(seqs):
         for t in range(len(seqs[name]['masks'])):
-            release_mask(os.path.join(davis, 'Annotations', '480p', name, f'{t:05d}.png'), str(raw / f'{i}_{t}_mask.png'))
+            gt = os.path.join(davis, 'Annotations', '480p', name, f'{t:05d}.png')
+            release_mask(gt, str(raw / f'{i}_{t}_mask.png'))
     # the release's frame 0 is the ground truth after a down/up-sampling round trip: not exact
     m0 = np.asarray(Image.open(raw / '0_0_mask.png')).copy()
     m0[::7] = 0
@@ -144,11 +146,11 @@ def test_convert_refuses_mixed_mask_formats(onefour, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 2. resume
-def make_release_checkpoint(path):
+def make_release_checkpoint(path, remove_layers=()):
     """The training checkpoint of the release's train.py, built its way: CRW state dict, Adam, MultiStepLR
     with milestones len(loader) x epoch (2 iterations an epoch here), stepped per iteration, and the
     argparse Namespace. Saved after 3 iterations (one into epoch 1, a random-time save)."""
-    rel_args = argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[], lr=1e-4,
+    rel_args = argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=list(remove_layers), lr=1e-4,
                                   lr_milestones=[1, 2], lr_gamma=0.3, clip_len=3, temp=0.05, device='cuda')
     torch.manual_seed(1)
     model = CRW(rel_args)
@@ -168,7 +170,7 @@ def make_release_checkpoint(path):
 def test_resume_release_training_checkpoint(frame_list, tmp_path, capsys):
     path, out = str(tmp_path / 'release.pth'), tmp_path / 'run'
     make_release_checkpoint(path)
-    argv = train_argv(frame_list, out, '--resume', path, '--epochs', '2')
+    argv = train_argv(frame_list, out, '--resume', path, '--epochs', '2', '--remove-layers')   # all of ResNet-18
     assert train.cli(argv) == 0
     text = capsys.readouterr().out
     line = [x for x in text.splitlines() if "the release's checkpoint" in x]
@@ -180,9 +182,9 @@ def test_resume_release_training_checkpoint(frame_list, tmp_path, capsys):
     assert ckpt['lr_scheduler']['lr_lambdas'][0]['milestones'] == [2, 4]
     assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(1e-4 * 0.3 ** 2)
     # a later resume keeps the release's milestones (not --lr-milestones 20 30 40 of this command line)
-    assert train.cli(train_argv(frame_list, out, '--epochs', '3')) == 0
+    assert train.cli(train_argv(frame_list, out, '--epochs', '3', '--steps-per-epoch', '1', '--remove-layers')) == 0
     ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
-    assert ckpt['global_step'] == 6 and ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(9e-6)
+    assert ckpt['global_step'] == 5 and ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(9e-6)
 
 
 # ------------------------------------------------------------------------------------------------ 3. --frame-aug
@@ -210,7 +212,7 @@ def test_frame_aug_cj_and_flip_on_whole_frames():
     cj = BatchAugment(frame_aug='cj', frame_transforms='crop', img_size=32)
     f, o = cj.sample_params(2, 3, 32, 32, 5)['frame_aug_cj']
     expect = apply_color_jitter(clips.flatten(0, 1).float() / 255, f, o)
-    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1), torch.tensor([0.2023, 0.1994, 0.2010]).view(3, 1, 1)
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     assert torch.allclose(cj(clips, 5).flatten(0, 1), (expect - mean) / std, atol=1e-5)
 
 
@@ -281,7 +283,7 @@ def test_checkpoint_needing_full_unpickling_asks_for_trust(davis, tmp_path, caps
     assert 'unpickling it in full (--trust-checkpoint)' in capsys.readouterr().out
     # the release's own checkpoint classes (args Namespace, MultiStepLR Counter) load safely without the flag
     rel = str(tmp_path / 'release.pth')
-    make_release_checkpoint(rel)
+    make_release_checkpoint(rel, remove_layers=['layer4'])
     assert isinstance(load_checkpoint(rel)['args'], argparse.Namespace)
 
 
@@ -355,7 +357,8 @@ def test_hidden_files_and_duplicate_frames(davis, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ 12. one-line errors
 def test_resume_of_another_architecture(frame_list, tmp_path, capsys):
     other = str(tmp_path / 'other.pth')
-    torch.save({'model': CRW(types.SimpleNamespace(head_depth=2)).state_dict()}, other)   # no args stored
+    torch.save({'model': CRW(types.SimpleNamespace(head_depth=2, remove_layers=['layer4'])).state_dict()},
+               other)   # no args stored
     assert train.cli(train_argv(frame_list, tmp_path / 'a', '--resume', other)) == 1
     msg = one_line(capsys.readouterr().err)
     assert 'does not fit this model' in msg and 'selfsim_fc' in msg and len(msg) < 600
