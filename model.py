@@ -7,8 +7,8 @@ the computation is reorganised for speed:
   (no copy of the clip before the first convolution);
 * the T−2 palindrome walks are built from running prefix products (one batched matmul per time step for both
   halves, one for all walks together) instead of multiplying each palindrome out from scratch;
-* the walk part (affinities, softmax, products, log, cross-entropy) always runs in float32, also under
-  autocast; the encoder is channels_last- and bf16-friendly.
+* the node embedding (patch mean, head, L2 norm) and the walk part (affinities, softmax, products, log,
+  cross-entropy) always run in float32, also under autocast; the encoder is channels_last- and bf16-friendly.
 
 Shapes: B batch, T frames, N nodes per frame, C channels, H×W input patch/frame, h×w feature map (stride 8).
 The state-dict keys are the release's: ``encoder.model.<torchvision ResNet keys>`` and
@@ -25,6 +25,13 @@ from utils.errors import CRWError
 EPS = 1e-20          # added to walk probabilities before the log (release value)
 MASKED_LOGIT = -1e20  # value of a dropped edge's affinity (release value)
 MODEL_TYPES = ('scratch', 'scratch_zeropad', 'imagenet18')
+
+
+def min_input_size(model_type='scratch'):
+    """Smallest square input (pixels) the encoder takes: its stride-8 map needs at least one cell (8 pixels),
+    and with the reflect padding of 'scratch' every padded conv of layer2-layer4 needs a map of at least 2
+    cells (reflect padding must be smaller than the input), hence 9."""
+    return 9 if model_type == 'scratch' else 8
 
 
 class ResNetTrunk(ResNet):
@@ -175,22 +182,25 @@ class CRW(nn.Module):
 
         N > 1 (grid): a node is the spatial mean of its patch's map, N' = N.
         N == 1 (dense): every feature-map cell is a node, N' = h*w (row-major).
-        q is the head output L2-normalised over C. maps (views, no copy): grid [B, N, C, T, h, w];
-        dense [B, h*w, C, T, 1, 1] (the release's shapes).
+        q is the head output L2-normalised over C (float32, also under autocast). maps (views, no copy): grid
+        [B, N, C, T, h, w]; dense [B, h*w, C, T, 1, 1] (the release's shapes).
         """
         B, T, N = frames.shape[:3]
         maps = self.encoder.frames(frames.flatten(0, 2))  # [B*T*N, C, h, w], one batch for all patches
         if self.featdrop_rate > 0:
             maps = self.featdrop(maps)
         C, h, w = maps.shape[1:]
-        if N == 1:
-            nodes = maps.flatten(2).transpose(1, 2)  # [B*T, h*w, C]
-            N = h * w
-            maps_out = maps.unflatten(0, (B, T)).permute(0, 3, 4, 2, 1).reshape(B, N, C, T)[..., None, None]
-        else:
-            nodes = maps.mean((-2, -1))  # [B*T*N, C]
-            maps_out = maps.unflatten(0, (B, T, N)).permute(0, 2, 3, 1, 4, 5)
-        q = F.normalize(self.selfsim_fc(nodes), p=2, dim=-1)
+        # Node embedding (patch mean, head, L2 norm) in float32 also under autocast: bf16 nodes moved the
+        # affinities by up to 8.4e-3 (0.17 in logits at tau = 0.05), fp32 ones by 6.5e-3 (bench/amp_agreement.py).
+        with torch.autocast(device_type=maps.device.type, enabled=False):
+            if N == 1:
+                nodes = maps.flatten(2).transpose(1, 2).float()  # [B*T, h*w, C]
+                N = h * w
+                maps_out = maps.unflatten(0, (B, T)).permute(0, 3, 4, 2, 1).reshape(B, N, C, T)[..., None, None]
+            else:
+                nodes = maps.float().mean((-2, -1))  # [B*T*N, C]
+                maps_out = maps.unflatten(0, (B, T, N)).permute(0, 2, 3, 1, 4, 5)
+            q = F.normalize(self.selfsim_fc(nodes), p=2, dim=-1)
         q = q.reshape(B, T, N, q.shape[-1]).permute(0, 3, 1, 2)  # [B, C, T, N]
         return q, maps_out
 

@@ -45,7 +45,7 @@ from propagation import STRIDE, Protocol, VideoPropagator, encode_frames, load_e
 from propagation.video import FEATURE_BATCH, propagate_user_video
 from utils.arguments import test_args
 from utils.errors import CRWError, report
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
 from utils.visualize import PropagationViewer
 
 # ----------------------------------------------------------------------------------------------------------
@@ -57,7 +57,8 @@ def build_encoder(args, device):
     if not args.resume and args.model_type != 'imagenet18':
         warnings.warn(f'no --resume: the {args.model_type} encoder has random weights (seed {args.manualSeed})',
                       stacklevel=2)
-    encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights)
+    encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights,
+                           allow_partial=args.allow_partial, trust=args.trust_checkpoint)
     print(f'encoder: {args.model_type}, {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params')
     return encoder
 
@@ -78,6 +79,7 @@ def run_davis_video(entry, args, encoder, device, writer, progress=None, viewer=
     """Propagate frame 0's labels through one DAVIS-style video and queue its outputs (and, with a
     ``PropagationViewer``, show them in visdom). Returns #frames."""
     video = VOSVideo(entry, args.cropSize)
+    Protocol.from_args(args).check_context(-(-video.size[0] // STRIDE), -(-video.size[1] // STRIDE))
     if progress is not None:
         progress.reset(total=len(video))
     if video.labels.values.max() > 255:
@@ -105,6 +107,7 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None, viewer=
         raise CRWError(f'{entry.frames_dir}: no frames')
     H0, W0 = frame_size(paths[0], -1)
     H, W = frame_size(paths[0], args.cropSize)
+    Protocol.from_args(args).check_context(-(-H // STRIDE), -(-W // STRIDE))
     joints = load_joints(entry.target)                                   # [2, J, T] pixels, 0-based
     if progress is not None:
         progress.reset(total=len(paths))
@@ -189,9 +192,14 @@ def run(args):
     entries = read_filelist(args.filelist, args.data_root)
     if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
+    for entry in entries:   # list every video's frames now: a bad folder fails before any video is computed
+        try:
+            list_frames(entry.frames_dir)
+        except CRWError as e:
+            raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
+    writable_folder(args.save_path, '--save-path')
 
     encoder = build_encoder(args, device)
-    os.makedirs(args.save_path, exist_ok=True)
 
     viewer = None
     if args.visdom or args.pca_vis:  # without a server: one warning, results are still written

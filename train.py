@@ -19,12 +19,16 @@ from data.sampler import build_train_sampler, mix_seed
 from data.video_dataset import build_train_dataset
 from model import CRW
 from utils.arguments import train_args
-from utils.checkpoint import (atomic_save, clean_state_dict, load_checkpoint, partial_load, rng_state,
+from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, is_release_scheduler,
+                              load_checkpoint, load_state_strict, partial_load, release_scheduler_state, rng_state,
                               set_rng_state, unwrap_model)
 from utils.errors import CRWError, report
-from utils.logger import MetricLogger, append_json_line
-from utils.misc import peak_memory_mb, print_run_header
+from utils.logger import MetricLogger, append_json_line, truncate_json_lines
+from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
 from utils.visualize import Visualizer
+
+# files written atomically into --output-dir (the temporary files of an interrupted write are removed at start)
+CHECKPOINT_FILES = ('checkpoint.pth', 'model_*.pth', 'train_log.jsonl', 'log.txt')
 
 
 def build_optimizer(model, args):
@@ -35,22 +39,32 @@ def build_optimizer(model, args):
     return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
+class StepSchedule:
+    """lr factor at iteration ``it``: linear warm-up from 1e-3 over ``warmup`` iterations, times ``gamma`` for
+    every milestone (an iteration) passed. A callable object rather than a closure, so that LambdaLR stores
+    its fields in the checkpoint and a resumed run continues the stored schedule (as the release's MultiStepLR
+    state did), a release checkpoint's milestones included."""
+
+    def __init__(self, warmup=0, milestones=(), gamma=0.1):
+        self.warmup, self.milestones, self.gamma = int(warmup), sorted(int(m) for m in milestones), float(gamma)
+
+    def __call__(self, it):
+        w = 1.0 if it >= self.warmup else 1e-3 + (1 - 1e-3) * it / self.warmup
+        return w * self.gamma ** sum(it >= m for m in self.milestones)
+
+
 def build_scheduler(optimizer, args, iters_per_epoch):
     """Per-iteration schedule: linear warm-up over --lr-warmup-epochs, then x lr_gamma at each milestone epoch
     (the release's WarmupMultiStepLR, milestones counted from the end of warm-up)."""
     warmup = args.lr_warmup_epochs * iters_per_epoch
-    milestones = sorted((m - args.lr_warmup_epochs) * iters_per_epoch for m in args.lr_milestones)
-
-    def factor(it):
-        w = 1.0 if it >= warmup else 1e-3 + (1 - 1e-3) * it / warmup
-        return w * args.lr_gamma ** sum(it >= m for m in milestones)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    milestones = [(m - args.lr_warmup_epochs) * iters_per_epoch for m in args.lr_milestones]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule(warmup, milestones, args.lr_gamma))
 
 
 def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step):
     state = {
         'model': unwrap_model(model).state_dict(), 'optimizer': optimizer.state_dict(),
-        'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': args,
+        'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': vars(args),  # loads weights_only
         'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
         'rng': rng_state(),
     }
@@ -102,10 +116,17 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
             save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
                        epoch, state['iteration'], False, state['global_step'])
     if first_bad is not None:
-        raise FloatingPointError(
-            f'non-finite loss at iteration {first_bad} (epoch {epoch}); stopping. The last good checkpoint in '
-            f'{args.output_dir} is untouched: resume from it with a lower --lr or --temp adjusted')
+        raise FloatingPointError(f'non-finite loss at iteration {first_bad} (epoch {epoch}); stopping. '
+                                 + checkpoint_note(args.output_dir, 'resume from it with a lower --lr'))
     return {k: m.global_avg for k, m in logger.meters.items()}
+
+
+def checkpoint_note(output_dir, what):
+    """The end of a message about the run's state on disk: names checkpoint.pth only if it exists."""
+    path = os.path.join(output_dir, 'checkpoint.pth')
+    if os.path.isfile(path):
+        return f'{path} is intact: {what}'
+    return f'no checkpoint was written yet in {output_dir}'
 
 
 def find_resume_path(args):
@@ -117,15 +138,78 @@ def find_resume_path(args):
     return auto if os.path.isfile(auto) else ''
 
 
+def prepare_output_dir(args):
+    """Check that --output-dir can take checkpoints (every process, before the data scan and the first step)
+    and remove temporary files of writes that a kill interrupted (the main process)."""
+    writable_folder(args.output_dir, '--output-dir')
+    if not dist_utils.is_main_process():
+        return
+    stale = remove_stale_temp_files(args.output_dir, CHECKPOINT_FILES)
+    if stale:
+        print(f'| removed {len(stale)} partial file(s) of an interrupted checkpoint write in {args.output_dir}')
+
+
+def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):
+    """Optimizer, schedule, position and RNG from a checkpoint (this project's or the release's); returns the
+    epoch to start at and prints one line."""
+    if 'optimizer' in ckpt:
+        try:
+            optimizer.load_state_dict(ckpt['optimizer'])
+        except (ValueError, KeyError) as e:
+            raise CRWError(f'checkpoint {path}: its optimizer state does not fit --optim {args.optim} ({e})') from e
+    sched = ckpt.get('lr_scheduler')
+    release = is_release_scheduler(sched)
+    if sched is not None:
+        lr_scheduler.load_state_dict(release_scheduler_state(sched) if release else sched)
+    epoch = ckpt.get('epoch', -1)
+    if release:
+        # The release saved at epoch ends and at random steps; its iterations per epoch follow from its
+        # milestones (len(loader) x milestone epoch). A mid-epoch file continues mid-epoch.
+        step, ms = lr_scheduler.last_epoch, lr_scheduler.lr_lambdas[0].milestones
+        epochs = checkpoint_args(ckpt).get('lr_milestones') or []
+        per_epoch = ms[0] // epochs[0] if ms and epochs and epochs[0] > 0 and ms[0] % epochs[0] == 0 else 0
+        done = step - epoch * per_epoch if per_epoch else -1
+        start_epoch = epoch if 0 <= done < min(per_epoch, state['iters_per_epoch']) else epoch + 1
+        state['iteration'] = done if start_epoch == epoch else 0
+        state['global_step'] = step
+        print(f"| --resume {path}: the release's checkpoint (MultiStepLR: milestones at iterations {ms}, gamma "
+              f"{lr_scheduler.lr_lambdas[0].gamma:g}, {step} steps done, epoch {epoch}); continuing at epoch "
+              f"{start_epoch}, iteration {state['iteration']}, lr {optimizer.param_groups[0]['lr']:.3g}")
+        return start_epoch
+    start_epoch = epoch + 1 if ckpt.get('epoch_complete', True) else epoch  # the release wrote at epoch ends
+    if start_epoch == epoch:
+        state['iteration'] = ckpt['iteration']
+    state['global_step'] = ckpt.get('global_step', lr_scheduler.last_epoch)
+    set_rng_state(ckpt.get('rng'))
+    print(f'| resumed from {path}: epoch {start_epoch}, iteration {state["iteration"]}, '
+          f'step {state["global_step"]}')
+    return start_epoch
+
+
 def main(args):
     device = dist_utils.init_distributed_mode(args)
     if args.amp and device.type != 'cuda':
         print('| --amp: bf16 autocast is used on CUDA only; training in fp32 on the CPU')
     print_run_header(args, 'CRW training')
-    torch.manual_seed(args.seed + args.rank)
+    prepare_output_dir(args)
+    # the checkpoint is read (and checked against the flags) before the data scan, which can take long
+    resume = find_resume_path(args)
+    ckpt = load_checkpoint(resume, map_location='cpu', trust=args.trust_checkpoint) if resume else None
+    if ckpt is not None:
+        check_architecture(ckpt, args, resume)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-    os.makedirs(args.output_dir, exist_ok=True)
+
+    torch.manual_seed(args.seed + args.rank)
+    model = CRW(args).to(device)
+    if ckpt is not None:
+        load_state_strict(model, ckpt['model'], resume)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.partial_reload:
+        source = load_checkpoint(args.partial_reload, map_location='cpu', trust=args.trust_checkpoint)
+        partial_load(model, source['model'])
+        del source
 
     dataset = build_train_dataset(args)
     sampler = build_train_sampler(dataset, args, rank=args.rank, world_size=args.world_size)
@@ -141,44 +225,20 @@ def main(args):
                          f'--batch-size {args.batch_size}; lower the batch size or add videos')
     aug = BatchAugment(args)
 
-    model = CRW(args).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
     lr_scheduler = build_scheduler(optimizer, args, iters_per_epoch)
 
     state = {'iteration': 0, 'global_step': 0, 'iters_per_epoch': iters_per_epoch}
     start_epoch = args.start_epoch
-    if args.partial_reload:
-        ckpt = load_checkpoint(args.partial_reload, map_location='cpu')
-        partial_load(model, clean_state_dict(ckpt['model']))
-    resume = find_resume_path(args)
-    if resume:
-        ckpt = load_checkpoint(resume, map_location='cpu')
-        unwrap_model(model).load_state_dict(clean_state_dict(ckpt['model']))
-        if 'optimizer' in ckpt:
-            optimizer.load_state_dict(ckpt['optimizer'])
-        if 'lr_scheduler' in ckpt:
-            lr_scheduler.load_state_dict(ckpt['lr_scheduler'])
-        start_epoch = ckpt.get('epoch', -1)
-        if ckpt.get('epoch_complete', True):  # the release's checkpoints are written at epoch ends
-            start_epoch += 1
-        else:
-            state['iteration'] = ckpt['iteration']
-        state['global_step'] = ckpt.get('global_step', lr_scheduler.last_epoch)
-        set_rng_state(ckpt.get('rng'))
-        print(f'| resumed from {resume}: epoch {start_epoch}, iteration {state["iteration"]}, '
-              f'step {state["global_step"]}')
+    if ckpt is not None:
+        start_epoch = restore_training_state(ckpt, resume, optimizer, lr_scheduler, state, args)
         del ckpt
+        if dist_utils.is_main_process():
+            for name in ('train_log.jsonl', 'log.txt'):  # the resumed run writes these records again
+                truncate_json_lines(os.path.join(args.output_dir, name), 'global_step', state['global_step'])
 
     model_without_ddp = model
-    if args.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None)
-    elif args.data_parallel and device.type == 'cuda' and torch.cuda.device_count() > 1:
-        model = nn.DataParallel(model)
-    elif args.data_parallel:
-        print(f'| --data-parallel: only one device ({device}) is available; training without DataParallel')
+    model = wrap_model(model, args, device)
     if args.compile:
         model = torch.compile(model)
 
@@ -213,10 +273,32 @@ def main(args):
     dist_utils.cleanup()
 
 
-if __name__ == '__main__':
+def wrap_model(model, args, device):
+    """DistributedDataParallel under torchrun (with SyncBatchNorm for --sync-bn), DataParallel for
+    --data-parallel with several GPUs (BatchNorm statistics per GPU, as the release), else the model."""
+    model = dist_utils.sync_batchnorm(model, args, device)
+    if args.distributed:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    if args.data_parallel and device.type == 'cuda' and torch.cuda.device_count() > 1:
+        return nn.DataParallel(model)
+    if args.data_parallel:
+        print(f'| --data-parallel: only one device ({device}) is available; training without DataParallel')
+    return model
+
+
+def cli(argv=None):
+    """Parse, train, and turn errors and Ctrl-C into one line and an exit status."""
+    args = train_args(argv)
     try:
-        main(train_args())
+        main(args)
     except (CRWError, FloatingPointError) as e:
-        sys.exit(report('train.py', e))
+        return report('train.py', e)
     except KeyboardInterrupt:
-        sys.exit('train.py: interrupted; the last checkpoint.pth is intact, re-run the same command to resume')
+        print('train.py: interrupted; ' + checkpoint_note(args.output_dir, 're-run the same command to resume'),
+              file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli())

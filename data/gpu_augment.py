@@ -5,21 +5,27 @@ whatever device the clips are on:
 
 1. ``cj`` in ``--frame-transforms``: colour jitter per frame (brightness, contrast, saturation factors
    uniform in [0.9, 1.1], applied in a random order per frame, hue untouched), as ColorJitter(0.1, 0.1, 0.1, 0).
-2. ``--frame-aug grid``: the frame is cut into the row-major grid of P×P windows at stride P/2 (7×7 of 64×64
+2. ``--frame-aug`` (parsed by ``parse_frame_aug``; the release tested the substrings ``grid``, ``cj``, ``flip``):
+   with ``grid`` the frame is cut into the row-major grid of P×P windows at stride P/2 (7×7 of 64×64
    for 256×256; window (r, c) covers rows rP/2 : rP/2+P, cols cP/2 : cP/2+P); every window gets its own
    random resized crop back to P×P (area scale (0.7, 0.9), aspect ratio (3/4, 4/3), bilinear), then — when
    ``--frame-aug`` also names them — its own colour jitter and horizontal flip. All crops are one batched
    bilinear resample (``grid_sample``); sample positions are clamped to the crop box, so the result equals
-   cropping first and resizing the crop (PIL's behaviour at the crop border).
+   cropping first and resizing the crop (PIL's behaviour at the crop border). Without ``grid``, ``cj`` and
+   ``flip`` act on the whole frame (a second per-frame colour jitter after 1., a horizontal flip with
+   probability 1/2), as the release's per-frame transform did; ``''`` and ``none`` are whole frames as they are.
 3. Normalisation with the CIFAR statistics the release trained with.
 
 Random parameters are drawn on a CPU ``torch.Generator`` seeded with the ``seed`` argument, then moved to
 the device: CPU and GPU runs draw identical parameters.
 """
+import re
+
 import torch
 import torch.nn.functional as F
 
 from data.transforms import random_crop_boxes
+from utils.errors import CRWError
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -27,6 +33,31 @@ PATCH_SCALE = (0.7, 0.9)
 PATCH_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CJ = (0.1, 0.1, 0.1)
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, PIL's 'L' conversion
+
+
+FRAME_AUG_WORDS = ('grid', 'cj', 'flip', 'none')
+
+
+def parse_frame_aug(spec):
+    """``--frame-aug`` -> ``(grid, cj, flip)`` booleans.
+
+    The release looked for the substrings ``grid``, ``cj`` and ``flip`` anywhere in the string, so ``grid``,
+    ``gridcj``, ``grid+flip``, ``grid_cj_flip``, ``cj``, ``flip`` all had a meaning, and ``''`` or ``none``
+    (its documented value) meant whole frames. The same spellings are accepted here; anything else left after
+    removing those words and the separators ``+ - _ , /`` and spaces (a typo such as ``gird``) is refused
+    with CRWError instead of silently training on whole frames.
+    """
+    spec = spec or ''
+    rest = spec.lower()
+    for word in FRAME_AUG_WORDS:
+        rest = rest.replace(word, ' ')
+    rest = re.sub(r'[+\-_,/\s]+', ' ', rest).strip()
+    if rest:
+        extra = 'randcrop was never finished in the release; ' if 'randcrop' in spec.lower() else ''
+        raise CRWError(f"--frame-aug {spec!r}: unknown part {rest.split()[0]!r}; {extra}combine grid, cj and flip "
+                       "(e.g. grid, gridcj, grid+flip, cj) or use none/'' for whole frames")
+    low = spec.lower()
+    return 'grid' in low, 'cj' in low, 'flip' in low
 
 
 def grid_positions(height, width, patch, stride=None):
@@ -83,15 +114,17 @@ class BatchAugment:
         ps = pick(patch_size, 'patch_size', 64)
         self.patch = int(ps[0] if isinstance(ps, (list, tuple)) else ps)
         self.img_size = int(pick(img_size, 'img_size', 256))
-        self.grid = 'grid' in frame_aug
+        self.grid, aug_cj, aug_flip = parse_frame_aug(frame_aug)
         self.frame_cj = 'cj' in frame_transforms
-        self.patch_cj = self.grid and 'cj' in frame_aug
-        self.patch_flip = self.grid and 'flip' in frame_aug
+        # --frame-aug cj/flip: per patch with the grid, per frame without it (the release's meaning)
+        self.patch_cj, self.patch_flip = self.grid and aug_cj, self.grid and aug_flip
+        self.frame_aug_cj, self.frame_aug_flip = aug_cj and not self.grid, aug_flip and not self.grid
         self.patch_scale, self.patch_ratio = tuple(patch_scale), tuple(patch_ratio)
         self._consts = {}
 
     def __repr__(self):
         return (f'BatchAugment(grid={self.grid and (self.patch, self.patch // 2)}, frame_cj={self.frame_cj}, '
+                f'frame_aug_cj={self.frame_aug_cj}, frame_aug_flip={self.frame_aug_flip}, '
                 f'patch_cj={self.patch_cj}, patch_flip={self.patch_flip}, patch_crop={self.patch_scale}/'
                 f'{tuple(round(r, 4) for r in self.patch_ratio)})')
 
@@ -106,6 +139,10 @@ class BatchAugment:
         p = {}
         if self.frame_cj:
             p['frame_cj'] = color_jitter_params(n, CJ, g)
+        if self.frame_aug_cj:
+            p['frame_aug_cj'] = color_jitter_params(n, CJ, g)
+        if self.frame_aug_flip:
+            p['frame_aug_flip'] = torch.rand(n, generator=g) < 0.5
         if self.grid:
             m = n * self.num_patches(height, width)
             p['patch_box'] = random_crop_boxes(m, self.patch, self.patch, self.patch_scale,
@@ -156,9 +193,12 @@ class BatchAugment:
         dev = clips.device
         x = clips.reshape(B * T, C, H, W)
         x = x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)  # [0, 1]
-        if self.frame_cj:
-            f, o = params['frame_cj']
-            x = apply_color_jitter(x, f.to(dev), o.to(dev))
+        for key in ('frame_cj', 'frame_aug_cj'):
+            if key in params:
+                f, o = params[key]
+                x = apply_color_jitter(x, f.to(dev), o.to(dev))
+        if 'frame_aug_flip' in params:
+            x = torch.where(params['frame_aug_flip'].to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
         mean, std = self._norm(dev)
         if not self.grid:
             return x.sub_(mean).div_(std).view(B, T, C, H, W)

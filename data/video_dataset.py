@@ -140,7 +140,10 @@ class _ClipDataset(torch.utils.data.Dataset):
                 else:
                     return self.transform(frames, rng)
             ci = int(np.random.default_rng([seed, attempt, 0x5EED]).integers(0, len(self)))
-        raise DecodeError(f'{_MAX_REPLACEMENTS} clips in a row could not be read (last: {self._name(v)})')
+        bad = sorted(self._name(b) for b in self._bad)
+        raise DecodeError(f'{_MAX_REPLACEMENTS} clips in a row could not be read; {len(bad)} of the '
+                          f'{len(self.clip_counts)} videos failed: {_summary(bad, 5)} (see the warnings above for '
+                          'why); check or remove those files')
 
 
 class VideoClipDataset(_ClipDataset):
@@ -259,11 +262,12 @@ def build_train_dataset(args):
             raise CRWError(f'--data-path {data_path}: no video files under {root}')
         results, info = scan('videos', root, items, probe_video, workers=workers, use_cache=use_cache,
                              clip_len=T, frame_skip=rate, what='videos')
-        paths, nf, fps = [], [], []
+        paths, nf, fps, unreadable = [], [], [], []
         for (rel, _, _), (value, err) in zip(items, results):
             full = os.path.join(root, rel)
             if err is not None:
                 warn(f'skipping unreadable video {full} ({err})')
+                unreadable.append(full)
                 continue
             paths.append(full)
             nf.append(value[0])
@@ -274,7 +278,8 @@ def build_train_dataset(args):
             warn(f'{len(short)} video(s) have fewer than {T} frames at {rate} fps and give no clip: {_summary(short)}')
         if len(ds) == 0:
             raise CRWError(f'--data-path {data_path}: no usable video clips under {root} '
-                               f'({len(items)} files, {len(items) - len(paths)} unreadable, {len(short)} too short)')
+                           f'({len(items)} files, {len(unreadable)} unreadable, {len(short)} too short: '
+                           f'{_summary(unreadable + short)})')
         layout = {'kinetics': f'Kinetics layout ({root}/<class>/<video>)',
                   'class_folders': f'class folders of videos ({root}/<class>/<video>)',
                   'video_folder': f'folder of videos ({root}/<video>)'}[branch]
@@ -285,6 +290,15 @@ def build_train_dataset(args):
     else:
         if branch == 'frame_list':
             folders, counts = _read_frame_list(root)
+            missing = [f for f in folders if not os.path.isdir(f)]
+            if missing and len(missing) == len(folders):
+                raise CRWError(f'--data-path {data_path}: none of the {len(folders)} folders it lists exists '
+                               f'(e.g. {missing[0]}); relative paths are read from the current folder or the '
+                               'file\'s folder')
+            if missing:
+                warn(f'skipping {len(missing)} missing folder(s) listed in {data_path}: {_summary(missing)}')
+                kept = [k for k, f in enumerate(folders) if os.path.isdir(f)]
+                folders, counts = [folders[k] for k in kept], [counts[k] for k in kept]
             info = {'cache': 'off', 'scanned': 0}
             layout = f'frame list file ({root})'
         else:

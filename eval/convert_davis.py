@@ -10,35 +10,119 @@ sequence's first annotation and written to ``{out}/<seq>/{t:05d}.png`` as a DAVI
 written atomically). That is the layout and format the official davis2017-evaluation scorer and
 eval/evaluate_davis.py read.
 
-Input masks may be greyscale or indexed (value = object id) or, like the release's coloured masks, RGB in the
-DAVIS palette. Every input is checked before anything is written: a missing frame is a one-line error that
-names the file.
+Input masks come in the formats of both implementations, recognised per sequence (``--mask-format auto``)
+and reported in one line per run:
+
+* ``ids``: a single-channel PNG (indexed or greyscale) whose values are the object ids: this project's
+  test.py, and the release's when the annotation was greyscale with consecutive ids.
+* ``bgr``: an RGB PNG of DAVIS-palette colours with red and blue swapped: the release's test.py, which
+  looked colours up in OpenCV's BGR order and wrote them as RGB (so object 1, dark red, is stored dark blue,
+  the colour of object 4; 1<->4, 3<->6, 8<->32, ... swap, 0, 2, 5, 7 do not).
+* ``rgb``: an RGB PNG of DAVIS-palette colours in their own order (other tools).
+* ``grey``: an RGB PNG with R = G = B = the id (the release with a greyscale annotation of
+  non-consecutive ids).
+
+Rule for RGB masks: a format is a candidate when it decodes every colour found in the sequence's masks and
+all the ids it yields are ids of the sequence's first ground-truth annotation (predictions only carry frame
+0's labels). One candidate, or several that give the same ids: taken. Several that disagree (e.g. a
+sequence with objects 1 and 4 and both colours present): frame 0's mask, which both implementations write as
+frame 0's ground truth, decides: the candidate whose ids agree with the ground truth on the most pixels, if
+strictly more than any other; else the sequence is refused (``--mask-format`` forces a format). Every input is
+checked before anything is written: a missing frame is a one-line error that names the file.
 """
 import argparse
 import concurrent.futures
 import os
 import sys
 
+import numpy as np
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from data.images import colour_codes, image_size, palette_ids, read_label_image, resize_nearest, save_indexed_png  # noqa: E402
+from data.images import (colour_codes, image_size, palette_ids, read_label_image, resize_nearest,  # noqa: E402
+                         save_indexed_png)
+from data.vos import read_annotation  # noqa: E402
 from eval.davis_io import annotation_frames, as_uint8_ids, read_split, sequence_frames  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
-from utils.misc import default_workers  # noqa: E402
+from utils.misc import default_workers, writable_folder  # noqa: E402
+
+MASK_FORMATS = {
+    'ids': "single-channel label ids (this project's test.py)",
+    'bgr': "RGB DAVIS colours with red and blue swapped (the release's test.py)",
+    'rgb': 'RGB DAVIS colours',
+    'grey': "RGB grey levels R = G = B = id (the release's test.py, greyscale annotations)",
+}
+RGB_FORMATS = ('bgr', 'rgb', 'grey')   # the order of preference when candidates give the same ids
 
 
-def read_mask(path):
-    """[H, W] uint8 object ids of one test.py mask (greyscale/indexed values, or DAVIS-palette colours)."""
+def decode_colours(rgb, fmt):
+    """[..., 3] uint8 colours -> int64 ids under an RGB mask format, or None if some colour has no id."""
+    rgb = np.asarray(rgb)
+    if fmt == 'grey':
+        same = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+        return rgb[..., 0].astype(np.int64) if same.all() else None
+    return palette_ids(colour_codes(rgb[..., ::-1] if fmt == 'bgr' else rgb))
+
+
+def read_mask(path, fmt='ids'):
+    """[H, W] uint8 object ids of one test.py mask in format ``fmt`` (see ``MASK_FORMATS``)."""
     a = read_label_image(path)
+    if (a.ndim == 2) != (fmt == 'ids'):
+        kind = 'a single-channel' if a.ndim == 2 else 'an RGB'
+        raise CRWError(f'{path} is {kind} PNG, unlike the {MASK_FORMATS[fmt]} of the other masks of its sequence')
     if a.ndim == 3:
-        ids = palette_ids(colour_codes(a))
+        ids = decode_colours(a, fmt)
         if ids is None:
-            raise CRWError(f'{path}: colours outside the DAVIS palette; expected an indexed label map or '
-                           'DAVIS-palette colours')
+            raise CRWError(f'{path}: colours that are not {MASK_FORMATS[fmt]}, the format of its sequence')
         a = ids
     return as_uint8_ids(a, path)
+
+
+def _colour_examples(colours, n=3):
+    return ', '.join('#%02x%02x%02x' % tuple(int(v) for v in c) for c in colours[:n])
+
+
+def detect_format(paths, gt_path, forced='auto'):
+    """(format, how) for the masks ``paths`` (frame 0 first) of one sequence whose first ground-truth
+    annotation is ``gt_path``; see the module docstring for the rule. Raises CRWError when no format fits or
+    the masks cannot tell."""
+    first = read_label_image(paths[0])
+    if forced != 'auto':
+        return forced, 'forced by --mask-format'
+    if first.ndim == 2:
+        return 'ids', 'single-channel'
+    colours = []
+    for p in paths:
+        a = read_label_image(p)
+        if a.ndim == 3:   # a single-channel one among them is refused when it is converted
+            colours.append(np.unique(colour_codes(a)))
+    codes = np.unique(np.concatenate(colours))
+    colours = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], -1).astype(np.uint8)   # [n, 3]
+    gt_ids, gt_values = read_annotation(gt_path)
+    decoded = {f: decode_colours(colours, f) for f in RGB_FORMATS}
+    fits = {f: d for f, d in decoded.items() if d is not None}
+    if not fits:
+        raise CRWError(f'{os.path.dirname(paths[0]) or "."}: the masks of {os.path.basename(paths[0])}... hold '
+                       f'colours ({_colour_examples(colours)}) that are neither DAVIS-palette colours (RGB, or the '
+                       "release's swapped BGR) nor grey ids")
+    cands = {f: d for f, d in fits.items() if np.isin(d, gt_values).all()}
+    if not cands:
+        raise CRWError(f'{paths[0]}: its colours decode to no ids of the ground truth {gt_path} in any mask format '
+                       f'({", ".join(f"{f}: {sorted(set(d.tolist()))}" for f, d in fits.items())}, ground truth: '
+                       f'{gt_values.tolist()}); is --dataset the DAVIS folder test.py ran on?')
+    names = list(cands)
+    if all(np.array_equal(cands[names[0]], cands[f]) for f in names[1:]):
+        return names[0], 'colours' if len(names) == 1 else 'colours (formats agree)'
+    # the candidates disagree: frame 0's mask is the ground truth in both implementations
+    gt = resize_nearest(gt_ids, first.shape[:2])
+    score = {f: int((decode_colours(first, f) == gt).sum()) for f in names}
+    best = sorted(names, key=score.get, reverse=True)
+    if score[best[0]] == score[best[1]]:
+        raise CRWError(f'{paths[0]}: cannot tell the mask format ({" or ".join(names)} fit equally well); pass '
+                       '--mask-format')
+    return best[0], f'frame 0 vs ground truth ({", ".join(f"{f} {score[f]}" for f in best)} pixels agree)'
 
 
 def mask_path(in_folder, video, frame):
@@ -60,35 +144,51 @@ def plan(in_folder, dataset, set_name='val', resolution='480p'):
     return jobs
 
 
-def convert_sequence(in_folder, out_folder, dataset, video, sequence, num_frames, resolution='480p'):
-    """Convert one sequence; returns the number of frames written."""
-    size = image_size(annotation_frames(dataset, sequence, resolution)[0][1])
+def convert_sequence(in_folder, out_folder, dataset, video, sequence, num_frames, resolution='480p', fmt='auto'):
+    """Convert one sequence; returns (frames written, mask format, how it was decided)."""
+    gt_first = annotation_frames(dataset, sequence, resolution)[0][1]
+    size = image_size(gt_first)
+    srcs = [mask_path(in_folder, video, t) for t in range(num_frames)]
+    for src in srcs:
+        if not os.path.isfile(src):
+            raise CRWError(f'missing {src} (video {video} = {sequence}): test.py output is incomplete')
+    fmt, how = detect_format(srcs, gt_first, fmt)
     seq_out = os.path.join(out_folder, sequence)
     os.makedirs(seq_out, exist_ok=True)
-    for t in range(num_frames):
-        src = mask_path(in_folder, video, t)
-        if not os.path.isfile(src):
-            raise CRWError(f'missing {src} (video {video} = {sequence}, frame {t}): test.py output is incomplete')
-        save_indexed_png(os.path.join(seq_out, f'{t:05d}.png'), resize_nearest(read_mask(src), size))
-    return num_frames
+    for t, src in enumerate(srcs):
+        save_indexed_png(os.path.join(seq_out, f'{t:05d}.png'), resize_nearest(read_mask(src, fmt), size))
+    return num_frames, fmt, how
 
 
-def convert(in_folder, out_folder, dataset, set_name='val', resolution='480p', workers=None):
-    """Convert every sequence of the split; returns [(sequence, frames written)]."""
+def convert(in_folder, out_folder, dataset, set_name='val', resolution='480p', workers=None, fmt='auto'):
+    """Convert every sequence of the split; returns [(sequence, frames written, mask format, how decided)]."""
     if not os.path.isdir(in_folder):
         raise CRWError(f'--in_folder {in_folder} does not exist (run test.py first)')
     if not os.path.isdir(dataset):
         raise CRWError(f'--dataset {dataset} does not exist')
     jobs = plan(in_folder, dataset, set_name, resolution)
-    os.makedirs(out_folder, exist_ok=True)
+    writable_folder(out_folder, '--out_folder')
     workers = default_workers() if workers is None else workers
-    args = [(in_folder, out_folder, dataset, i, seq, n, resolution) for i, seq, n in jobs]
+    args = [(in_folder, out_folder, dataset, i, seq, n, resolution, fmt) for i, seq, n in jobs]
     if workers <= 1 or len(jobs) <= 1:
-        counts = [convert_sequence(*a) for a in args]
+        results = [convert_sequence(*a) for a in args]
     else:
         with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
-            counts = list(ex.map(convert_sequence, *zip(*args)))
-    return [(seq, c) for (_, seq, _), c in zip(jobs, counts)]
+            results = list(ex.map(convert_sequence, *zip(*args)))
+    return [(seq, *r) for (_, seq, _), r in zip(jobs, results)]
+
+
+def format_summary(done):
+    """One line naming the mask format(s) seen, with the sequences of each when there are several."""
+    by_fmt = {}
+    for seq, _, fmt, how in done:
+        by_fmt.setdefault(fmt, []).append(seq if 'frame 0' not in how else f'{seq} [{how}]')
+    if len(by_fmt) == 1:
+        fmt, seqs = next(iter(by_fmt.items()))
+        decided = [s for s in seqs if '[' in s]
+        return f'mask format: {MASK_FORMATS[fmt]}, all {len(seqs)} sequences' + (
+            f'; decided by frame 0 for {", ".join(decided)}' if decided else '')
+    return 'mask formats: ' + '; '.join(f'{MASK_FORMATS[f]}: {", ".join(s)}' for f, s in by_fmt.items())
 
 
 def get_args_parser():
@@ -102,6 +202,9 @@ def get_args_parser():
     p.add_argument('--set', default='val', help='split whose ImageSets/2017/<set>.txt orders the videos (val)')
     p.add_argument('--resolution', default='480p', help='resolution folder (default 480p)')
     p.add_argument('--workers', type=int, default=None, help='processes over sequences (default: cores, at most 8)')
+    p.add_argument('--mask-format', default='auto', choices=['auto', *MASK_FORMATS],
+                   help="format of the {i}_{t}_mask.png files: auto (recognised per sequence), ids (this project's "
+                        "test.py), bgr (the release's test.py), rgb, grey; see the module docstring")
     return p
 
 
@@ -110,10 +213,12 @@ def main(argv=None):
     try:
         if not args.dataset:
             raise CRWError('no DAVIS folder: pass --dataset or set DAVIS_ROOT')
-        done = convert(args.in_folder, args.out_folder, args.dataset, args.set, args.resolution, args.workers)
+        done = convert(args.in_folder, args.out_folder, args.dataset, args.set, args.resolution, args.workers,
+                       args.mask_format)
     except CRWError as e:
         return report('convert_davis.py', e)
-    print(f'converted {len(done)} sequences ({sum(c for _, c in done)} frames) into {args.out_folder}')
+    print(format_summary(done))
+    print(f'converted {len(done)} sequences ({sum(d[1] for d in done)} frames) into {args.out_folder}')
     return 0
 
 

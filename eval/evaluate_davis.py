@@ -186,7 +186,8 @@ def format_table(header, rows):
     return '\n'.join(' ' + line for line in lines)
 
 
-def print_tables(tag, g_header, g_rows, s_header, s_rows, out=sys.stdout):
+def print_tables(tag, g_header, g_rows, s_header, s_rows, out=None):
+    out = out or sys.stdout
     out.write(f'--------------------------- Global results for {tag} ---------------------------\n')
     out.write(format_table(g_header, g_rows) + '\n')
     out.write(f'\n---------- Per sequence results for {tag} ----------\n')
@@ -220,6 +221,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     t0 = time.time()
+    csv_error = None
     try:
         if args.task != 'semi-supervised':
             raise CRWError(f"--task {args.task!r} is not supported: this scorer implements only "
@@ -240,15 +242,21 @@ def main(argv=None):
             print(f'Evaluating sequences for the {args.task} task...', flush=True)
             g, rows = evaluate(args.davis_path, args.results_path, sequences=sequences, resolution=args.resolution,
                                void=args.void, workers=args.workers)
-            write_csvs(args.results_path, tag, g, rows)
-            print(f'Global results saved in {g_path}')
-            print(f'Per-sequence results saved in {s_path}')
             g_header, g_rows = GLOBAL_COLUMNS, [[g[c] for c in GLOBAL_COLUMNS]]
             s_header, s_rows = SEQUENCE_COLUMNS, [[r['Sequence'], r['J-Mean'], r['F-Mean']] for r in rows]
+            try:
+                write_csvs(args.results_path, tag, g, rows)
+                print(f'Global results saved in {g_path}')
+                print(f'Per-sequence results saved in {s_path}')
+            except OSError as e:  # the scores are printed below all the same
+                csv_error = CRWError(f'--results_path {args.results_path}: cannot write {os.path.basename(g_path)} '
+                                     f'({e.strerror or type(e).__name__}); the scores above were not saved')
     except CRWError as e:
         return report('evaluate_davis.py', e)
     print_tables(tag, g_header, g_rows, s_header, s_rows)
     print(f'\nTotal time: {time.time() - t0:.1f} s')
+    if csv_error is not None:
+        return report('evaluate_davis.py', csv_error)
     return 0
 
 

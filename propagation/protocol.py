@@ -46,6 +46,14 @@ class Protocol:
         if self.video_len == 0 and not self.long_mem:
             raise CRWError('no context: --videoLen is 0 and there is no --long-mem frame')
 
+    def check_context(self, h, w):
+        """Raise CRWError when --topk exceeds the context nodes of an h x w feature map (the long-term frames
+        plus --videoLen frames; the release's top-k failed there)."""
+        n = (len(self.long_mem) + self.video_len) * h * w
+        if self.topk > n:
+            raise CRWError(f'--topk {self.topk} exceeds the {n} context nodes ({len(self.long_mem)} long-term + '
+                           f'{self.video_len} frames of {h}x{w} feature cells); use --topk {n} or less')
+
     @classmethod
     def from_args(cls, args):
         """From test.py's argument namespace."""

@@ -21,6 +21,7 @@ class ReferencePropagator:
     def __init__(self, first_feat, first_labels, protocol, budget_bytes=None):
         check_first_frame(first_feat, first_labels)
         C, h, w = first_feat.shape
+        protocol.check_context(h, w)
         self.protocol = protocol
         self.h, self.w, self.N, self.K = h, w, h * w, first_labels.shape[-1]
         dev = first_feat.device
@@ -58,8 +59,6 @@ class ReferencePropagator:
         lm, st = context_frames(t, p.video_len, p.long_mem)
         ids = lm + st
         n_ctx, N, k = len(ids), self.N, p.topk
-        if k > n_ctx * N:
-            raise ValueError(f'topk {k} exceeds the {n_ctx * N} context nodes')
         keys = torch.cat([self.feats[j] for j in ids], dim=1)            # [C, n*N]
         ctx_lbls = torch.cat([self.labels[j] for j in ids])              # [n*N, K]
         q = feat.reshape(feat.shape[0], N)

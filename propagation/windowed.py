@@ -108,6 +108,7 @@ class WindowedPropagator:
     def __init__(self, first_feat, first_labels, protocol, tile=(8, 8), mode='auto', budget_bytes=None):
         check_first_frame(first_feat, first_labels)
         C, h, w = first_feat.shape
+        protocol.check_context(h, w)
         dev, dt = first_feat.device, first_feat.dtype
         self.device, self.dtype = dev, dt
         self.protocol = protocol

@@ -350,11 +350,15 @@ def test_convert_native_size_round_trip_and_colour_masks(layout, tmp_path):
     davis, seqs, _ = layout
     raw, out = str(tmp_path / 'raw'), str(tmp_path / 'converted')
     write_raw(raw, seqs)
-    # the release's test.py wrote coloured masks: they map back through the palette
-    m = seqs['rects']['masks'][1]
-    Image.fromarray(davis_palette()[m]).save(os.path.join(raw, '0_1_mask.png'))
+    # the release's test.py wrote coloured masks (annotation colours read by OpenCV, so BGR, written as RGB): a
+    # sequence written that way maps back to its ids
+    import cv2
+    for t in range(len(seqs['rects']['masks'])):
+        gt = os.path.join(davis, 'Annotations', '480p', 'rects', f'{t:05d}.png')
+        Image.fromarray(cv2.imread(gt)).save(os.path.join(raw, f'0_{t}_mask.png'))
     from eval.convert_davis import convert
-    convert(raw, out, davis, workers=1)
+    done = convert(raw, out, davis, workers=1)
+    assert [d[2] for d in done] == ['bgr', 'ids']
     g, _ = ed.evaluate(davis, out, workers=1)
     assert g['J&F-Mean'] == 1.0
 

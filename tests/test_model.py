@@ -1,4 +1,5 @@
 """Tests of model.py (CRW) and checkpoint loading (utils/checkpoint.py) on CPU with tiny inputs."""
+import argparse
 import math
 import os
 from types import SimpleNamespace as NS
@@ -339,7 +340,7 @@ def test_partial_load_and_roundtrip(tmp_path, capsys):
 
     # save from one CRW, load into a fresh one: identical outputs
     path = tmp_path / 'ck.pth'
-    torch.save({'model': src.state_dict(), 'args': NS(temp=0.1), 'epoch': 3}, path)
+    torch.save({'model': src.state_dict(), 'args': argparse.Namespace(temp=0.1), 'epoch': 3}, path)  # release style
     ck = load_checkpoint(str(path))
     fresh = make(seed=3, temp=0.1)
     loaded, missing, unexpected = partial_load(fresh, ck['model'])

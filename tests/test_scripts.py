@@ -49,6 +49,6 @@ def test_export_checkpoint_keeps_model_and_args(tmp_path):
     torch.save({'model': sd, 'optimizer': {'state': {}}, 'args': argparse.Namespace(temp=0.05), 'epoch': 3},
                tmp_path / 'ck.pth')
     export_checkpoint.main([str(tmp_path / 'ck.pth'), str(tmp_path / 'out.pth')])
-    out = torch.load(tmp_path / 'out.pth', map_location='cpu', weights_only=False)
-    assert set(out) == {'model', 'args', 'epoch'} and out['args'].temp == 0.05
+    out = torch.load(tmp_path / 'out.pth', map_location='cpu', weights_only=True)  # plain dict args
+    assert set(out) == {'model', 'args', 'epoch'} and out['args'] == {'temp': 0.05}
     assert torch.equal(out['model']['encoder.model.conv1.weight'], sd['module.encoder.model.conv1.weight'])

@@ -35,7 +35,7 @@ def small_args(frame_list, out, *extra):
 
 
 def weights(path):
-    return torch.load(path, map_location='cpu', weights_only=False)['model']
+    return torch.load(path, map_location='cpu', weights_only=True)['model']
 
 
 def assert_same_weights(a, b):
@@ -47,9 +47,9 @@ def assert_same_weights(a, b):
 def test_checkpoint_contents_and_epoch_resume(frame_list, tmp_path):
     out = tmp_path / 'run'
     train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '2'))
-    ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=False)
+    ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
     assert {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'} <= set(ckpt)
-    assert ckpt['epoch'] == 0 and ckpt['args'].clip_len == 3
+    assert ckpt['epoch'] == 0 and ckpt['args']['clip_len'] == 3
     assert 'encoder.model.layer3.0.conv1.weight' in ckpt['model']
     assert not any(k.startswith('module.') for k in ckpt['model'])
     assert (out / 'model_0.pth').is_file() and (out / 'log.txt').is_file()
@@ -78,7 +78,7 @@ def test_mid_epoch_resume_is_bit_identical(frame_list, tmp_path, monkeypatch):
     with pytest.raises(_Crash):
         train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '4', '--save-every', '2'))
     monkeypatch.setattr(train, 'save_state', real_save)
-    mid = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=False)
+    mid = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
     assert mid['iteration'] == 2 and not mid['epoch_complete']
     train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '4', '--save-every', '2'))
     assert_same_weights(weights(out / 'model_0.pth'), weights(ref / 'model_0.pth'))
@@ -142,8 +142,8 @@ def test_torchrun_two_cpu_processes(frame_list, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=False)
-    assert ckpt['args'].world_size == 2 and ckpt['global_step'] == 2
+    ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
+    assert ckpt['args']['world_size'] == 2 and ckpt['global_step'] == 2
     assert sorted(p for p in os.listdir(out) if p.endswith('.pth')) == ['checkpoint.pth', 'model_0.pth']
 
 

@@ -8,6 +8,10 @@ import argparse
 import os
 import sys
 
+from data.gpu_augment import parse_frame_aug
+from model import min_input_size
+from utils.errors import CRWError
+
 
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line (the flag and what to do), not the whole usage block."""
@@ -46,7 +50,9 @@ def get_train_args_parser(add_help=True):
     p.add_argument('--frame-transforms', default='crop', type=str,
                    help="frame-level augmentation, '+'-or-substring list of: crop (random resized crop), cj, flip")
     p.add_argument('--frame-aug', default='', type=str,
-                   help="'grid': 7x7 grid of 64x64 patches, each a node (README setting); '': every feature cell is a node")
+                   help="'grid': 7x7 grid of 64x64 patches, each a node (README setting); '' or none: every feature "
+                        "cell is a node; add cj / flip (gridcj, grid+flip, cj, ...) for colour jitter / flips per "
+                        "patch (grid) or per frame")
     p.add_argument('--patch-size', default=[64, 64, 3], type=int, nargs='+', help='grid patch size (H W C)')
     # model
     p.add_argument('--model-type', default='scratch', type=str,
@@ -85,12 +91,19 @@ def get_train_args_parser(add_help=True):
     p.add_argument('--amp', action='store_true', help='bf16 autocast on CUDA (ignored on CPU, with a warning)')
     p.add_argument('--seed', default=0, type=int, help='seeds weights, sampling and augmentation (resume is exact)')
     # parallelism
-    p.add_argument('--data-parallel', action='store_true', help='nn.DataParallel over the visible GPUs (release)')
+    p.add_argument('--data-parallel', action='store_true',
+                   help='nn.DataParallel over the visible GPUs (release); BatchNorm statistics are per GPU')
+    p.add_argument('--sync-bn', action='store_true',
+                   help='under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics over the whole batch of all '
+                        'processes (default: per process, like the release under DataParallel)')
     p.add_argument('--dist-url', default='env://', help='init method under torchrun')
     # checkpoints and logging
     p.add_argument('--output-dir', default='auto', help="'auto' names the folder after the run's settings")
     p.add_argument('--name', default='', type=str, help='prefix of the auto output folder')
     p.add_argument('--resume', default='', help='checkpoint to resume from (default: <output-dir>/checkpoint.pth if present)')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='allow full unpickling of checkpoint files that the safe loader (torch.load weights_only) '
+                        'refuses; it can run code stored in the file, so only for files you trust')
     p.add_argument('--partial-reload', default='', help='load only the matching model keys, restart the schedule')
     p.add_argument('--start-epoch', default=0, type=int)
     p.add_argument('--save-every', default=1000, type=int,
@@ -131,8 +144,10 @@ def _finish_train_args(p, args):
         p.error('--sk-align/--sk-targets were unfinished experiments of the release and are not supported')
     if args.optim not in ('adam', 'sgd'):
         p.error(f"--optim {args.optim}: choose adam or sgd")
-    if args.frame_aug not in ('', 'grid'):
-        p.error(f"--frame-aug {args.frame_aug!r}: choose 'grid' or '' (randcrop was never finished in the release)")
+    try:
+        grid = parse_frame_aug(args.frame_aug)[0]
+    except CRWError as e:
+        p.error(str(e))
     if len(args.patch_size) == 2:
         args.patch_size = list(args.patch_size) + [3]
     if len(args.patch_size) != 3 or args.patch_size[0] != args.patch_size[1] or args.patch_size[2] != 3:
@@ -142,6 +157,28 @@ def _finish_train_args(p, args):
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.vis_every <= 0:
         p.error('--vis-every must be positive')
+    # values that would train at chance (loss = ln N at every step) or fail deep inside the model
+    for name, value in (('dropout', args.dropout), ('featdrop', args.featdrop)):
+        if not 0 <= value < 1:
+            p.error(f'--{name} {value:g}: a dropout rate lies in [0, 1) (the README trains with --dropout 0.1)')
+    if not args.temp > 0:
+        p.error(f'--temp {args.temp:g}: the softmax temperature must be positive (README: 0.05)')
+    if not args.lr > 0:
+        p.error(f'--lr {args.lr:g}: the learning rate must be positive (release: 0.0001)')
+    if args.weight_decay < 0:
+        p.error(f'--wd {args.weight_decay:g}: weight decay must be >= 0')
+    smallest = min_input_size(args.model_type)
+    if grid:
+        P = args.patch_size[0]
+        if P < smallest:
+            p.error(f'--patch-size {P}: the {args.model_type} encoder needs patches of at least {smallest}x{smallest} '
+                    'pixels (README: 64)')
+        if args.img_size < P:
+            p.error(f'--img-size {args.img_size} is smaller than --patch-size {P}: the grid needs frames of at least '
+                    f'one patch; use --img-size >= {P} (README: 256 with 64)')
+    elif args.img_size < smallest:
+        p.error(f'--img-size {args.img_size}: the {args.model_type} encoder needs frames of at least '
+                f'{smallest}x{smallest} pixels (stride 8; use 64 or more for a useful graph)')
     if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
         p.error('--steps-per-epoch must be positive')
     if args.workers < 0:
@@ -186,6 +223,12 @@ def get_test_args_parser(add_help=True):
                    help='where {i}_{t}_mask.png/_blend.jpg go (--filelist), or <video>/ and <video>_overlay.mp4 '
                         '(--video)')
     p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
+    p.add_argument('--allow-partial', action='store_true',
+                   help='propagate even when --resume fills only part of the encoder (the rest keeps its '
+                        'initialisation); by default that is an error')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='allow full unpickling of checkpoint files that the safe loader (torch.load weights_only) '
+                        'refuses; it can run code stored in the file, so only for files you trust')
     p.add_argument('--model-type', default='scratch', type=str, help='scratch | scratch_zeropad | imagenet18')
     p.add_argument('--imagenet-weights', default='', type=str,
                    help='path of torchvision resnet18 ImageNet weights for --model-type imagenet18')
@@ -212,7 +255,8 @@ def get_test_args_parser(add_help=True):
                         'the windowed path (same results)')
     # release flags kept for compatibility
     p.add_argument('--visdom', action='store_true', help='show predictions in visdom')
-    p.add_argument('--server', default='localhost', type=str, help='visdom server')
+    p.add_argument('--visdom-server', '--server', dest='server', default='localhost', type=str,
+                   help="visdom server (the release's flag; --server is accepted too)")
     p.add_argument('--port', default=8095, type=int, help='visdom port')
     p.add_argument('--finetune', default=0, type=int, help='release flag; test-time finetuning is not implemented')
     p.add_argument('--texture', action='store_true', help='release flag; not implemented')
@@ -254,7 +298,12 @@ def _finish_test_args(p, args):
         p.error('--topk, --radius and --temperature must be positive, --videoLen >= 0')
     if args.cropSize == 0 or args.cropSize < -1:
         p.error('--cropSize takes a positive size or -1 (native)')
+    smallest = min_input_size(args.model_type)
+    if 0 < args.cropSize < smallest:
+        p.error(f'--cropSize {args.cropSize}: the {args.model_type} encoder needs frames of at least '
+                f'{smallest}x{smallest} pixels (stride 8); the release used 320, or -1 for the native size')
     args.imgSize = args.cropSize
+    args.visdom_server = args.server  # the release's attribute name
     return args
 
 

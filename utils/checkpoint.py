@@ -4,7 +4,10 @@ key clean-up, partial loading and the local ImageNet ResNet-18 weights.
 Checkpoints of this project and of the videowalk release hold the model's state dict under ``'model'`` with
 keys ``encoder.model.<torchvision ResNet keys>`` and ``selfsim_fc.<i>.*``. Nothing here downloads anything.
 """
+import argparse
+import collections
 import os
+import pickle
 import re
 
 import torch
@@ -20,10 +23,28 @@ IMAGENET18_URL = 'https://download.pytorch.org/models/' + IMAGENET18_FILE
 
 # ---------------------------------------------------------------------------------------------- saving
 def atomic_save(obj, path):
-    """torch.save ``obj`` to ``path`` all or nothing (see ``utils.misc.atomic_write``)."""
+    """torch.save ``obj`` to ``path`` all or nothing (see ``utils.misc.atomic_write``). Ctrl-C in the middle
+    raises KeyboardInterrupt (torch's zip writer would replace it by 'RuntimeError: ... unexpected pos' while
+    closing the half-written archive)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except Exception as e:
+            if _interrupted(e):
+                raise KeyboardInterrupt from None
+            raise
+
+
+def _interrupted(error):
+    """True if a KeyboardInterrupt is in the chain of exceptions that led to ``error``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def rng_state():
@@ -57,22 +78,42 @@ def unwrap_model(model):
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _torch_load(path, map_location):
-    """torch.load, safe mode first; our own and the release's checkpoints pickle an argparse Namespace,
-    which needs the full unpickler."""
+# The only non-tensor classes in the release's train.py checkpoints: its args (argparse.Namespace) and its
+# MultiStepLR milestones (collections.Counter). The safe loader may rebuild these two (plain attribute/key
+# containers); anything else needs full unpickling, which can run code stored in the file.
+RELEASE_SAFE_GLOBALS = (argparse.Namespace, collections.Counter)
+_GLOBAL = re.compile(r'GLOBAL ([\w.]+)')
+
+
+def _torch_load(path, map_location, trust=False):
+    """torch.load in weights_only mode (with ``RELEASE_SAFE_GLOBALS`` allowed). A file that needs more is
+    refused with CRWError unless ``trust``; then it is unpickled in full, saying so in one line."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:
+        with torch.serialization.safe_globals(list(RELEASE_SAFE_GLOBALS)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'weights only' not in str(e).lower():
+            raise
+        found = _GLOBAL.search(str(e))
+        what = f'it stores a {found.group(1)} object' if found else 'it stores more than tensors and containers'
+        if not trust:
+            raise CRWError(f'checkpoint {path}: the safe loader (torch.load weights_only) refuses it: {what}; '
+                           'loading it needs full unpickling, which can run code stored in the file: pass '
+                           '--trust-checkpoint if you trust its source') from e
+        print(f'checkpoint {path}: {what}, which the safe loader refuses; unpickling it in full (--trust-checkpoint)')
         return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def load_checkpoint(path, map_location='cpu'):
+def load_checkpoint(path, map_location='cpu', trust=False):
     """Read a checkpoint file -> dict with at least ``'model'`` (a raw state dict is wrapped as
-    ``{'model': sd}``). A missing or unreadable file raises CRWError."""
+    ``{'model': sd}``). Loaded with ``torch.load(weights_only=True)``; see ``_torch_load`` for ``trust``. A
+    missing, unreadable or refused file raises CRWError."""
     if not path or not os.path.isfile(path):
         raise CRWError(f'checkpoint {path!r}: no such file')
     try:
-        ckpt = _torch_load(path, map_location)
+        ckpt = _torch_load(path, map_location, trust)
+    except CRWError:
+        raise
     except Exception as e:  # truncated file, not a torch file, ...
         first = str(e).splitlines()[0] if str(e) else ''
         raise CRWError(f'checkpoint {path}: cannot be read ({type(e).__name__}: {first})') from e
@@ -83,6 +124,15 @@ def load_checkpoint(path, map_location='cpu'):
     if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
         return dict(ckpt, model=ckpt['state_dict'])
     raise CRWError(f"checkpoint {path}: neither a state dict nor a dict with a 'model' state dict")
+
+
+def checkpoint_args(ckpt):
+    """The training args stored in a checkpoint as a dict: this project's files store ``vars(args)``, the
+    release's an argparse.Namespace; {} when there are none."""
+    args = ckpt.get('args') if isinstance(ckpt, dict) else None
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, dict) else {}
 
 
 _WRAPPER_PARTS = ('module', '_orig_mod')          # DataParallel/DDP, torch.compile
@@ -145,6 +195,69 @@ def partial_load(model, state_dict, skip_keys=(), verbose=True):
             msg += f'; unexpected {len(absent)} {_abbrev(absent)}'
         print(msg)
     return loaded, missing, unexpected
+
+
+ARCH_FLAGS = ('model_type', 'head_depth', 'remove_layers')   # flags that change the model's weights
+
+
+def check_architecture(ckpt, args, path):
+    """Raise CRWError (one line) when the checkpoint's stored training args name another architecture
+    (``ARCH_FLAGS``) than ``args``; files without args pass (their state dict is checked on loading)."""
+    saved = checkpoint_args(ckpt)
+    diffs = []
+    for k in ARCH_FLAGS:
+        if k in saved and hasattr(args, k):
+            a, b = saved[k], getattr(args, k)
+            if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+                flag = '--' + k.replace('_', '-')
+                diffs.append(f'{flag} {_flag_value(a)} (this run: {_flag_value(b)})')
+    if diffs:
+        raise CRWError(f'checkpoint {path} was trained with {", ".join(diffs)}: resume with its flags, or use '
+                       'another --output-dir for a new run')
+
+
+def _flag_value(v):
+    return ' '.join(map(str, v)) if isinstance(v, (list, tuple)) and v else ("''" if v in ([], ()) else str(v))
+
+
+def load_state_strict(model, state_dict, path):
+    """``load_state_dict`` of a cleaned state dict that must fit ``model`` exactly; a file of another
+    architecture raises CRWError with one line (counts and a few key names) instead of torch's key list."""
+    net = unwrap_model(model)
+    sd = clean_state_dict(state_dict)
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f'{k} {list(sd[k].shape)} in the file, {list(own[k].shape)} here' for k in own
+              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} of the model\'s {len(own)} weights missing {_abbrev(missing, 3)}')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unknown {_abbrev(unexpected, 3)}')
+        if shapes:
+            parts.append(f'{len(shapes)} of another shape ({shapes[0]})')
+        raise CRWError(f'checkpoint {path} does not fit this model ({"; ".join(parts)}): it was trained with other '
+                       '--model-type/--head-depth/--remove-layers flags, or is not a CRW checkpoint')
+    net.load_state_dict(sd)
+
+
+def is_release_scheduler(state):
+    """True for the state dict of the release's MultiStepLR (milestones in iterations, a Counter)."""
+    return isinstance(state, dict) and 'milestones' in state and 'lr_lambdas' not in state
+
+
+def release_scheduler_state(state):
+    """The release's MultiStepLR state dict -> the state dict of this project's per-iteration schedule
+    (LambdaLR over ``StepSchedule``): same milestones (iterations), gamma, base lrs and step count."""
+    milestones = sorted(int(m) for m in collections.Counter(state['milestones']).elements())
+    last = int(state['last_epoch'])
+    return {'lr_lambdas': [{'warmup': 0, 'milestones': milestones, 'gamma': float(state['gamma'])}
+                           for _ in state['base_lrs']],
+            'base_lrs': list(state['base_lrs']), 'last_epoch': last,
+            '_step_count': int(state.get('_step_count', last + 1)),
+            '_last_lr': list(state.get('_last_lr', state['base_lrs']))}
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet

@@ -4,6 +4,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from utils.errors import CRWError
 
@@ -85,3 +86,16 @@ def all_reduce_mean(t):
 def cleanup():
     if is_dist():
         dist.destroy_process_group()
+
+
+def sync_batchnorm(model, args, device):
+    """``--sync-bn``: BatchNorm statistics over all processes of a torchrun job (SyncBatchNorm, GPUs only).
+    Without it each process normalises with its own batch, as the release did per GPU under DataParallel."""
+    if not getattr(args, 'sync_bn', False):
+        return model
+    if not args.distributed:
+        print('| --sync-bn: a single process has nothing to synchronise; plain BatchNorm')
+        return model
+    if torch.device(device).type != 'cuda':
+        raise CRWError('--sync-bn: SyncBatchNorm runs on GPUs only; drop it for --device cpu')
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

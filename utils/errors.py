@@ -4,11 +4,24 @@ Library code raises ``CRWError`` (or its subclass ``DecodeError``) with a one-li
 file or flag at fault and says what to do. Each entry script catches it in its ``main`` and prints
 ``<script>: error: <message>`` with exit status 1 (``report``); nothing below an entry script exits.
 """
+import re
 import sys
 
 
+_WORKER_MESSAGE = re.compile(r'^Caught \w+ in (DataLoader worker process \d+)\.\nOriginal Traceback', re.DOTALL)
+
+
 class CRWError(Exception):
-    """Bad input (a file, a flag, the data), described in one line."""
+    """Bad input (a file, a flag, the data), described in one line.
+
+    A DataLoader re-raises a worker's exception as ``type(e)(text)`` whose text is the worker's whole
+    traceback; for CRWError that text is cut back to the original one-line message (its last line)."""
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str) and _WORKER_MESSAGE.match(args[0]):
+            last = args[0].rstrip().splitlines()[-1]             # "<module>.<Type>: <message>"
+            args = (last.split(': ', 1)[1] if ': ' in last else last,)
+        super().__init__(*args)
 
 
 class DecodeError(CRWError):

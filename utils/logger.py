@@ -6,7 +6,7 @@ from collections import defaultdict, deque
 
 import torch
 
-from utils.misc import format_seconds, peak_memory_mb
+from utils.misc import atomic_write, format_seconds, peak_memory_mb
 
 
 class SmoothedValue:
@@ -92,3 +92,25 @@ def append_json_line(path, record):
         f.write(json.dumps(record) + '\n')
         f.flush()
         os.fsync(f.fileno())
+
+
+def truncate_json_lines(path, key, last):
+    """Drop the records of a JSON-lines log whose ``key`` exceeds ``last`` (what a resumed run will write
+    again), rewriting the file atomically; returns how many were dropped. Unparsable lines are kept."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            value = json.loads(line).get(key)
+        except (ValueError, AttributeError):
+            value = None
+        if value is None or value <= last:
+            keep.append(line)
+    dropped = len(lines) - len(keep)
+    if dropped:
+        with atomic_write(path, 'w') as f:
+            f.writelines(keep)
+    return dropped

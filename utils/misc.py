@@ -1,6 +1,7 @@
 """Small helpers: atomic file writing, git revision, run header, peak memory, formatted times, CPU name."""
 import contextlib
 import datetime
+import glob
 import os
 import platform
 import resource
@@ -9,6 +10,8 @@ import sys
 import tempfile
 
 import torch
+
+from utils.errors import CRWError
 
 TMP_SUFFIX = '.tmp'
 
@@ -38,6 +41,34 @@ def atomic_write(path, mode='wb', **open_kwargs):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def writable_folder(path, flag):
+    """Make sure ``path`` is (or can be made) a folder this process can write into; raises CRWError naming
+    ``flag`` otherwise (a file in the way, a read-only place). Call it before the long work that fills it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CRWError(f'{flag} {path}: is a file, not a folder; pass a folder path')
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.write-test.', suffix=TMP_SUFFIX, dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise CRWError(f'{flag} {path}: cannot write there ({e.strerror or type(e).__name__}); '
+                       'pick a writable folder') from e
+    return path
+
+
+def remove_stale_temp_files(folder, names):
+    """Remove the temporary files that an ``atomic_write`` of ``folder/<name>`` killed mid-write left behind
+    (``names`` may hold glob patterns such as ``model_*.pth``); returns their paths."""
+    removed = []
+    for name in names:
+        for p in sorted(glob.glob(os.path.join(glob.escape(folder), temp_name_prefix(name) + '*' + TMP_SUFFIX))):
+            with contextlib.suppress(OSError):
+                os.remove(p)
+                removed.append(p)
+    return removed
 
 
 def git_revision():
