@@ -6,6 +6,7 @@ sorted; names whose stem is not a number use their last run of digits (``frame_1
 (``.DS_Store``, macOS ``._00001.jpg``) are ignored; a name without any number, or two files with the same
 frame number (``00005.jpg`` and ``00005.png``), is an error rather than a silently shifted video.
 """
+import contextlib
 import os
 import re
 
@@ -54,25 +55,30 @@ def list_frames(folder, extensions=IMAGE_EXTENSIONS):
     return [os.path.join(folder, n) for _, n in numbered]
 
 
+@contextlib.contextmanager
+def open_image(path, what='image'):
+    """``PIL.Image.open`` whose failures (missing, truncated or not an image) are one DecodeError naming the
+    file."""
+    try:
+        with Image.open(path) as im:
+            yield im
+    except Exception as e:
+        raise DecodeError(f'{path}: cannot read the {what} ({type(e).__name__})') from e
+
+
 def read_image(path):
     """RGB uint8 [H, W, 3] image (OpenCV, PIL as the fallback). Raises DecodeError naming the file."""
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is not None:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert('RGB'))
-    except Exception as e:
-        raise DecodeError(f'{path}: cannot read the image ({type(e).__name__})') from e
+    with open_image(path) as im:
+        return np.asarray(im.convert('RGB'))
 
 
 def image_size(path):
     """(H, W) of an image file, from its header."""
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except Exception as e:
-        raise DecodeError(f'{path}: cannot read the image ({type(e).__name__})') from e
+    with open_image(path) as im:
+        return im.size[1], im.size[0]
 
 
 # ---------------------------------------------------------------------------------------------- label maps
@@ -132,24 +138,18 @@ SINGLE_CHANNEL_MODES = ('P', 'L', 'I', 'I;16', '1')
 def read_label_image(path):
     """A label image as stored: [H, W] int64 values for single-channel PNGs (palette indices of a P-mode
     DAVIS annotation, grey levels), or [H, W, 3] uint8 colours for RGB(A) ones. Raises DecodeError."""
-    try:
-        with Image.open(path) as im:
-            if im.mode in SINGLE_CHANNEL_MODES:
-                return np.asarray(im).astype(np.int64)
-            return np.asarray(im.convert('RGB'))
-    except Exception as e:
-        raise DecodeError(f'{path}: cannot read the label image ({type(e).__name__})') from e
+    with open_image(path, 'label image') as im:
+        if im.mode in SINGLE_CHANNEL_MODES:
+            return np.asarray(im).astype(np.int64)
+        return np.asarray(im.convert('RGB'))
 
 
 def read_label_palette(path):
     """[256, 3] uint8 palette of a P-mode (palette) PNG, None for other images."""
-    try:
-        with Image.open(path) as im:
-            if im.mode != 'P':
-                return None
-            pal = np.asarray(im.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
-    except Exception as e:
-        raise DecodeError(f'{path}: cannot read the label image ({type(e).__name__})') from e
+    with open_image(path, 'label image') as im:
+        if im.mode != 'P':
+            return None
+        pal = np.asarray(im.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
     out = davis_palette()
     out[:len(pal)] = pal
     return out

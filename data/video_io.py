@@ -123,12 +123,16 @@ def probe_video(path):
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def _decode_torchcodec(path, indices):
+def _open_torchcodec(path):
+    """A TorchCodec decoder of ``path`` giving [H, W, 3] frames; one FFmpeg thread (workers parallelise)."""
     vd = _torchcodec_decoder()
     if vd is None:
         raise DecodeError('TorchCodec is not available')
-    dec = vd(path, seek_mode='exact', dimension_order='NHWC', num_ffmpeg_threads=1)
-    return dec.get_frames_at([int(i) for i in indices]).data
+    return vd(path, seek_mode='exact', dimension_order='NHWC', num_ffmpeg_threads=1)
+
+
+def _decode_torchcodec(path, indices):
+    return _open_torchcodec(path).get_frames_at([int(i) for i in indices]).data
 
 
 def _decode_pyav(path, indices):
@@ -180,10 +184,7 @@ def decode_frames(path, indices):
 
 
 def _iter_torchcodec(path, start):
-    vd = _torchcodec_decoder()
-    if vd is None:
-        raise DecodeError('TorchCodec is not available')
-    dec = vd(path, seek_mode='exact', dimension_order='NHWC', num_ffmpeg_threads=1)
+    dec = _open_torchcodec(path)
     first = dec[start] if start < len(dec) else None    # fails here, before anything is yielded, if it fails
     if first is None:
         return
