@@ -39,6 +39,7 @@ from data.images import davis_palette, list_frames, save_indexed_png
 from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map
 from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
 from propagation import STRIDE, Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
+from propagation.finetune import TestTimeAdapter
 from utils.arguments import test_args
 from utils.errors import CRWError, report
 from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
@@ -211,6 +212,9 @@ def run(args):
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
 
     encoder = build_encoder(args, device)
+    adapter = TestTimeAdapter.from_args(args, device) if args.finetune > 0 else None
+    if adapter is not None:
+        print(adapter.describe())
     os.makedirs(args.save_path, exist_ok=True)
 
     writer = AsyncWriter()
@@ -219,17 +223,23 @@ def run(args):
             reset_peak_memory(device)
             t0 = time.time()
             run_video = run_jhmdb_video if entry.kind == 'jhmdb' else run_davis_video
+            video_encoder, adapted, t_adapt = encoder, '', 0.0
             with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False,
                       mininterval=1.0, file=sys.stderr) as bar:
                 try:
-                    n = run_video(entry, args, encoder, device, writer, bar)
+                    if adapter is not None:   # a copy is adapted; the next video starts from `encoder` again
+                        video_encoder, info = adapter.adapt(encoder, entry.frames_dir)
+                        t_adapt = info['seconds']
+                        adapted = (f", adapted in {t_adapt:.1f} s (walk loss {info['losses'][0]:.3f} -> "
+                                   f"{info['losses'][-1]:.3f}, {info['head']} head)")
+                    n = run_video(entry, args, video_encoder, device, writer, bar)
                 except CRWError as e:
                     raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
                 writer.wait()
-            dt = time.time() - t0
+            dt = time.time() - t0 - t_adapt
             print(f'video {entry.index} {entry.name}: {n} frames, {n / dt:.2f} frames/s, '
                   f'peak {"GPU" if device.type == "cuda" else "RSS"} memory '
-                  f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB', flush=True)
+                  f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB{adapted}', flush=True)
     finally:
         writer.close()
 
