@@ -8,7 +8,11 @@ For video i (0-based line of the filelist) and frame t it writes ``{save}/{i}_{t
 palette PNG whose pixel values are the annotation's label ids) and ``{save}/{i}_{t}_blend.jpg`` (image and
 label colours half and half); ``eval/convert_davis.py`` turns them into DAVIS results. JHMDB filelists
 (``<frames folder> <joint_positions.mat>``) write ``{save}/{i}.dat`` (joint coordinates [2, 15, T] in
-feature cells, as the release) and ``{i}_{t}_blend.jpg`` with the skeleton.
+feature cells, as the release; scored by ``eval/eval_pck.py``) and ``{i}_{t}_blend.jpg`` with the
+skeleton. VIP filelists (annotation folders in ``.../Category_ids/``, or ``--vip``) write the release's VIP
+layout ``{save}/<video>/<frame>.png``: greyscale label ids at the annotation's resolution, scored by
+``eval/eval_vip.py``. ``--finetune N`` adapts a copy of the encoder to each video first
+(``propagation/finetune.py``).
 
 Pipeline per video: frames are read lazily by a DataLoader (``--workers`` processes prefetching), encoded
 in small batches on the device, L2-normalised, and propagated frame by frame by ``propagation`` (the
@@ -35,11 +39,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data.images import davis_palette, list_frames, save_indexed_png
+from data.images import davis_palette, list_frames, save_grey_png, save_indexed_png
 from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map
-from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
+from data.vos import VideoFrames, VOSVideo, first_annotation, frame_size, read_annotation, read_filelist
 from propagation import STRIDE, Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
-from propagation.finetune import TestTimeAdapter
+from propagation.finetune import VideoAdapter
 from utils.arguments import test_args
 from utils.errors import CRWError, report
 from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
@@ -113,29 +117,49 @@ def _loader(frames, args, device):
         persistent_workers=False)
 
 
-def run_davis_video(entry, args, encoder, device, writer, progress=None):
-    """Propagate frame 0's labels through one DAVIS-style video and queue its outputs. Returns #frames."""
-    video = VOSVideo(entry, args.cropSize)
-    values, size = video.labels.values, video.size
+def propagate_labels(video, args, encoder, device, out_size, first_ids, progress=None):
+    """Propagate frame 0's labels through a VOSVideo. Yields (t, label ids [out_size] uint8, display image
+    [H, W, 3] uint8) per frame; frame 0's ids are ``first_ids`` (its ground truth)."""
+    values = video.labels.values
     if progress is not None:
         progress.reset(total=len(video))
     if values.max() > 255:
-        raise CRWError(f'{entry.target}: label ids above 255 cannot be written as 8-bit PNGs')
+        raise CRWError(f'{video.entry.target}: label ids above 255 cannot be written as 8-bit PNGs')
     prop = None
-    prefix = os.path.join(args.save_path, str(entry.index))
     for imgs, disp, ts in _loader(video.frames, args, device):
         feats = encode_frames(encoder, imgs.to(device, non_blocking=True), l2=not args.no_l2)
         for b, t in enumerate(ts.tolist()):
             if t == 0:
                 first = video.first_labels(feats.shape[-2:]).to(device)
                 prop = make_propagator(feats[b], first, Protocol.from_args(args), reference=args.dense)
-                index = torch.from_numpy(video.labels.label_map)        # ground truth
+                ids = first_ids
             else:
-                index = soft_to_index(prop.step(feats[b]), size, args.norm_mask)
-            ids = values[index.cpu().numpy()].astype(np.uint8)
-            writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, disp[b].numpy())
+                ids = values[soft_to_index(prop.step(feats[b]), out_size, args.norm_mask).cpu().numpy()]
+            yield t, ids.astype(np.uint8), disp[b].numpy()
             if progress is not None:
                 progress.update(1)
+
+
+def run_davis_video(entry, args, encoder, device, writer, progress=None):
+    """Propagate frame 0's labels through one DAVIS-style video and queue its outputs. Returns #frames."""
+    video = VOSVideo(entry, args.cropSize)
+    prefix = os.path.join(args.save_path, str(entry.index))
+    first_ids = video.labels.values[video.labels.label_map]
+    for t, ids, disp in propagate_labels(video, args, encoder, device, video.size, first_ids, progress):
+        writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, disp)
+    return len(video)
+
+
+def run_vip_video(entry, args, encoder, device, writer, progress=None):
+    """VIP: label ids written as ``{save}/<video>/<frame>.png`` (greyscale) at the annotation's resolution,
+    the layout VIP scorers read; no blends (they would sit among the scored files). Returns #frames."""
+    video = VOSVideo(entry, args.cropSize)
+    first_ids, _ = read_annotation(first_annotation(entry.target, video.paths[0]))   # at its own size
+    out_dir = os.path.join(args.save_path, entry.name)
+    os.makedirs(out_dir, exist_ok=True)
+    for t, ids, _ in propagate_labels(video, args, encoder, device, first_ids.shape[:2], first_ids, progress):
+        stem = os.path.splitext(os.path.basename(video.paths[t]))[0]
+        writer.submit(save_grey_png, os.path.join(out_dir, stem + '.png'), ids)
     return len(video)
 
 
@@ -207,12 +231,16 @@ def run(args):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
 
-    entries = read_filelist(args.filelist, args.data_root)
+    entries = read_filelist(args.filelist, args.data_root, vip=args.vip)
+    vip_names = [e.name for e in entries if e.kind == 'vip']
+    if len(set(vip_names)) < len(vip_names):
+        raise CRWError(f'{args.filelist}: two VIP videos have the same folder name; their outputs '
+                       '(<save>/<video>/<frame>.png) would overwrite each other')
     if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
 
     encoder = build_encoder(args, device)
-    adapter = TestTimeAdapter.from_args(args, device) if args.finetune > 0 else None
+    adapter = VideoAdapter.from_args(args, device) if args.finetune > 0 else None
     if adapter is not None:
         print(adapter.describe())
     os.makedirs(args.save_path, exist_ok=True)
@@ -222,7 +250,7 @@ def run(args):
         for entry in entries:
             reset_peak_memory(device)
             t0 = time.time()
-            run_video = run_jhmdb_video if entry.kind == 'jhmdb' else run_davis_video
+            run_video = {'jhmdb': run_jhmdb_video, 'vip': run_vip_video}.get(entry.kind, run_davis_video)
             video_encoder, adapted, t_adapt = encoder, '', 0.0
             with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False,
                       mininterval=1.0, file=sys.stderr) as bar:

@@ -1,6 +1,7 @@
 """Test-time data for label propagation: filelists, frames, first-frame label maps.
 
-A filelist has one video per line: ``<frames folder> <annotations folder>`` (DAVIS) or
+A filelist has one video per line: ``<frames folder> <annotations folder>`` (DAVIS; VIP when the annotations
+folder lies in a folder named ``Category_ids``, VIP's layout, or when asked for) or
 ``<frames folder> <joint_positions.mat>`` (JHMDB). Relative paths are resolved against ``data_root`` when
 given, else the current folder, else the filelist's folder. Frames are sorted by the integer in their
 names. Only frame 0's annotation is read.
@@ -40,7 +41,7 @@ class VideoEntry:
     index: int          # 0-based line number among the videos (output prefix {index}_{t})
     frames_dir: str
     target: str         # annotations folder (DAVIS) or joint_positions.mat (JHMDB)
-    kind: str           # 'davis' | 'jhmdb'
+    kind: str           # 'davis' | 'vip' | 'jhmdb'
     line_no: int        # 1-based line in the filelist file
 
     @property
@@ -61,9 +62,13 @@ def resolve_path(path, data_root='', filelist_dir=''):
     return os.path.join(filelist_dir, path)
 
 
-def read_filelist(filelist, data_root=''):
+VIP_ANNOTATIONS = 'Category_ids'   # VIP_Fine/Annotations/Category_ids/<video>/<frame>.png
+
+
+def read_filelist(filelist, data_root='', vip=False):
     """Parse a test filelist -> [VideoEntry]. Blank lines and '#' comments are skipped; the video index
-    counts video lines only. A malformed line or a missing folder/file raises CRWError."""
+    counts video lines only. A malformed line or a missing folder/file raises CRWError. Annotation folders
+    are VIP videos when ``vip`` is set or their parent folder is named ``Category_ids``."""
     fdir = os.path.dirname(os.path.abspath(filelist))
     entries = []
     with open(filelist) as f:
@@ -78,9 +83,12 @@ def read_filelist(filelist, data_root=''):
             frames_dir = resolve_path(parts[0], data_root, fdir)
             target = resolve_path(parts[1], data_root, fdir)
             kind = 'jhmdb' if target.lower().endswith('.mat') else 'davis'
+            if kind == 'davis' and (vip or os.path.basename(os.path.dirname(os.path.normpath(target)))
+                                    == VIP_ANNOTATIONS):
+                kind = 'vip'
             if not os.path.isdir(frames_dir):
                 raise CRWError(f'{filelist}:{line_no}: frames folder {frames_dir} not found')
-            if kind == 'davis' and not os.path.isdir(target):
+            if kind in ('davis', 'vip') and not os.path.isdir(target):
                 raise CRWError(f'{filelist}:{line_no}: annotations folder {target} not found')
             if kind == 'jhmdb' and not os.path.isfile(target):
                 raise CRWError(f'{filelist}:{line_no}: joint file {target} not found')

@@ -55,7 +55,6 @@ class FinetuneSettings:
     clip_len: int = 4
     batch: int = 4
     seed: int = 777
-    remove_layers: tuple = ('layer4',)
     train: dict = field(default_factory=dict)
 
 
@@ -77,7 +76,7 @@ def training_settings(ckpt_args=None, temperature=0.07, head_depth=-1):
     return out
 
 
-class TestTimeAdapter:
+class VideoAdapter:
     """``adapt(encoder, frames_dir)`` -> (adapted copy of the encoder in eval mode, info dict)."""
 
     def __init__(self, settings, device, head_state=None):
@@ -99,7 +98,7 @@ class TestTimeAdapter:
     @classmethod
     def from_args(cls, args, device):
         """From test.py's namespace: --finetune, --finetune-lr/-clip-len/-batch, --manualSeed, --resume (its
-        training args and head), --temperature, --head-depth, --remove-layers."""
+        training args and head), --temperature, --head-depth."""
         ckpt_args, head = None, {}
         if args.resume:
             ckpt = load_checkpoint(args.resume, map_location='cpu')
@@ -108,8 +107,7 @@ class TestTimeAdapter:
             ckpt_args = ckpt.get('args') if isinstance(ckpt, dict) else None
         train = training_settings(ckpt_args, args.temperature, args.head_depth)
         settings = FinetuneSettings(steps=args.finetune, lr=args.finetune_lr, clip_len=args.finetune_clip_len,
-                                    batch=args.finetune_batch, seed=args.manualSeed,
-                                    remove_layers=tuple(args.remove_layers), train=train)
+                                    batch=args.finetune_batch, seed=args.manualSeed, train=train)
         return cls(settings, device, head)
 
     def describe(self):
@@ -123,10 +121,9 @@ class TestTimeAdapter:
         """CRW whose encoder is a deep copy of ``encoder`` and whose head is the checkpoint's (when it fits)
         or a fresh one; in training mode on the device. Returns (model, head_source)."""
         tr = self.settings.train
-        model = CRW(SimpleNamespace(model_type='scratch_zeropad', remove_layers=list(self.settings.remove_layers),
-                                    head_depth=tr['head_depth'], temp=tr['temp'], dropout=tr['dropout'],
-                                    featdrop=tr['featdrop'], flip=tr['flip'], zero_diagonal=tr['zero_diagonal']))
-        model.encoder = copy.deepcopy(encoder)
+        model = CRW(SimpleNamespace(head_depth=tr['head_depth'], temp=tr['temp'], dropout=tr['dropout'],
+                                    featdrop=tr['featdrop'], flip=tr['flip'], zero_diagonal=tr['zero_diagonal']),
+                    encoder=copy.deepcopy(encoder))
         head_source = 'none' if tr['head_depth'] < 0 else 'fresh'
         own = model.selfsim_fc.state_dict()
         if own and self.head_state and set(own) == set(self.head_state) and all(

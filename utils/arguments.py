@@ -162,7 +162,11 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--data-root', default='', type=str,
                    help='folder that relative paths in --filelist are resolved against (e.g. a DAVIS root for '
                         'eval/davis_vallist.txt); default: the current folder, then the filelist\'s folder')
-    p.add_argument('--save-path', default='./results', type=str, help='where {i}_{t}_mask.png/_blend.jpg go')
+    p.add_argument('--save-path', default='./results', type=str,
+                   help='where {i}_{t}_mask.png/_blend.jpg (DAVIS), {i}.dat (JHMDB) or <video>/<frame>.png (VIP) go')
+    p.add_argument('--vip', action='store_true',
+                   help='treat the filelist as VIP (write <save>/<video>/<frame>.png label ids at the annotation '
+                        'size); automatic when the annotation folders lie in a folder named Category_ids')
     p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
     p.add_argument('--model-type', default='scratch', type=str, help='scratch | scratch_zeropad | imagenet18')
     p.add_argument('--imagenet-weights', default='', type=str,
