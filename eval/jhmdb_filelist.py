@@ -3,11 +3,11 @@
 
     python eval/jhmdb_filelist.py --jhmdb /path/to/JHMDB --split 1 --out jhmdb_test_split1.txt
 
-Expected layout (the JHMDB release's archives unpacked into one folder):
+Expected layout (JHMDB's frames, joint positions and split files unpacked into one folder):
 
-    <jhmdb>/Rename_Images/<action>/<video>/00001.png ...        frames (JHMDB.tar.gz)
-    <jhmdb>/joint_positions/<action>/<video>/joint_positions.mat (joint_positions.zip)
-    <jhmdb>/splits/<action>_test_split<k>.txt                    (splits.zip; --splits if elsewhere)
+    <jhmdb>/Rename_Images/<action>/<video>/00001.png ...         frames
+    <jhmdb>/joint_positions/<action>/<video>/joint_positions.mat  pos_img [2, 15, T], 1-based pixels
+    <jhmdb>/splits/<action>_test_split<k>.txt                     split files (--splits if elsewhere)
 
 Each split file has lines ``<video>.avi <1|2>`` (1 = training, 2 = testing). The release evaluated the test
 videos (2) of split 1. One output line per video: ``<frames folder> <joint_positions.mat>`` (absolute
@@ -50,7 +50,7 @@ def build(jhmdb, split=1, subset='test', splits_dir=None):
     splits_dir = os.path.abspath(splits_dir or os.path.join(jhmdb, 'splits'))
     files = sorted(glob.glob(os.path.join(splits_dir, f'*_test_split{split}.txt')))
     if not files:
-        raise CRWError(f'no *_test_split{split}.txt in {splits_dir} (unpack JHMDB\'s splits.zip there, or pass --splits)')
+        raise CRWError(f'no *_test_split{split}.txt in {splits_dir} (put JHMDB\'s split files there, or pass --splits)')
     lines = []
     for path in files:
         action = re.sub(rf'_test_split{split}\.txt$', '', os.path.basename(path))
