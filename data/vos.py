@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from data.images import (colour_codes, frame_number, image_size, list_frames, palette_ids, read_image,
                          read_label_image, resize_nearest)
 from utils.errors import CRWError
+from utils.misc import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,6 +97,13 @@ def read_filelist(filelist, data_root='', vip=False):
     if not entries:
         raise CRWError(f'{filelist}: no videos listed')
     return entries
+
+
+def write_filelist(path, lines):
+    """Write filelist lines (``<frames folder> <target>``) to ``path`` atomically; returns their number."""
+    with atomic_write(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return len(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -168,7 +168,9 @@ def get_args_parser():
     p.add_argument('--R', nargs='+', type=float, default=[12], help='--radius values')
     p.add_argument('--cropSize', type=int, default=None,
                    help='test.py --cropSize (default: -1, the native size, for davis; 320 for jhmdb)')
-    p.add_argument('--finetune', type=int, default=0, help='release flag, passed to test.py with --head-depth 0')
+    p.add_argument('--finetune', type=int, default=0,
+                   help='test-time adaptation steps (test.py --finetune N, passed with --head-depth 0: a linear '
+                        'walk head)')
     p.add_argument('--gpu', type=int, default=0, help='test.py --gpu-id')
     p.add_argument('--workers', type=int, default=None, help='test.py --workers (default: test.py\'s)')
     p.add_argument('--davis-path', '--davis_path', dest='davis_path', default=os.environ.get('DAVIS_ROOT'),

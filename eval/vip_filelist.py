@@ -21,9 +21,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from data.vos import VIP_ANNOTATIONS  # noqa: E402
+from data.vos import VIP_ANNOTATIONS, write_filelist  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
-from utils.misc import atomic_write  # noqa: E402
 
 
 def read_video_list(path):
@@ -69,8 +68,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
         lines = build(args.vip, args.list)
-        with atomic_write(args.out, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
+        write_filelist(args.out, lines)
     except CRWError as e:
         return report('vip_filelist.py', e)
     print(f'{len(lines)} videos written to {args.out}')
