@@ -46,7 +46,7 @@ from propagation import STRIDE, Protocol, encode_frames, load_encoder, make_prop
 from propagation.finetune import VideoAdapter
 from utils.arguments import test_args
 from utils.errors import CRWError, report
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
+from utils.misc import atomic_write, git_revision, peak_memory_bytes, reset_peak_memory
 
 FEATURE_BATCH = 4   # frames per encoder call
 
@@ -192,7 +192,8 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None):
             writer.submit(draw_pose, f'{prefix}_{t}_blend.jpg', disp[b].numpy(), xy * STRIDE)
             if progress is not None:
                 progress.update(1)
-    np.stack(coords, axis=-1).dump(prefix + '.dat')
+    with atomic_write(prefix + '.dat') as f:     # the release's format: a pickled ndarray (ndarray.dump)
+        np.stack(coords, axis=-1).dump(f)
     return len(paths)
 
 
