@@ -388,3 +388,14 @@ def test_vip_filelist_builder_errors(tmp_path):
         vip_filelist.build(str(vip))
     with pytest.raises(Exception, match='no such video list'):
         vip_filelist.build(str(vip), str(vip / 'lists' / 'other.txt'))
+
+
+def test_vip_filelist_detection(tmp_path):
+    from data.vos import read_filelist
+    for d in ('Images/v', 'Annotations/Category_ids/v', 'JPEGImages/v', 'Annotations/480p/v'):
+        (tmp_path / d).mkdir(parents=True)
+    fl = tmp_path / 'list.txt'
+    fl.write_text(f'{tmp_path}/Images/v {tmp_path}/Annotations/Category_ids/v\n'
+                  f'{tmp_path}/JPEGImages/v {tmp_path}/Annotations/480p/v\n')
+    assert [e.kind for e in read_filelist(str(fl))] == ['vip', 'davis']
+    assert [e.kind for e in read_filelist(str(fl), vip=True)] == ['vip', 'vip']
