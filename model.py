@@ -134,7 +134,7 @@ class CRW(nn.Module):
     applied it whenever dropout > 0, also in eval mode).
     """
 
-    def __init__(self, args, vis=None):
+    def __init__(self, args, vis=None, encoder=None):
         super().__init__()
         self.edgedrop_rate = float(_arg(args, 'dropout', 0.0))
         self.featdrop_rate = float(_arg(args, 'featdrop', 0.0))
@@ -147,9 +147,10 @@ class CRW(nn.Module):
         self.shared_edge_mask = True
         self.vis = vis  # accepted for the release's signature; the model draws nothing itself
 
-        self.encoder = Encoder(make_resnet18(_arg(args, 'model_type', 'scratch'),
-                                             list(_arg(args, 'remove_layers', [])),
-                                             _arg(args, 'imagenet_weights', '')))
+        # ``encoder``: an existing Encoder to train (test-time adaptation); no trunk is built then
+        self.encoder = encoder if encoder is not None else Encoder(make_resnet18(
+            _arg(args, 'model_type', 'scratch'), list(_arg(args, 'remove_layers', [])),
+            _arg(args, 'imagenet_weights', '')))
         self.enc_hid_dim, self.map_scale = self._infer_dims()
         self.selfsim_fc = self._make_head(int(_arg(args, 'head_depth', 0)))
         self.featdrop = nn.Dropout(p=self.featdrop_rate)

@@ -8,7 +8,11 @@ For video i (0-based line of the filelist) and frame t it writes ``{save}/{i}_{t
 palette PNG whose pixel values are the annotation's label ids) and ``{save}/{i}_{t}_blend.jpg`` (image and
 label colours half and half); ``eval/convert_davis.py`` turns them into DAVIS results. JHMDB filelists
 (``<frames folder> <joint_positions.mat>``) write ``{save}/{i}.dat`` (joint coordinates [2, 15, T] in
-feature cells, as the release) and ``{i}_{t}_blend.jpg`` with the skeleton.
+feature cells, as the release; scored by ``eval/eval_pck.py``) and ``{i}_{t}_blend.jpg`` with the
+skeleton. VIP filelists (annotation folders in ``.../Category_ids/``, or ``--vip``) write the release's VIP
+layout ``{save}/<video>/<frame>.png``: greyscale label ids at the annotation's resolution, scored by
+``eval/eval_vip.py``. ``--finetune N`` adapts a copy of the encoder to each video first
+(``propagation/finetune.py``).
 
 Your own video (README "Your own video"): ``--video clip.mp4 --mask first.png`` (or a folder of frames, a
 folder of masks named like their frames) writes ``{save}/clip/<frame>.png`` in the DAVIS result format and
@@ -37,15 +41,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.images import list_frames
+from data.images import list_frames, save_grey_png
 from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map, pose_image
 from data.outputs import AsyncWriter, blend_labels, write_mask_and_blend
 from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
 from propagation import STRIDE, Protocol, VideoPropagator, encode_frames, load_encoder, make_propagator
+from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH, propagate_user_video
 from utils.arguments import test_args
 from utils.errors import CRWError, report
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
+from utils.misc import atomic_write, git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
 from utils.visualize import PropagationViewer
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,10 +80,11 @@ def _loader(frames, args, device):
         persistent_workers=False)
 
 
-def run_davis_video(entry, args, encoder, device, writer, progress=None, viewer=None):
-    """Propagate frame 0's labels through one DAVIS-style video and queue its outputs (and, with a
-    ``PropagationViewer``, show them in visdom). Returns #frames."""
-    video = VOSVideo(entry, args.cropSize)
+def propagate_vos_video(video, args, encoder, device, out_size, progress=None, viewer=None):
+    """Propagate frame 0's labels through a VOSVideo (and, with a ``PropagationViewer``, show them in visdom).
+    Yields (t, label ids [out_size] uint8, display image [H, W, 3] uint8) per frame; frame 0's ids are its
+    annotation brought to out_size."""
+    entry = video.entry
     Protocol.from_args(args).check_context(-(-video.size[0] // STRIDE), -(-video.size[1] // STRIDE))
     if progress is not None:
         progress.reset(total=len(video))
@@ -86,17 +92,38 @@ def run_davis_video(entry, args, encoder, device, writer, progress=None, viewer=
         raise CRWError(f'{entry.target}: label ids above 255 cannot be written as 8-bit PNGs')
     vp = VideoPropagator(encoder, Protocol.from_args(args), device, l2=not args.no_l2, norm_mask=args.norm_mask,
                          reference=args.dense)
-    prefix = os.path.join(args.save_path, str(entry.index))
     for imgs, disp, ts in _loader(video.frames, args, device):
         ts = ts.tolist()
         masks = [video.mask if t == 0 else None for t in ts]
-        for b, (t, ids, d) in enumerate(zip(ts, vp.step_batch(imgs, masks, video.size), disp)):
-            writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, d.numpy())
+        for b, (t, ids, d) in enumerate(zip(ts, vp.step_batch(imgs, masks, out_size), disp)):
+            d = d.numpy()
             if viewer is not None:
-                viewer.blend(entry.index, entry.name, t, blend_labels(d.numpy(), ids))
+                viewer.blend(entry.index, entry.name, t, blend_labels(d, ids))
                 viewer.features(entry.index, entry.name, t, vp.last_features[b], ids.shape)
+            yield t, ids, d
         if progress is not None:
             progress.update(len(ts))
+
+
+def run_davis_video(entry, args, encoder, device, writer, progress=None, viewer=None):
+    """DAVIS: ``{save}/{i}_{t}_mask.png`` and ``_blend.jpg`` at the frame size (the release's layout, read by
+    eval/convert_davis.py). Returns #frames."""
+    video = VOSVideo(entry, args.cropSize)
+    prefix = os.path.join(args.save_path, str(entry.index))
+    for t, ids, disp in propagate_vos_video(video, args, encoder, device, video.size, progress, viewer):
+        writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, disp)
+    return len(video)
+
+
+def run_vip_video(entry, args, encoder, device, writer, progress=None, viewer=None):
+    """VIP: label ids written as ``{save}/<video>/<frame>.png`` (greyscale) at the annotation's resolution,
+    the layout VIP scorers read; no blends (they would sit among the scored files). Returns #frames."""
+    video = VOSVideo(entry, args.cropSize)
+    out_dir = os.path.join(args.save_path, entry.name)
+    os.makedirs(out_dir, exist_ok=True)
+    for t, ids, _ in propagate_vos_video(video, args, encoder, device, video.mask.shape[:2], progress, viewer):
+        stem = os.path.splitext(os.path.basename(video.paths[t]))[0]
+        writer.submit(save_grey_png, os.path.join(out_dir, stem + '.png'), ids)
     return len(video)
 
 
@@ -133,12 +160,24 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None, viewer=
                 viewer.features(entry.index, entry.name, t, feats[b], disp[b].shape[:2])
             if progress is not None:
                 progress.update(1)
-    np.stack(coords, axis=-1).dump(prefix + '.dat')
+    with atomic_write(prefix + '.dat') as f:     # the release's format: a pickled ndarray (ndarray.dump)
+        np.stack(coords, axis=-1).dump(f)
     return len(paths)
 
 
-def run_user_video(args, encoder, device):
-    """--video/--mask: your own video, through propagation.video.propagate_user_video."""
+def run_user_video(args, device):
+    """--video/--mask: your own video, through propagation.video.propagate_user_video (with --finetune, by an
+    encoder adapted to the video's frames first)."""
+    if args.finetune > 0 and not os.path.isdir(args.video):
+        raise CRWError(f'--finetune with --video {args.video}: adaptation samples clips from a folder of frames; '
+                       'extract the frames to a folder (e.g. ffmpeg -i clip.mp4 frames/%05d.jpg) and pass it')
+    encoder = build_encoder(args, device)
+    if args.finetune > 0:
+        adapter = VideoAdapter.from_args(args, device)
+        print(adapter.describe())
+        encoder, info = adapter.adapt(encoder, args.video)
+        print(f"adapted in {info['seconds']:.1f} s (walk loss {info['losses'][0]:.3f} -> {info['losses'][-1]:.3f}, "
+              f"{info['head']} head)", flush=True)
     reset_peak_memory(device)
     t0 = time.time()
     with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0, delay=1.0,
@@ -186,10 +225,14 @@ def run(args):
         torch.backends.cudnn.benchmark = True
 
     if args.video is not None:
-        run_user_video(args, build_encoder(args, device), device)
+        run_user_video(args, device)
         return
 
-    entries = read_filelist(args.filelist, args.data_root)
+    entries = read_filelist(args.filelist, args.data_root, vip=args.vip)
+    vip_names = [e.name for e in entries if e.kind == 'vip']
+    if len(set(vip_names)) < len(vip_names):
+        raise CRWError(f'{args.filelist}: two VIP videos have the same folder name; their outputs '
+                       '(<save>/<video>/<frame>.png) would overwrite each other')
     if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
     for entry in entries:   # list every video's frames now: a bad folder fails before any video is computed
@@ -200,6 +243,9 @@ def run(args):
     writable_folder(args.save_path, '--save-path')
 
     encoder = build_encoder(args, device)
+    adapter = VideoAdapter.from_args(args, device) if args.finetune > 0 else None
+    if adapter is not None:
+        print(adapter.describe())
 
     viewer = None
     if args.visdom or args.pca_vis:  # without a server: one warning, results are still written
@@ -209,18 +255,24 @@ def run(args):
         for entry in entries:
             reset_peak_memory(device)
             t0 = time.time()
-            run_video = run_jhmdb_video if entry.kind == 'jhmdb' else run_davis_video
+            run_video = {'jhmdb': run_jhmdb_video, 'vip': run_vip_video}.get(entry.kind, run_davis_video)
+            video_encoder, adapted, t_adapt = encoder, '', 0.0
             with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False, delay=1.0,
                       mininterval=1.0, file=sys.stderr) as bar:
                 try:
-                    n = run_video(entry, args, encoder, device, writer, bar, viewer)
+                    if adapter is not None:   # a copy is adapted; the next video starts from `encoder` again
+                        video_encoder, info = adapter.adapt(encoder, entry.frames_dir)
+                        t_adapt = info['seconds']
+                        adapted = (f", adapted in {t_adapt:.1f} s (walk loss {info['losses'][0]:.3f} -> "
+                                   f"{info['losses'][-1]:.3f}, {info['head']} head)")
+                    n = run_video(entry, args, video_encoder, device, writer, bar, viewer)
                 except CRWError as e:
                     raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
                 writer.wait()
-            dt = time.time() - t0
+            dt = time.time() - t0 - t_adapt
             print(f'video {entry.index} {entry.name}: {n} frames, {n / dt:.2f} frames/s, '
                   f'peak {"GPU" if device.type == "cuda" else "RSS"} memory '
-                  f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB', flush=True)
+                  f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB{adapted}', flush=True)
     finally:
         writer.close()
         if viewer is not None:

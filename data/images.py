@@ -155,13 +155,25 @@ def read_label_palette(path):
     return out
 
 
-def save_indexed_png(path, labels, palette=None):
-    """Write a [H, W] integer label map as a palette PNG (what DAVIS scorers read), atomically. ``palette``:
-    [n, 3] uint8 colours (default: the DAVIS palette)."""
+def _uint8_labels(path, labels):
     labels = np.asarray(labels)
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise CRWError(f'{path}: label ids must lie in 0..255 to be written as an 8-bit PNG')
-    im = Image.fromarray(labels.astype(np.uint8), mode='P')
+    return labels.astype(np.uint8)
+
+
+def save_indexed_png(path, labels, palette=None):
+    """Write a [H, W] integer label map as a palette PNG (what DAVIS scorers read), atomically. ``palette``:
+    [n, 3] uint8 colours (default: the DAVIS palette)."""
+    im = Image.fromarray(_uint8_labels(path, labels), mode='P')
     im.putpalette((davis_palette() if palette is None else np.asarray(palette, np.uint8)).reshape(-1).tolist())
+    with atomic_write(path) as f:
+        im.save(f, format='PNG')
+
+
+def save_grey_png(path, labels):
+    """Write a [H, W] integer label map as an 8-bit greyscale PNG whose grey levels are the ids (what VIP's
+    scorers read: any reader, OpenCV's colour conversion included, sees the ids), atomically."""
+    im = Image.fromarray(_uint8_labels(path, labels), mode='L')
     with atomic_write(path) as f:
         im.save(f, format='PNG')

@@ -1,6 +1,7 @@
 """Test-time data for label propagation: filelists, frames, first-frame label maps.
 
-A filelist has one video per line: ``<frames folder> <annotations folder>`` (DAVIS) or
+A filelist has one video per line: ``<frames folder> <annotations folder>`` (DAVIS; VIP when the annotations
+folder lies in a folder named ``Category_ids``, VIP's layout, or when asked for) or
 ``<frames folder> <joint_positions.mat>`` (JHMDB). Relative paths are resolved against ``data_root`` when
 given, else the current folder, else the filelist's folder. Frames are sorted by the integer in their
 names. Only frame 0's annotation is read, and it must exist (the PNG with frame 0's number).
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from data.images import (colour_codes, davis_palette, frame_number, image_size, list_frames, palette_ids,
                          read_image, read_label_image, read_label_palette, resize_nearest)
 from utils.errors import CRWError
+from utils.misc import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,7 +44,7 @@ class VideoEntry:
     index: int          # 0-based line number among the videos (output prefix {index}_{t})
     frames_dir: str
     target: str         # annotations folder (DAVIS) or joint_positions.mat (JHMDB)
-    kind: str           # 'davis' | 'jhmdb'
+    kind: str           # 'davis' | 'vip' | 'jhmdb'
     line_no: int        # 1-based line in the filelist file
 
     @property
@@ -63,9 +65,13 @@ def resolve_path(path, data_root='', filelist_dir=''):
     return os.path.join(filelist_dir, path)
 
 
-def read_filelist(filelist, data_root=''):
+VIP_ANNOTATIONS = 'Category_ids'   # VIP_Fine/Annotations/Category_ids/<video>/<frame>.png
+
+
+def read_filelist(filelist, data_root='', vip=False):
     """Parse a test filelist -> [VideoEntry]. Blank lines and '#' comments are skipped; the video index
-    counts video lines only. A malformed line or a missing folder/file raises CRWError."""
+    counts video lines only. A malformed line or a missing folder/file raises CRWError. Annotation folders
+    are VIP videos when ``vip`` is set or their parent folder is named ``Category_ids``."""
     fdir = os.path.dirname(os.path.abspath(filelist))
     entries = []
     with open(filelist) as f:
@@ -80,9 +86,12 @@ def read_filelist(filelist, data_root=''):
             frames_dir = resolve_path(parts[0], data_root, fdir)
             target = resolve_path(parts[1], data_root, fdir)
             kind = 'jhmdb' if target.lower().endswith('.mat') else 'davis'
+            if kind == 'davis' and (vip or os.path.basename(os.path.dirname(os.path.normpath(target)))
+                                    == VIP_ANNOTATIONS):
+                kind = 'vip'
             if not os.path.isdir(frames_dir):
                 raise CRWError(f'{filelist}:{line_no}: frames folder {frames_dir} not found')
-            if kind == 'davis' and not os.path.isdir(target):
+            if kind in ('davis', 'vip') and not os.path.isdir(target):
                 raise CRWError(f'{filelist}:{line_no}: annotations folder {target} not found')
             if kind == 'jhmdb' and not os.path.isfile(target):
                 raise CRWError(f'{filelist}:{line_no}: joint file {target} not found')
@@ -90,6 +99,13 @@ def read_filelist(filelist, data_root=''):
     if not entries:
         raise CRWError(f'{filelist}: no videos listed')
     return entries
+
+
+def write_filelist(path, lines):
+    """Write filelist lines (``<frames folder> <target>``) to ``path`` atomically; returns their number."""
+    with atomic_write(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return len(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------

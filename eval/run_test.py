@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Run the DAVIS evaluation chain test.py -> convert_davis.py -> scorer for a grid of settings.
+"""Run the evaluation chain test.py -> convert_davis.py -> scorer (DAVIS) or test.py -> eval_pck.py (JHMDB,
+``--dataset jhmdb``) for a grid of settings.
 
     python eval/run_test.py --model-path /path/to/model --L 20 --K 10 --T 0.05 --cropSize -1 --dryrun
+    python eval/run_test.py --dataset jhmdb --filelist jhmdb_test_split1.txt --model-path pretrained.pth \
+        --L 7 --K 10 --T 0.05 --R 12 --cropSize 320
 
 For every combination of ``--model-path`` x ``--L`` x ``--K`` x ``--T`` x ``--R`` (with ``--cropSize``):
 
@@ -16,6 +19,10 @@ the release, ``scratch_zeropad`` when the path mentions 'zero' or 'rel_left_drop
 A combination whose ``converted/global_results-val.csv`` exists is skipped unless ``--force``; test.py is
 skipped when its output folder exists (release behaviour) unless ``--force``. ``--dryrun`` prints the commands
 and runs nothing. Flags this script does not know are passed on to test.py.
+
+With ``--dataset jhmdb`` the chain is ``test.py`` on the JHMDB ``--filelist`` (videoLen 7 and cropSize 320
+unless given) and ``python eval/eval_pck.py --filelist <filelist> --results <out>/jhmdb_<tag>/raw --feat-res
+<cropSize / 8> --csv <out>/jhmdb_<tag>/pck.csv``; the combination is skipped when its ``pck.csv`` exists.
 
 Paths come from flags or the environment: DAVIS root ``--davis-path`` / $DAVIS_ROOT, outputs ``--out-dir`` /
 $CRW_RESULTS (default ./results/run_test), scorer ``--scorer`` / $DAVIS_SCORER (default: this project's
@@ -93,10 +100,13 @@ def _display(path):
     return os.path.relpath(ap, _REPO) if ap.startswith(_REPO + os.sep) else ap
 
 
-def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, filelist, scorer, python,
-                   finetune=0, gpu=0, workers=None, extra=(), force=False, test_script='test.py'):
-    """The three argument lists (test, convert, score) of one combination; they run from the repository root."""
-    test = [python, _display(test_script), '--filelist', filelist, '--data-root', davis, '--model-type', model_type]
+def test_command(ckpt, model_type, L, K, T, R, crop, raw, filelist, data_root, python, finetune=0, gpu=0,
+                 workers=None, extra=(), test_script='test.py'):
+    """test.py's argument list for one combination (``data_root`` '' or None: no --data-root)."""
+    test = [python, _display(test_script), '--filelist', filelist]
+    if data_root:
+        test += ['--data-root', data_root]
+    test += ['--model-type', model_type]
     if ckpt is not None:
         test += ['--resume', ckpt]
     test += ['--save-path', raw, '--topk', str(K), '--videoLen', str(L), '--radius', _num(R),
@@ -108,7 +118,15 @@ def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, fi
     test += ['--gpu-id', str(gpu)]
     if workers is not None:
         test += ['--workers', str(workers)]
-    test += list(extra)
+    return test + list(extra)
+
+
+def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, filelist, scorer, python,
+                   finetune=0, gpu=0, workers=None, extra=(), force=False, test_script='test.py'):
+    """The three argument lists (test, convert, score) of one DAVIS combination; they run from the repository
+    root."""
+    test = test_command(ckpt, model_type, L, K, T, R, crop, raw, filelist, davis, python, finetune, gpu, workers,
+                        extra, test_script)
     convert = [python, os.path.join('eval', 'convert_davis.py'), '--in_folder', raw, '--out_folder', converted,
                '--dataset', davis]
     score = [python, _display(scorer), '--task', 'semi-supervised', '--results_path', converted, '--set', 'val',
@@ -118,27 +136,50 @@ def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, fi
     return test, convert, score
 
 
+def build_jhmdb_commands(ckpt, model_type, L, K, T, R, crop, raw, pck_csv, filelist, data_root, python,
+                         finetune=0, gpu=0, workers=None, extra=(), test_script='test.py'):
+    """The two argument lists (test, PCK) of one JHMDB combination; feat-res = cropSize / 8."""
+    test = test_command(ckpt, model_type, L, K, T, R, crop, raw, filelist, data_root, python, finetune, gpu,
+                        workers, extra, test_script)
+    pck = [python, os.path.join('eval', 'eval_pck.py'), '--filelist', filelist, '--results', raw,
+           '--feat-res', _num(crop / 8), '--csv', pck_csv]
+    if data_root:
+        pck += ['--data-root', data_root]
+    return test, pck
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(
-        description='DAVIS evaluation chain (test.py -> eval/convert_davis.py -> scorer) over a grid of '
-                    'settings. Unknown flags are passed to test.py.', allow_abbrev=False)
+        description='Evaluation chain over a grid of settings: DAVIS (test.py -> eval/convert_davis.py -> scorer) '
+                    'or JHMDB (test.py -> eval/eval_pck.py). Unknown flags are passed to test.py.',
+        allow_abbrev=False)
     p.add_argument('--model-path', nargs='+', required=True,
                    help='checkpoints, folders (newest model_*.pth) or a model type (imagenet18)')
     p.add_argument('--model-type', default=None, choices=MODEL_TYPES,
                    help="encoder type for test.py (default: release heuristic, 'scratch_zeropad' when the "
                         "path mentions 'zero', else 'scratch')")
-    p.add_argument('--L', nargs='+', type=int, default=[20], help='--videoLen values')
+    p.add_argument('--dataset', default='davis', choices=('davis', 'jhmdb'),
+                   help='davis: test -> convert -> J&F; jhmdb: test -> eval/eval_pck.py (PCK), with --filelist '
+                        'a JHMDB filelist (eval/jhmdb_filelist.py)')
+    p.add_argument('--L', nargs='+', type=int, default=None,
+                   help='--videoLen values (default: 20 for davis, 7 for jhmdb, the release settings)')
     p.add_argument('--K', nargs='+', type=int, default=[10], help='--topk values')
     p.add_argument('--T', nargs='+', type=float, default=[0.07], help='--temperature values')
     p.add_argument('--R', nargs='+', type=float, default=[12], help='--radius values')
-    p.add_argument('--cropSize', type=int, default=-1, help='test.py --cropSize (-1: native size)')
-    p.add_argument('--finetune', type=int, default=0, help='release flag, passed to test.py with --head-depth 0')
+    p.add_argument('--cropSize', type=int, default=None,
+                   help='test.py --cropSize (default: -1, the native size, for davis; 320 for jhmdb)')
+    p.add_argument('--finetune', type=int, default=0,
+                   help='test-time adaptation steps (test.py --finetune N, passed with --head-depth 0: a linear '
+                        'walk head)')
     p.add_argument('--gpu', type=int, default=0, help='test.py --gpu-id')
     p.add_argument('--workers', type=int, default=None, help='test.py --workers (default: test.py\'s)')
     p.add_argument('--davis-path', '--davis_path', dest='davis_path', default=os.environ.get('DAVIS_ROOT'),
                    help='DAVIS-2017 root (default: $DAVIS_ROOT)')
-    p.add_argument('--filelist', default=DEFAULT_FILELIST,
-                   help='test.py filelist (default eval/davis_vallist.txt, paths relative to the DAVIS root)')
+    p.add_argument('--filelist', default=None,
+                   help='test.py filelist (davis default: eval/davis_vallist.txt, paths relative to the DAVIS '
+                        'root; jhmdb: required)')
+    p.add_argument('--data-root', default='',
+                   help='jhmdb: folder relative filelist paths are resolved against (test.py --data-root)')
     p.add_argument('--out-dir', default=os.environ.get('CRW_RESULTS', os.path.join('.', 'results', 'run_test')),
                    help='output root, one folder per combination (default: $CRW_RESULTS or ./results/run_test)')
     p.add_argument('--scorer', default=os.environ.get('DAVIS_SCORER', DEFAULT_SCORER),
@@ -174,15 +215,36 @@ def main(argv=None):
         return report('run_test.py', e)
 
 
+DATASET_DEFAULTS = {'davis': {'L': [20], 'cropSize': -1}, 'jhmdb': {'L': [7], 'cropSize': 320}}
+
+
+def _read_pck(path):
+    """{'PCK@0.1': ..., 'PCK@0.2': ...} of the mean row of eval_pck.py's CSV."""
+    with open(path, newline='') as f:
+        rows = {r['joint']: r for r in csv.DictReader(f)}
+    return rows.get('mean', {})
+
+
 def _main(args, extra):
     if args.slurm:
         raise CRWError('--slurm is not supported (the release submitted to its authors\' cluster); '
                        'run the printed commands with your own scheduler')
+    for key, value in DATASET_DEFAULTS[args.dataset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    jhmdb = args.dataset == 'jhmdb'
     python = sys.executable
     out_dir = os.path.abspath(args.out_dir)
-    filelist = os.path.abspath(args.filelist)
+    if jhmdb and not args.filelist:
+        raise CRWError('--dataset jhmdb needs --filelist (make one with eval/jhmdb_filelist.py)')
+    filelist = os.path.abspath(args.filelist or DEFAULT_FILELIST)
     scorer = os.path.abspath(args.scorer)
-    if args.davis_path:
+    davis = None
+    if jhmdb:
+        if args.cropSize <= 0:
+            raise CRWError(f'--cropSize {args.cropSize}: JHMDB pose propagation needs a positive crop size '
+                           '(the release used 320)')
+    elif args.davis_path:
         davis = os.path.abspath(args.davis_path)
     elif args.dryrun:
         davis = DAVIS_PLACEHOLDER
@@ -190,10 +252,10 @@ def _main(args, extra):
     else:
         raise CRWError('no DAVIS folder: pass --davis-path or set DAVIS_ROOT')
     if not args.dryrun:
-        if not os.path.isfile(os.path.join(davis, 'ImageSets', '2017', 'val.txt')):
+        if davis is not None and not os.path.isfile(os.path.join(davis, 'ImageSets', '2017', 'val.txt')):
             raise CRWError(f'DAVIS-2017 not found at {davis} (no ImageSets/2017/val.txt)')
-        for what, path in (('filelist', filelist), ('scorer', scorer),
-                           ('test script', os.path.join(_REPO, args.test_script))):
+        checks = [('filelist', filelist), ('test script', os.path.join(_REPO, args.test_script))]
+        for what, path in checks + ([] if jhmdb else [('scorer', scorer)]):
             if not os.path.isfile(path):
                 raise CRWError(f'{what} {path} not found')
 
@@ -202,34 +264,42 @@ def _main(args, extra):
     failed, finished = [], []
     for n, ((ckpt, mtype, name), L, K, T, R) in enumerate(combos, 1):
         tag = combination_tag(name, L, K, T, R, args.cropSize, args.finetune)
-        base = os.path.join(out_dir, tag)
-        raw, converted = os.path.join(base, 'raw'), os.path.join(base, 'converted')
-        g_csv = os.path.join(converted, 'global_results-val.csv')
-        s_csv = os.path.join(converted, 'per-sequence_results-val.csv')
+        base = os.path.join(out_dir, ('jhmdb_' if jhmdb else '') + tag)
+        raw = os.path.join(base, 'raw')
+        if jhmdb:
+            result = os.path.join(base, 'pck.csv')
+            test, pck = build_jhmdb_commands(ckpt, mtype, L, K, T, R, args.cropSize, raw, result, filelist,
+                                             args.data_root, python, args.finetune, args.gpu, args.workers, extra,
+                                             args.test_script)
+            scoring, stale = [('eval_pck.py', pck)], [result]
+        else:
+            converted = os.path.join(base, 'converted')
+            result = os.path.join(converted, 'global_results-val.csv')
+            test, convert, score = build_commands(ckpt, mtype, L, K, T, R, args.cropSize, raw, converted, davis,
+                                                  filelist, scorer, python, args.finetune, args.gpu, args.workers,
+                                                  extra, args.force, args.test_script)
+            scoring = [('convert_davis.py', convert), ('scoring', score)]
+            stale = [result, os.path.join(converted, 'per-sequence_results-val.csv')]
         head = f'# [{n}/{len(combos)}] {tag}'
-        if os.path.isfile(g_csv) and not args.force:
-            print(f'{head}: skipped, scores exist in {g_csv} (--force recomputes)', flush=True)
-            finished.append((tag, g_csv))
+        if os.path.isfile(result) and not args.force:
+            print(f'{head}: skipped, scores exist in {result} (--force recomputes)', flush=True)
+            finished.append((tag, result))
             continue
-        test, convert, score = build_commands(ckpt, mtype, L, K, T, R, args.cropSize, raw, converted, davis,
-                                              filelist, scorer, python, args.finetune, args.gpu, args.workers,
-                                              extra, args.force, args.test_script)
         run_test_step = args.force or not os.path.isdir(raw)
         print(head, flush=True)
         if run_test_step:
             _print_cmd(test)
         else:
             print(f'  (test.py output exists in {raw}; --force reruns it)', flush=True)
-        _print_cmd(convert)
-        _print_cmd(score)
+        for _, cmd in scoring:
+            _print_cmd(cmd)
         if args.dryrun:
             continue
         if args.force:  # the scorer reuses CSV files it finds; make it recompute
-            for p in (g_csv, s_csv):
+            for p in stale:
                 if os.path.exists(p):
                     os.remove(p)
-        for step, cmd in (('test.py', test if run_test_step else None), ('convert_davis.py', convert),
-                          ('scoring', score)):
+        for step, cmd in [('test.py', test if run_test_step else None)] + scoring:
             if cmd is None:
                 continue
             rc = _run(cmd)
@@ -239,11 +309,16 @@ def _main(args, extra):
                 failed.append(tag)
                 break
         else:
-            finished.append((tag, g_csv))
+            finished.append((tag, result))
     if args.dryrun:
         print(f'dry run: {len(combos)} combination(s) printed, nothing was run')
         return 0
-    if finished:
+    if finished and jhmdb:
+        print('\n# PCK@0.1  PCK@0.2  combination')
+        for tag, path in finished:
+            g = _read_pck(path) if os.path.isfile(path) else {}
+            print(f"  {g.get('PCK@0.1', '-'):>7}  {g.get('PCK@0.2', '-'):>7}  {tag}")
+    elif finished:
         print('\n# J&F-Mean  J-Mean  F-Mean  combination')
         for tag, path in finished:
             g = _read_global(path) if os.path.isfile(path) else {}

@@ -220,8 +220,11 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--save-blend', action='store_true',
                    help='with --video: also write the overlays as <save-path>/<video>_blend/<frame>.jpg')
     p.add_argument('--save-path', default='./results', type=str,
-                   help='where {i}_{t}_mask.png/_blend.jpg go (--filelist), or <video>/ and <video>_overlay.mp4 '
-                        '(--video)')
+                   help='where {i}_{t}_mask.png/_blend.jpg (DAVIS), {i}.dat (JHMDB) or <video>/<frame>.png (VIP) go '
+                        '(--filelist), or <video>/ and <video>_overlay.mp4 (--video)')
+    p.add_argument('--vip', action='store_true',
+                   help='treat the filelist as VIP (write <save>/<video>/<frame>.png label ids at the annotation '
+                        'size); automatic when the annotation folders lie in a folder named Category_ids')
     p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
     p.add_argument('--allow-partial', action='store_true',
                    help='propagate even when --resume fills only part of the encoder (the rest keeps its '
@@ -247,7 +250,9 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--long-mem', default=[0], type=int, nargs='*', help='frames always in the context (first frame)')
     p.add_argument('--remove-layers', default=['layer4'], nargs='*', type=str,
                    help='ResNet layers removed at test time (layer3 features, stride 8)')
-    p.add_argument('--head-depth', default=-1, type=int, help='head on the features; -1 = none (release)')
+    p.add_argument('--head-depth', default=-1, type=int,
+                   help='propagation uses no head (release); with --finetune, the depth of the walk head the '
+                        'adaptation trains (-1: the checkpoint\'s training depth)')
     p.add_argument('--no-l2', action='store_true', help='skip L2 normalisation of the features')
     p.add_argument('--norm_mask', action='store_true', help='min-max normalise each predicted soft map per pixel')
     p.add_argument('--dense', action='store_true',
@@ -258,7 +263,18 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--visdom-server', '--server', dest='server', default='localhost', type=str,
                    help="visdom server (the release's flag; --server is accepted too)")
     p.add_argument('--port', default=8095, type=int, help='visdom port')
-    p.add_argument('--finetune', default=0, type=int, help='release flag; test-time finetuning is not implemented')
+    # test-time adaptation (listed as "To do" by the release)
+    p.add_argument('--finetune', default=0, type=int, metavar='N',
+                   help='before propagating each video, adapt a copy of the encoder with N Adam steps of the walk '
+                        'loss on clips of that video (0 = off, the release default); the next video starts from '
+                        'the original weights')
+    p.add_argument('--finetune-lr', default=1e-5, type=float,
+                   help='Adam learning rate of the adaptation: a tenth of the training lr, so N steps on one video '
+                        'nudge the features rather than overwrite them')
+    p.add_argument('--finetune-clip-len', default=4, type=int,
+                   help='frames per adaptation clip (the README training setting, 2 palindromes)')
+    p.add_argument('--finetune-batch', default=4, type=int,
+                   help='clips per adaptation step (small: one video has few distinct clips)')
     p.add_argument('--texture', action='store_true', help='release flag; not implemented')
     p.add_argument('--round', action='store_true', help='release flag; not implemented')
     p.add_argument('--pca-vis', action='store_true',
@@ -291,7 +307,12 @@ def _finish_test_args(p, args):
         p.error(f'--resume {args.resume}: no such file (refusing to run with random weights)')
     if args.batchSize != 1:
         p.error('--batchSize must be 1: videos have different lengths and sizes')
-    for flag in ('finetune', 'texture', 'round'):
+    if args.finetune < 0:
+        p.error('--finetune takes a number of adaptation steps >= 0')
+    if args.finetune and (args.finetune_clip_len < 3 or args.finetune_batch < 1 or args.finetune_lr <= 0):
+        p.error('--finetune-clip-len must be >= 3 (the walk needs 3 frames), --finetune-batch >= 1, '
+                '--finetune-lr > 0')
+    for flag in ('texture', 'round'):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')}: this release flag did nothing useful and is not implemented")
     if args.topk <= 0 or args.videoLen < 0 or args.radius <= 0 or args.temperature <= 0:

@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""PCK of propagated JHMDB poses: the release's ``eval/eval_pck.py`` with flags instead of hard-coded paths.
+
+    python eval/eval_pck.py --filelist /path/to/jhmdb_test_split1.txt --results /save/path --feat-res 40
+
+Inputs: the JHMDB filelist test.py ran on (one video a line, ``<frames folder> <joint_positions.mat>``) and
+test.py's ``{results}/{i}.dat`` for video i (0-based line): joint coordinates [2, 15, T] (x, y) in feature
+cells. Prints PCK at alpha = 0.1 ... 0.5 (papers quote 0.1 and 0.2), a per-joint table at 0.1 and 0.2, and
+writes the per-joint values at every alpha to a CSV file (``--csv``, default ``{results}/pck.csv``).
+
+The formulas are the release's, quirks included:
+
+* ground truth: ``pos_img`` of each joint_positions.mat ([2, 15, T], 1-based pixels of the original
+  frames) minus 1; the image size (W, H) is the size of the video's first frame;
+* predictions are rescaled from feature cells to pixels: ``x / feat_res * W``, ``y / feat_res * H``, with
+  ``feat_res`` = test.py's --cropSize / 8 (40 for the release's 320: a square crop of side 8 * feat_res);
+* a joint is *invisible* in a frame where its predicted x (before rescaling) is < 0 (test.py writes -1 for
+  a joint whose heat map lost all mass); JHMDB has no visibility flags, so this is the only notion of
+  visibility, and ground-truth joints outside the image still count;
+* the normaliser of frame t is ``0.6 * ||(max x, max y) - (min x, min y)||`` over the ground-truth joints
+  that are visible (in the above sense) in frame t, the maxima starting from -1 and the minima from 1e6
+  (so a frame whose visible joints all lie at x < -1 gets max x = -1; a frame with one visible joint gets a
+  normaliser 0, and its distance d / 0 is inf, or nan when d = 0: both count as misses);
+* entries: every (joint, frame) with a visible joint, frame 0 excluded (it is the given ground truth);
+  each gives the normalised distance ``||pred - gt|| / normaliser``;
+* PCK@alpha of a joint = 100 * (its entries with distance <= alpha) / (its entries); the reported PCK@alpha
+  is the *mean of the 15 joints' PCKs*, not the pooled ratio over all entries.
+
+Differences, only where the release failed: a joint with no entry at all (the release divided by zero)
+gets PCK nan and the mean is over the other joints; predictions covering more frames than the joint file
+are cut to its length (as the release's indexing did), fewer frames are an error naming the file.
+"""
+import argparse
+import csv
+import os
+import sys
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import numpy as np  # noqa: E402
+
+from data.images import image_size, list_frames  # noqa: E402
+from data.jhmdb import load_joints  # noqa: E402
+from data.vos import read_filelist  # noqa: E402
+from utils.errors import CRWError, report  # noqa: E402
+from utils.misc import atomic_write  # noqa: E402
+
+ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
+BOX_SCALE = 0.6
+# JHMDB's joint order (joint_positions.mat, 1-based in its documentation)
+JOINT_NAMES = ('neck', 'belly', 'face', 'right shoulder', 'left shoulder', 'right hip', 'left hip',
+               'right elbow', 'left elbow', 'right knee', 'left knee', 'right wrist', 'left wrist',
+               'right ankle', 'left ankle')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The formulas (one video at a time, then pooled per joint)
+# ----------------------------------------------------------------------------------------------------------
+
+def to_pixels(pred, width, height, feat_res):
+    """pred [2, J, T] feature cells -> (pixels [2, J, T] float64, visible [J, T] bool: predicted x >= 0)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    visible = pred[0] >= 0
+    px = pred.copy()
+    px[0] = pred[0] / float(feat_res) * width
+    px[1] = pred[1] / float(feat_res) * height
+    return px, visible
+
+
+def human_boxes(gt, visible):
+    """Normaliser per frame [T]: 0.6 x the diagonal of the box of the visible ground-truth joints.
+
+    gt [2, J, T] pixels, visible [J, T]. Maxima start at -1 and minima at 1e6 (the release's loop)."""
+    x, y = gt[0], gt[1]
+    inf = np.inf
+    minx = np.minimum(np.where(visible, x, inf).min(0), 1e6)
+    miny = np.minimum(np.where(visible, y, inf).min(0), 1e6)
+    maxx = np.maximum(np.where(visible, x, -inf).max(0), -1)
+    maxy = np.maximum(np.where(visible, y, -inf).max(0), -1)
+    return BOX_SCALE * np.hypot(maxx - minx, maxy - miny)
+
+
+def normalized_distances(gt, pred_px, visible):
+    """Per joint, the normalised distances of its visible entries in frames 1..T-1 -> list of J arrays."""
+    boxes = human_boxes(gt, visible)
+    d = np.hypot(pred_px[0] - gt[0], pred_px[1] - gt[1])                       # [J, T]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        dn = d / boxes[None]
+    keep = visible.copy()
+    keep[:, 0] = False                                                          # frame 0 is the given pose
+    return [dn[j][keep[j]] for j in range(gt.shape[1])]
+
+
+def pck_table(dists, alphas=ALPHAS):
+    """dists: per joint, arrays of normalised distances (pooled over videos) -> (per_joint [J, A] in %,
+    mean [A] = mean over joints of their PCKs; nan for a joint without entries, left out of the mean)."""
+    per_joint = np.full((len(dists), len(alphas)), np.nan)
+    for j, dj in enumerate(dists):
+        if len(dj):
+            per_joint[j] = [100.0 * np.count_nonzero(dj <= a) / len(dj) for a in alphas]
+    with np.errstate(invalid='ignore'):
+        mean = np.nanmean(per_joint, axis=0) if np.isfinite(per_joint).any() else np.full(len(alphas), np.nan)
+    return per_joint, mean
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+
+def load_prediction(path):
+    """{i}.dat as test.py (and the release) write it (``ndarray.dump``) -> [2, J, T] float64."""
+    if not os.path.isfile(path):
+        raise CRWError(f'{path}: no prediction (run test.py with the same --filelist and --save-path first)')
+    try:
+        pred = np.load(path, allow_pickle=True)    # ndarray.dump writes a pickle
+    except Exception as e:
+        raise CRWError(f'{path}: cannot read the prediction ({type(e).__name__})') from e
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.ndim != 3 or pred.shape[0] != 2:
+        raise CRWError(f'{path}: expected joint coordinates [2, J, T], got shape {pred.shape}')
+    return pred
+
+
+def video_distances(entry, results, feat_res):
+    """Normalised distances per joint for one filelist entry (see the module docstring)."""
+    gt = load_joints(entry.target)
+    frames = list_frames(entry.frames_dir)
+    if not frames:
+        raise CRWError(f'{entry.frames_dir}: no frames (the image size comes from the first frame)')
+    height, width = image_size(frames[0])
+    pred = load_prediction(os.path.join(results, f'{entry.index}.dat'))
+    if gt.ndim != 3 or gt.shape[0] != 2 or pred.shape[1] != gt.shape[1]:
+        raise CRWError(f'{entry.target}: pos_img {gt.shape} does not match the prediction {pred.shape}')
+    T = gt.shape[2]
+    if pred.shape[2] < T:
+        raise CRWError(f"{os.path.join(results, f'{entry.index}.dat')}: {pred.shape[2]} frames predicted, "
+                       f'{entry.target} has {T}; rerun test.py for this video')
+    px, visible = to_pixels(pred[:, :, :T], width, height, feat_res)
+    return normalized_distances(gt, px, visible)
+
+
+def evaluate(filelist, results, feat_res, data_root='', alphas=ALPHAS):
+    """PCK over every video of ``filelist`` -> (per_joint [J, A], mean [A], entries per joint [J])."""
+    entries = read_filelist(filelist, data_root)
+    bad = [e for e in entries if e.kind != 'jhmdb']
+    if bad:
+        raise CRWError(f'{filelist}:{bad[0].line_no}: expected "<frames folder> <joint_positions.mat>"')
+    pooled = None
+    for e in entries:
+        try:
+            d = video_distances(e, results, feat_res)
+        except CRWError as err:
+            raise CRWError(f'{filelist}:{e.line_no}: {err}') from err
+        pooled = d if pooled is None else [np.concatenate([a, b]) for a, b in zip(pooled, d)]
+    per_joint, mean = pck_table(pooled, alphas)
+    return per_joint, mean, np.array([len(d) for d in pooled])
+
+
+def joint_name(j):
+    return JOINT_NAMES[j] if j < len(JOINT_NAMES) else f'joint {j + 1}'
+
+
+def write_csv(path, per_joint, mean, counts, alphas=ALPHAS):
+    with atomic_write(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['joint', 'entries'] + [f'PCK@{a:g}' for a in alphas])
+        for j, row in enumerate(per_joint):
+            w.writerow([joint_name(j), int(counts[j])] + [f'{v:.3f}' for v in row])
+        w.writerow(['mean', int(counts.sum())] + [f'{v:.3f}' for v in mean])
+
+
+def format_table(per_joint, mean, counts, alphas=ALPHAS):
+    i1, i2 = alphas.index(0.1), alphas.index(0.2)
+    lines = [f'{"joint":<16}{"entries":>8}{"PCK@0.1":>9}{"PCK@0.2":>9}']
+    for j, row in enumerate(per_joint):
+        lines.append(f'{joint_name(j):<16}{int(counts[j]):>8}{row[i1]:>9.2f}{row[i2]:>9.2f}')
+    lines.append(f'{"mean":<16}{int(counts.sum()):>8}{mean[i1]:>9.2f}{mean[i2]:>9.2f}')
+    lines.append('  '.join(f'PCK@{a:g}: {m:.2f}' for a, m in zip(alphas, mean)))
+    return '\n'.join(lines)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description='PCK of JHMDB pose propagation (test.py {i}.dat outputs)')
+    p.add_argument('--filelist', required=True,
+                   help='the JHMDB filelist test.py ran on: "<frames folder> <joint_positions.mat>" per line')
+    p.add_argument('--results', required=True, help="test.py's --save-path (holds {i}.dat per video)")
+    p.add_argument('--feat-res', default=40.0, type=float,
+                   help="test.py's --cropSize / 8: predictions are in cells of that square feature map "
+                        '(40 for the release setting --cropSize 320)')
+    p.add_argument('--data-root', default='', help='folder relative filelist paths are resolved against '
+                                                    "(as test.py's --data-root)")
+    p.add_argument('--csv', default=None, help='where to write per-joint PCKs (default: {results}/pck.csv)')
+    return p
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        if args.feat_res <= 0:
+            raise CRWError(f'--feat-res {args.feat_res:g}: must be positive (test.py --cropSize / 8)')
+        if not os.path.isfile(args.filelist):
+            raise CRWError(f'--filelist {args.filelist}: no such file')
+        if not os.path.isdir(args.results):
+            raise CRWError(f'--results {args.results}: no such folder (test.py --save-path)')
+        per_joint, mean, counts = evaluate(args.filelist, args.results, args.feat_res, args.data_root)
+        print(format_table(per_joint, mean, counts))
+        path = args.csv or os.path.join(args.results, 'pck.csv')
+        write_csv(path, per_joint, mean, counts)
+        print(f'per-joint PCK written to {path}')
+    except CRWError as e:
+        return report('eval_pck.py', e)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

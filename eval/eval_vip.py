@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Human-part mIoU of propagated VIP labels: the release's ``eval/eval_vip.py`` (same flags, same measures).
+
+    python eval/eval_vip.py --gt_dir /path/to/VIP_Fine/Annotations/Category_ids --pre_dir /save/path
+
+``--pre_dir`` is test.py's ``--save-path`` for a VIP filelist: ``<video>/<frame>.png`` label ids.
+``--gt_dir`` holds the annotations ``<video>/<frame>.png`` (VIP_Fine/Annotations/Category_ids).
+
+The measures are the release's (those of the VIP/CIHP evaluation code it came from):
+
+* every predicted file ``<pre_dir>/<video>/<frame>.png`` is compared with ``<gt_dir>/<video>/<frame>.png``;
+  a prediction of another size is resized to the ground truth's with nearest neighbour (pixel centres
+  aligned, as PIL's NEAREST);
+* a 20 x 20 confusion histogram (rows ground truth, columns prediction) is summed over all frames;
+  ground-truth pixels outside 0..19 (e.g. 255) are ignored;
+* overall pixel accuracy = trace / total; per-class accuracy = diagonal / row sum; mean accuracy = nan-mean
+  of the per-class accuracies;
+* per-class IoU = diagonal / (row sum + column sum - diagonal); mean IU = nan-mean over the 20 classes (a
+  class absent from both ground truth and predictions is left out; one predicted but absent from the ground
+  truth counts 0);
+* frequency-weighted IU = sum over classes present in the ground truth of (row sum / total) x IoU.
+
+Where this script differs from the release (which crashed or stopped in a debugger in these cases): a
+prediction id above 19 is an error naming the file; single-channel predictions are read as stored
+(palette indices for palette PNGs; the release's OpenCV read gave the palette colours) and colour ones by
+their red channel (what the release's last BGR channel was); only ``.png`` files are scored (other files,
+e.g. visualisations, are ignored); and a predicted video whose ground truth has a frame without prediction
+is an error naming the missing file, instead of a score over the frames that happen to be there.
+"""
+import argparse
+import csv
+import os
+import sys
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import numpy as np  # noqa: E402
+
+from data.images import read_label_image, resize_nearest  # noqa: E402
+from utils.errors import CRWError, report  # noqa: E402
+from utils.misc import atomic_write  # noqa: E402
+
+N_CLASSES = 20
+CLASSES = ('background', 'hat', 'hair', 'sun-glasses', 'upper-clothes', 'dress', 'coat', 'socks', 'pants',
+           'gloves', 'scarf', 'skirt', 'torso-skin', 'face', 'right-arm', 'left-arm', 'right-leg', 'left-leg',
+           'right-shoe', 'left-shoe')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measures
+# ----------------------------------------------------------------------------------------------------------
+
+def confusion(gt, pred, n=N_CLASSES):
+    """[n, n] int64 histogram, rows ground truth, columns prediction; gt outside 0..n-1 ignored.
+    gt, pred: integer arrays of the same shape, pred in 0..n-1."""
+    gt = np.asarray(gt, dtype=np.int64).ravel()
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    k = (gt >= 0) & (gt < n)
+    return np.bincount(n * gt[k] + pred[k], minlength=n * n).reshape(n, n)
+
+
+def scores(hist):
+    """Measures of a confusion histogram -> dict: pixel_acc, class_acc [n], mean_acc, iou [n], mean_iou,
+    fw_iou (see the module docstring)."""
+    hist = np.asarray(hist, dtype=np.float64)
+    diag, rows, cols, total = np.diag(hist), hist.sum(1), hist.sum(0), hist.sum()
+    with np.errstate(divide='ignore', invalid='ignore'):
+        class_acc = diag / rows
+        iou = diag / (rows + cols - diag)
+        pixel_acc = diag.sum() / total
+        freq = rows / total
+    present = freq > 0
+    nanmean = lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else float('nan')  # noqa: E731
+    return {'pixel_acc': float(pixel_acc), 'class_acc': class_acc, 'mean_acc': nanmean(class_acc),
+            'iou': iou, 'mean_iou': nanmean(iou), 'fw_iou': float((freq[present] * iou[present]).sum())}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+
+def read_prediction(path):
+    """[H, W] int64 label ids of a predicted PNG (single channel as stored; colour: the red channel)."""
+    arr = read_label_image(path)
+    return arr[..., 0].astype(np.int64) if arr.ndim == 3 else arr
+
+
+def read_ground_truth(path):
+    arr = read_label_image(path)
+    if arr.ndim == 3:
+        raise CRWError(f'{path}: expected a single-channel class-id PNG (VIP_Fine/Annotations/Category_ids)')
+    return arr
+
+
+def _pngs(folder):
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith('.png') and not n.startswith('.'))
+
+
+def frame_pairs(gt_dir, pre_dir):
+    """[(prediction path, ground-truth path)] for every predicted video folder of ``pre_dir``; raises
+    CRWError for a prediction without ground truth, a ground-truth frame without prediction, or nothing to
+    score."""
+    if not os.path.isdir(pre_dir):
+        raise CRWError(f'--pre_dir {pre_dir}: no such folder (test.py --save-path of a VIP filelist)')
+    if not os.path.isdir(gt_dir):
+        raise CRWError(f'--gt_dir {gt_dir}: no such folder (VIP_Fine/Annotations/Category_ids)')
+    pairs = []
+    for video in sorted(os.listdir(pre_dir)):
+        pv = os.path.join(pre_dir, video)
+        if video.startswith('.') or not os.path.isdir(pv):
+            continue
+        preds = _pngs(pv)
+        if not preds:
+            continue
+        gv = os.path.join(gt_dir, video)
+        if not os.path.isdir(gv):
+            raise CRWError(f'{pv}: no ground truth folder {gv} for this video (wrong --gt_dir?)')
+        missing = sorted(set(_pngs(gv)) - set(preds))
+        if missing:
+            raise CRWError(f'missing prediction {os.path.join(pv, missing[0])} for {os.path.join(gv, missing[0])} '
+                           f'({len(missing)} frame(s) of {video} unpredicted; rerun test.py for this video)')
+        for name in preds:
+            g = os.path.join(gv, name)
+            if not os.path.isfile(g):
+                raise CRWError(f'{os.path.join(pv, name)}: no ground truth {g}')
+            pairs.append((os.path.join(pv, name), g))
+    if not pairs:
+        raise CRWError(f'--pre_dir {pre_dir}: no predictions (<video>/<frame>.png) to score')
+    return pairs
+
+
+def compute_hist(pairs, n=N_CLASSES):
+    """Sum of the confusion histograms of every (prediction, ground truth) pair."""
+    hist = np.zeros((n, n), dtype=np.int64)
+    for pred_path, gt_path in pairs:
+        gt = read_ground_truth(gt_path)
+        pred = read_prediction(pred_path)
+        if pred.max(initial=0) >= n or pred.min(initial=0) < 0:
+            raise CRWError(f'{pred_path}: label id {int(pred.max())} outside the {n} VIP classes 0..{n - 1}')
+        if pred.shape != gt.shape:
+            pred = resize_nearest(pred, gt.shape)
+        hist += confusion(gt, pred, n)
+    return hist
+
+
+def format_report(s):
+    lines = ['=' * 50, f'>>> overall accuracy {s["pixel_acc"]:.6f}', '-' * 50,
+             f'{"class":<15}{"accuracy":>10}{"IoU":>10}']
+    for i, name in enumerate(CLASSES):
+        lines.append(f'{name:<15}{s["class_acc"][i]:>10.6f}{s["iou"][i]:>10.6f}')
+    lines += ['-' * 50, f'>>> mean accuracy {s["mean_acc"]:.6f}', f'>>> mean IU {s["mean_iou"]:.6f}',
+              f'>>> fwavacc {s["fw_iou"]:.6f}', '=' * 50]
+    return '\n'.join(lines)
+
+
+def write_csv(path, s):
+    with atomic_write(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['class', 'accuracy', 'IoU'])
+        for i, name in enumerate(CLASSES):
+            w.writerow([name, f'{s["class_acc"][i]:.6f}', f'{s["iou"][i]:.6f}'])
+        w.writerow(['mean', f'{s["mean_acc"]:.6f}', f'{s["mean_iou"]:.6f}'])
+        w.writerow(['overall pixel accuracy', f'{s["pixel_acc"]:.6f}', ''])
+        w.writerow(['frequency-weighted IU', '', f'{s["fw_iou"]:.6f}'])
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description='mIoU of VIP human-part propagation (test.py outputs)')
+    p.add_argument('-g', '--gt_dir', required=True,
+                   help='ground truth: VIP_Fine/Annotations/Category_ids (<video>/<frame>.png class ids)')
+    p.add_argument('-p', '--pre_dir', required=True,
+                   help="predictions: test.py's --save-path for the VIP filelist (<video>/<frame>.png)")
+    p.add_argument('--csv', default=None, help='also write the per-class table to this CSV file')
+    return p
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        pairs = frame_pairs(args.gt_dir, args.pre_dir)
+        print(f'result of {args.pre_dir}: {len(pairs)} frames')
+        s = scores(compute_hist(pairs))
+        print(format_report(s))
+        if args.csv:
+            write_csv(args.csv, s)
+            print(f'per-class table written to {args.csv}')
+    except CRWError as e:
+        return report('eval_vip.py', e)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

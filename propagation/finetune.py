@@ -1,0 +1,178 @@
+"""Test-time adaptation (``test.py --finetune N``): a few steps of the CRW walk loss on one test video.
+
+Before a video is propagated, a copy of the encoder is trained for N Adam steps with the training objective
+(palindrome walks, cycle-consistency cross-entropy) on clips drawn from *that video's own frames*; the
+video is then propagated with the adapted copy, and the next video starts again from the original weights
+(the original encoder is never modified). The release listed this as "To do" and never shipped it.
+
+What a step does, as training does it (``train.py``):
+
+* clips: ``--finetune-batch`` clips of ``--finetune-clip-len`` frames of the video's frame folder, by the
+  training rule for frame folders (frames ``s + i*g``, g = the training ``--frame-skip`` lowered until the
+  clip fits, s uniform; ``data.video_dataset.FrameFolderDataset``), each frame random-resized-cropped to the
+  training ``--img-size`` (``data.transforms.FrameTransform``);
+* augmentation and nodes on the device (``data.gpu_augment.BatchAugment``): dense nodes (every feature cell,
+  ``--frame-aug ''``) or the 7x7 grid of patches (``--frame-aug grid``), CIFAR normalisation;
+* the model: ``model.CRW`` around the copy of the encoder, with the checkpoint's training head
+  (``selfsim_fc``) when it has one of the right shape, else a fresh head (seeded); edge dropout, temperature
+  and the other walk settings of the checkpoint's training run; BatchNorm in training mode, as in training.
+
+The training settings come from the ``args`` saved in the checkpoint (``train.py`` and the release both
+save them); without a checkpoint (or args) they are the training parser's defaults, with the walk
+temperature taken from test.py's ``--temperature``. Every random choice (head init, clips, crops,
+augmentation, edge dropout) is drawn from generators seeded by ``--manualSeed``, the same for every video,
+so a run is reproducible and the global RNG state is left untouched.
+"""
+import copy
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from data.gpu_augment import BatchAugment
+from data.images import list_frames
+from data.sampler import mix_seed
+from data.transforms import FrameTransform, parse_frame_transforms
+from data.video_dataset import FrameFolderDataset
+from model import CRW
+from utils.arguments import get_train_args_parser
+from utils.checkpoint import clean_state_dict, load_checkpoint
+from utils.errors import CRWError
+
+HEAD_PREFIX = 'selfsim_fc.'
+# training settings the adaptation copies from the checkpoint's args (train.py's flag names)
+TRAIN_KEYS = ('img_size', 'frame_aug', 'frame_transforms', 'patch_size', 'temp', 'dropout', 'featdrop', 'flip',
+              'zero_diagonal', 'frame_skip', 'head_depth')
+
+
+@dataclass
+class FinetuneSettings:
+    """Everything one adaptation needs. ``train`` holds the training settings (TRAIN_KEYS)."""
+    steps: int
+    lr: float = 1e-5
+    clip_len: int = 4
+    batch: int = 4
+    seed: int = 777
+    train: dict = field(default_factory=dict)
+
+
+def training_settings(ckpt_args=None, temperature=0.07, head_depth=-1):
+    """The training settings (TRAIN_KEYS) for the adaptation: the checkpoint's training args where it has
+    them, else train.py's defaults with ``temperature`` as the walk temperature. ``head_depth`` >= 0
+    (test.py's --head-depth) overrides the head's depth."""
+    defaults = vars(get_train_args_parser().parse_args([]))
+    defaults['temp'] = temperature
+    src = vars(ckpt_args) if ckpt_args is not None and not isinstance(ckpt_args, dict) else (ckpt_args or {})
+    out = {k: src.get(k, defaults[k]) if src.get(k) is not None else defaults[k] for k in TRAIN_KEYS}
+    if head_depth is not None and head_depth >= 0:
+        out['head_depth'] = head_depth
+    if out['frame_aug'] not in ('', 'grid'):
+        raise CRWError(f"checkpoint trained with --frame-aug {out['frame_aug']!r}: test-time adaptation supports "
+                       "'' (dense) and 'grid'")
+    ps = list(out['patch_size'])
+    out['patch_size'] = ps + [3] if len(ps) == 2 else ps
+    return out
+
+
+class VideoAdapter:
+    """``adapt(encoder, frames_dir)`` -> (adapted copy of the encoder in eval mode, info dict)."""
+
+    def __init__(self, settings, device, head_state=None):
+        if settings.steps <= 0:
+            raise CRWError(f'--finetune {settings.steps}: the number of adaptation steps must be positive')
+        if settings.clip_len < 3:
+            raise CRWError(f'--finetune-clip-len {settings.clip_len}: the walk needs clips of at least 3 frames')
+        if settings.batch < 1 or settings.lr <= 0:
+            raise CRWError('--finetune-batch must be >= 1 and --finetune-lr positive')
+        self.settings = settings
+        self.device = torch.device(device)
+        self.head_state = head_state or {}
+        tr = settings.train
+        ft = parse_frame_transforms(tr['frame_transforms'])
+        self.transform = FrameTransform(tr['img_size'], crop='crop' in ft, flip='flip' in ft)
+        self.augment = BatchAugment(frame_aug=tr['frame_aug'], frame_transforms=tr['frame_transforms'],
+                                    patch_size=tr['patch_size'], img_size=tr['img_size'])
+
+    @classmethod
+    def from_args(cls, args, device):
+        """From test.py's namespace: --finetune, --finetune-lr/-clip-len/-batch, --manualSeed, --resume (its
+        training args and head), --temperature, --head-depth."""
+        ckpt_args, head = None, {}
+        if args.resume:
+            ckpt = load_checkpoint(args.resume, map_location='cpu')
+            state = ckpt['model'] if isinstance(ckpt.get('model'), dict) else ckpt
+            head = {k[len(HEAD_PREFIX):]: v for k, v in clean_state_dict(state).items() if k.startswith(HEAD_PREFIX)}
+            ckpt_args = ckpt.get('args') if isinstance(ckpt, dict) else None
+        train = training_settings(ckpt_args, args.temperature, args.head_depth)
+        settings = FinetuneSettings(steps=args.finetune, lr=args.finetune_lr, clip_len=args.finetune_clip_len,
+                                    batch=args.finetune_batch, seed=args.manualSeed, train=train)
+        return cls(settings, device, head)
+
+    def describe(self):
+        s, tr = self.settings, self.settings.train
+        nodes = 'grid' if tr['frame_aug'] == 'grid' else 'dense'
+        return (f'test-time adaptation: {s.steps} Adam steps, lr {s.lr:g}, {s.batch} clips of {s.clip_len} frames '
+                f'per step, {nodes} nodes at {tr["img_size"]}px, temp {tr["temp"]:g}, edge dropout {tr["dropout"]:g}, '
+                f'head depth {tr["head_depth"]}')
+
+    def build_model(self, encoder):
+        """CRW whose encoder is a deep copy of ``encoder`` and whose head is the checkpoint's (when it fits)
+        or a fresh one; in training mode on the device. Returns (model, head_source)."""
+        tr = self.settings.train
+        model = CRW(SimpleNamespace(head_depth=tr['head_depth'], temp=tr['temp'], dropout=tr['dropout'],
+                                    featdrop=tr['featdrop'], flip=tr['flip'], zero_diagonal=tr['zero_diagonal']),
+                    encoder=copy.deepcopy(encoder))
+        head_source = 'none' if tr['head_depth'] < 0 else 'fresh'
+        own = model.selfsim_fc.state_dict()
+        if own and self.head_state and set(own) == set(self.head_state) and all(
+                own[k].shape == self.head_state[k].shape for k in own):
+            model.selfsim_fc.load_state_dict(self.head_state)
+            head_source = 'checkpoint'
+        return model.to(self.device).train(), head_source
+
+    def clip_source(self, frames_dir):
+        """The video's frames as a one-folder training dataset: item (0, seed) -> uint8 clip [T, 3, S, S]."""
+        n = len(list_frames(frames_dir))
+        if n < self.settings.clip_len:
+            raise CRWError(f'{frames_dir}: {n} frames, fewer than --finetune-clip-len {self.settings.clip_len}')
+        return FrameFolderDataset([frames_dir], [n], self.settings.clip_len, self.settings.train['frame_skip'],
+                                  self.transform)
+
+    def sample_clips(self, source, step):
+        """[batch, clip_len, 3, S, S] uint8 clips for one step (seeded by the step)."""
+        return torch.stack([source[(0, mix_seed(self.settings.seed, step, b))] for b in range(self.settings.batch)])
+
+    def adapt(self, encoder, frames_dir):
+        """N steps of the walk loss on clips of ``frames_dir`` with a copy of ``encoder``. Returns (adapted
+        encoder in eval mode, {'seconds', 'losses' [N], 'head'})."""
+        s = self.settings
+        t0 = time.time()
+        source = self.clip_source(frames_dir)
+        devices = [self.device.index or 0] if self.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(mix_seed(s.seed, 0x7E57))
+            if self.device.type == 'cuda':
+                torch.cuda.manual_seed(mix_seed(s.seed, 0x7E57))
+            model, head = self.build_model(encoder)
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.Adam(params, lr=s.lr)     # no weight decay, as training's Adam
+            losses = []
+            for step in range(s.steps):
+                clips = self.sample_clips(source, step).to(self.device, non_blocking=True)
+                video = self.augment(clips, mix_seed(s.seed, step, 0xA06))
+                _, loss, _ = model(video)
+                if not torch.isfinite(loss):
+                    raise CRWError(f'{frames_dir}: non-finite walk loss at adaptation step {step}; '
+                                   'lower --finetune-lr')
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        adapted = model.encoder.eval()
+        for p in adapted.parameters():
+            p.requires_grad_(False)
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        return adapted, {'seconds': time.time() - t0, 'losses': np.array(losses), 'head': head}
