@@ -8,7 +8,9 @@ For every model x N: ``test.py`` (README protocol: --topk 10 --videoLen 20 --rad
 test.py's defaults unless given here), ``eval/convert_davis.py``, ``eval/evaluate_davis.py``. A model is a
 checkpoint or ``scratch`` (random initialisation, --manualSeed 777). "adapt s/video" is the mean over the
 videos of the adaptation time test.py prints (the copy, the N steps and their clip loading); "propagation
-s/video" the rest of each video's time. Each finished configuration is kept in ``--out`` (its scores and
+s/video" the rest of each video's time. Per model, a control row repeats the smallest N > 0 at
+--finetune-lr 1e-12: the weights stay put, but BatchNorm runs in training mode during the steps, so its running
+statistics move to the video's; the row says how much of the gain is the statistics alone. Each finished configuration is kept in ``--out`` (its scores and
 a timing file), so an interrupted run picks up where it stopped. Prints a markdown table and appends it to
 bench/RESULTS.md.
 """
@@ -26,6 +28,7 @@ sys.path.insert(0, ROOT)
 
 from bench.results import device_name, publish  # noqa: E402
 from eval.run_test import build_commands, resolve_model  # noqa: E402
+from utils.arguments import get_test_args_parser  # noqa: E402
 from utils.misc import git_revision  # noqa: E402
 
 REVISION = os.environ.get('BENCH_GIT_REVISION') or git_revision()   # set when run from an exported copy
@@ -46,6 +49,10 @@ def get_args_parser():
     p.add_argument('--steps', nargs='+', type=int, default=[0, 10, 50], help='values of --finetune N')
     p.add_argument('--finetune-lr', type=float, default=None, help="test.py --finetune-lr (default: test.py's)")
     p.add_argument('--finetune-batch', type=int, default=None, help="test.py --finetune-batch (default: test.py's)")
+    p.add_argument('--no-bn-control', action='store_true',
+                   help='skip the control row per model: the smallest N > 0 at --finetune-lr 1e-12, where the '
+                        'weights stay put and only the BatchNorm running statistics (updated in training mode) '
+                        'adapt to the video')
     p.add_argument('--workers', type=int, default=1, help='test.py --workers')
     p.add_argument('--out', default=os.path.join(ROOT, 'results', 'bench_finetune'), help='working folder')
     p.add_argument('--no-write', action='store_true', help="print the table, don't append it to RESULTS.md")
@@ -58,14 +65,18 @@ def _read_global(path):
     return dict(zip(rows[0], rows[1]))
 
 
-def run_config(model, steps, a, python):
-    """Run (or reuse) one configuration; returns its result dict."""
+BN_CONTROL_LR = 1e-12   # Adam's steps are about lr in size: the weights do not move, the BN statistics do
+
+
+def run_config(model, steps, a, python, lr=None):
+    """Run (or reuse) one configuration (``lr``: --finetune-lr, default a.finetune_lr); returns its result."""
+    lr = a.finetune_lr if lr is None else lr
     if not os.path.exists(model) and os.path.exists(os.path.join(ROOT, model)):
         model = os.path.join(ROOT, model)
     ckpt, mtype, name = resolve_model(model)
     extra = []
-    if steps and a.finetune_lr is not None:
-        extra += ['--finetune-lr', f'{a.finetune_lr:g}']
+    if steps and lr is not None:
+        extra += ['--finetune-lr', f'{lr:g}']
     if steps and a.finetune_batch is not None:
         extra += ['--finetune-batch', str(a.finetune_batch)]
     tag = f'{name}_ft{steps}' + ''.join(x.strip('-').replace('finetune-', '') for x in extra)
@@ -100,7 +111,7 @@ def run_config(model, steps, a, python):
         if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
             raise SystemExit(f'finetune_davis.py: {cmd[1]} failed for {tag}')
     g = _read_global(os.path.join(converted, 'global_results-val.csv'))
-    res = {'model': model, 'steps': steps, 'tag': tag, 'J&F': float(g['J&F-Mean']), 'J': float(g['J-Mean']),
+    res = {'model': model, 'steps': steps, 'tag': tag, 'lr': lr, 'J&F': float(g['J&F-Mean']), 'J': float(g['J-Mean']),
            'F': float(g['F-Mean']), 'videos': videos, 'wall_s': wall,
            'cmd': ' '.join(test[1:])}
     with open(done, 'w') as f:
@@ -113,7 +124,11 @@ def main():
     a = get_args_parser().parse_args()
     t0 = time.time()
     load0 = os.getloadavg()[0]
-    results = [run_config(m, n, a, sys.executable) for m in a.models for n in a.steps]
+    results = []
+    for m in a.models:
+        results += [run_config(m, n, a, sys.executable) for n in a.steps]
+        if not a.no_bn_control and any(n > 0 for n in a.steps):
+            results.append(run_config(m, min(n for n in a.steps if n > 0), a, sys.executable, lr=BN_CONTROL_LR))
     mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
     lines = [f"### finetune_davis — {time.strftime('%Y-%m-%d %H:%M')} — {device_name('cpu')}, "
              f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, git {REVISION}",
@@ -122,11 +137,14 @@ def main():
              + (f' --finetune-batch {a.finetune_batch}' if a.finetune_batch is not None else '')
              + f"` — davis-dev (5 sequences, 250 frames, 854x480), L 20, k 10, R 12, tau 0.05; load average "
              f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (shared machine); {time.time() - t0:.0f} s",
-             '', '| model | --finetune N | J&F-Mean | J-Mean | F-Mean | adapt s/video | propagation s/video |',
-             '|---|---:|---:|---:|---:|---:|---:|']
+             '', '| model | --finetune N | --finetune-lr | J&F-Mean | J-Mean | F-Mean | adapt s/video | '
+                 'propagation s/video |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in results:
         v = r['videos']
-        lines.append(f"| {r['model']} | {r['steps']} | {r['J&F']:.3f} | {r['J']:.3f} | {r['F']:.3f} | "
+        lr = r.get('lr') or get_test_args_parser().get_default('finetune_lr')
+        lr = '—' if not r['steps'] else f'{lr:g}' + (' (BN only)' if lr == BN_CONTROL_LR else '')
+        lines.append(f"| {r['model']} | {r['steps']} | {lr} | {r['J&F']:.3f} | {r['J']:.3f} | {r['F']:.3f} | "
                      f"{mean([x['adapt_s'] for x in v]):.1f} | {mean([x['prop_s'] for x in v]):.1f} |")
     publish('\n'.join(lines) + '\n', write=not a.no_write)
 
