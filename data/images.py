@@ -155,7 +155,8 @@ def read_label_palette(path):
     return out
 
 
-def _uint8_labels(path, labels):
+def as_uint8_ids(labels, path):
+    """A label map as uint8 ids; CRWError naming ``path`` for values outside 0..255 (an 8-bit PNG holds no more)."""
     labels = np.asarray(labels)
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise CRWError(f'{path}: label ids must lie in 0..255 to be written as an 8-bit PNG')
@@ -165,7 +166,7 @@ def _uint8_labels(path, labels):
 def save_indexed_png(path, labels, palette=None):
     """Write a [H, W] integer label map as a palette PNG (what DAVIS scorers read), atomically. ``palette``:
     [n, 3] uint8 colours (default: the DAVIS palette)."""
-    im = Image.fromarray(_uint8_labels(path, labels), mode='P')
+    im = Image.fromarray(as_uint8_ids(labels, path), mode='P')
     im.putpalette((davis_palette() if palette is None else np.asarray(palette, np.uint8)).reshape(-1).tolist())
     with atomic_write(path) as f:
         im.save(f, format='PNG')
@@ -174,6 +175,6 @@ def save_indexed_png(path, labels, palette=None):
 def save_grey_png(path, labels):
     """Write a [H, W] integer label map as an 8-bit greyscale PNG whose grey levels are the ids (what VIP's
     scorers read: any reader, OpenCV's colour conversion included, sees the ids), atomically."""
-    im = Image.fromarray(_uint8_labels(path, labels), mode='L')
+    im = Image.fromarray(as_uint8_ids(labels, path), mode='L')
     with atomic_write(path) as f:
         im.save(f, format='PNG')

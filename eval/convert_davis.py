@@ -41,10 +41,10 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from data.images import (colour_codes, image_size, palette_ids, read_label_image, resize_nearest,  # noqa: E402
-                         save_indexed_png)
+from data.images import (as_uint8_ids, colour_codes, image_size, palette_ids, read_label_image,  # noqa: E402
+                         resize_nearest, save_indexed_png)
 from data.vos import read_annotation  # noqa: E402
-from eval.davis_io import annotation_frames, as_uint8_ids, read_split, sequence_frames  # noqa: E402
+from eval.davis_io import annotation_frames, read_split, sequence_frames  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import default_workers, writable_folder  # noqa: E402
 

@@ -6,7 +6,6 @@
 """
 import os
 
-import numpy as np
 
 from data.images import list_frames, read_label_image
 from utils.errors import CRWError
@@ -60,10 +59,3 @@ def read_label_png(path):
         raise CRWError(f'{path} is a colour image; label maps must be indexed (palette) or greyscale PNGs')
     return a
 
-
-def as_uint8_ids(labels, path):
-    """A label map as uint8 ids, refusing values outside 0..255."""
-    labels = np.asarray(labels)
-    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
-        raise CRWError(f'{path}: label values must lie in 0..255')
-    return labels.astype(np.uint8)
