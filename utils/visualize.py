@@ -19,8 +19,6 @@ the drawing and sending run on a background thread. ``PropagationViewer`` (test.
 frame's blend and its features' PCA in visdom. visdom and wandb are optional: missing, or no server, is one
 warning.
 """
-import collections
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -41,6 +39,7 @@ from sklearn.decomposition import PCA
 from threadpoolctl import ThreadpoolController
 
 from data.gpu_augment import MEAN, STD, grid_positions
+from data.outputs import AsyncWriter
 from utils.misc import atomic_write
 
 VIS_KEEP = 20        # drawings (steps) whose PNGs stay in <output-dir>/vis/
@@ -462,29 +461,6 @@ def local_visdom_server(folder, timeout=60):
             proc.wait(timeout=30)
 
 
-class Background:
-    """Runs jobs one at a time, in submission order, on one thread; ``submit`` waits while ``max_pending``
-    jobs are queued (bounded memory). Jobs report their own errors."""
-
-    def __init__(self, max_pending=1):
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self.pending = collections.deque()
-        self.max_pending = max_pending
-
-    def submit(self, fn, *args):
-        while len(self.pending) >= self.max_pending:
-            self.pending.popleft().result()
-        self.pending.append(self.pool.submit(fn, *args))
-
-    def wait(self):
-        while self.pending:
-            self.pending.popleft().result()
-
-    def close(self):
-        self.wait()
-        self.pool.shutdown(wait=True)
-
-
 class Visualizer:
     """train.py --visualize: scalars to wandb; pictures to PNG files, visdom and wandb.
 
@@ -506,7 +482,7 @@ class Visualizer:
         except Exception as e:  # noqa: BLE001 - any wandb failure must not stop training
             warnings.warn(f'--visualize: wandb unavailable ({type(e).__name__}: {e}); nothing is logged there')
         self.vis = connect_visdom(args.server, args.port, self.env, '--visualize')
-        self.background = Background(max_pending=1)
+        self.background = AsyncWriter(threads=1, max_pending=1)
         print(f"| --visualize: pictures every {args.vis_every} iterations to {self.png_dir}"
               + (f', visdom {args.server}:{args.port} env {self.env!r}' if self.vis else '')
               + (', wandb' if self.wandb else ''))
@@ -585,7 +561,7 @@ class PropagationViewer:
         self.vis = connect_visdom(server, port, TEST_ENVS['blend'], '--visdom' if blend else '--pca-vis')
         self.show_blend, self.show_pca = blend, pca
         self._pca = None
-        self.background = Background(max_pending=8)
+        self.background = AsyncWriter(threads=1, max_pending=8)
 
     def __bool__(self):
         return self.vis is not None
