@@ -31,14 +31,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from data.gpu_augment import BatchAugment
+from data.gpu_augment import BatchAugment, parse_frame_aug
 from data.images import list_frames
 from data.sampler import mix_seed
 from data.transforms import FrameTransform, parse_frame_transforms
 from data.video_dataset import FrameFolderDataset
 from model import CRW
 from utils.arguments import get_train_args_parser
-from utils.checkpoint import clean_state_dict, load_checkpoint
+from utils.checkpoint import checkpoint_args, clean_state_dict, load_checkpoint
 from utils.errors import CRWError
 
 HEAD_PREFIX = 'selfsim_fc.'
@@ -68,9 +68,10 @@ def training_settings(ckpt_args=None, temperature=0.07, head_depth=-1):
     out = {k: src.get(k, defaults[k]) if src.get(k) is not None else defaults[k] for k in TRAIN_KEYS}
     if head_depth is not None and head_depth >= 0:
         out['head_depth'] = head_depth
-    if out['frame_aug'] not in ('', 'grid'):
-        raise CRWError(f"checkpoint trained with --frame-aug {out['frame_aug']!r}: test-time adaptation supports "
-                       "'' (dense) and 'grid'")
+    try:
+        parse_frame_aug(out['frame_aug'])     # the spellings training accepts, nodes and augmentation alike
+    except CRWError as e:
+        raise CRWError(f'the checkpoint\'s training args: {e}') from e
     ps = list(out['patch_size'])
     out['patch_size'] = ps + [3] if len(ps) == 2 else ps
     return out
@@ -101,10 +102,10 @@ class VideoAdapter:
         training args and head), --temperature, --head-depth."""
         ckpt_args, head = None, {}
         if args.resume:
-            ckpt = load_checkpoint(args.resume, map_location='cpu')
-            state = ckpt['model'] if isinstance(ckpt.get('model'), dict) else ckpt
-            head = {k[len(HEAD_PREFIX):]: v for k, v in clean_state_dict(state).items() if k.startswith(HEAD_PREFIX)}
-            ckpt_args = ckpt.get('args') if isinstance(ckpt, dict) else None
+            ckpt = load_checkpoint(args.resume, map_location='cpu', trust=args.trust_checkpoint)
+            head = {k[len(HEAD_PREFIX):]: v for k, v in clean_state_dict(ckpt['model']).items()
+                    if k.startswith(HEAD_PREFIX)}
+            ckpt_args = checkpoint_args(ckpt)
         train = training_settings(ckpt_args, args.temperature, args.head_depth)
         settings = FinetuneSettings(steps=args.finetune, lr=args.finetune_lr, clip_len=args.finetune_clip_len,
                                     batch=args.finetune_batch, seed=args.manualSeed, train=train)
@@ -112,10 +113,16 @@ class VideoAdapter:
 
     def describe(self):
         s, tr = self.settings, self.settings.train
-        nodes = 'grid' if tr['frame_aug'] == 'grid' else 'dense'
+        nodes = 'grid' if parse_frame_aug(tr['frame_aug'])[0] else 'dense'
         return (f'test-time adaptation: {s.steps} Adam steps, lr {s.lr:g}, {s.batch} clips of {s.clip_len} frames '
                 f'per step, {nodes} nodes at {tr["img_size"]}px, temp {tr["temp"]:g}, edge dropout {tr["dropout"]:g}, '
                 f'head depth {tr["head_depth"]}')
+
+    @staticmethod
+    def summary(info):
+        """One line about an ``adapt`` result: time, first and last walk loss, where the head came from."""
+        return (f"adapted in {info['seconds']:.1f} s (walk loss {info['losses'][0]:.3f} -> {info['losses'][-1]:.3f}, "
+                f"{info['head']} head)")
 
     def build_model(self, encoder):
         """CRW whose encoder is a deep copy of ``encoder`` and whose head is the checkpoint's (when it fits)

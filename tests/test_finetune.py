@@ -1,6 +1,7 @@
 """Test-time adaptation (test.py --finetune N): a copy of the encoder is trained on the video's own clips, the
 features change, the original weights are untouched for the next video, and runs are deterministic."""
 import argparse
+import datetime
 import os
 
 import numpy as np
@@ -150,3 +151,25 @@ def test_test_py_video_folder_finetune(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'extract the frames to a folder' in err[0]
     assert not os.path.exists(tmp_path / 'out2' / 'clip')
+
+
+def test_training_settings_take_every_frame_aug_spelling_training_takes():
+    # the checkpoint's --frame-aug goes through the training parser's rule: release spellings are accepted,
+    # a typo is refused in one line
+    assert training_settings({'frame_aug': 'none'})['frame_aug'] == 'none'
+    assert training_settings({'frame_aug': 'grid+cj'})['frame_aug'] == 'grid+cj'
+    with pytest.raises(CRWError, match="training args: --frame-aug 'gird'"):
+        training_settings({'frame_aug': 'gird'})
+
+
+def test_from_args_honours_trust_checkpoint(tmp_path):
+    # a checkpoint the safe loader refuses is read for the adaptation too once --trust-checkpoint is given
+    model = CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=['layer4']))
+    ckpt = str(tmp_path / 'ckpt.pth')
+    torch.save({'model': model.state_dict(), 'args': {'img_size': 64, 'frame_aug': ''},
+                'made': datetime.date(2020, 1, 1)}, ckpt)
+    argv = ['--filelist', __file__, '--resume', ckpt, '--finetune', '1']
+    with pytest.raises(CRWError, match='--trust-checkpoint'):
+        VideoAdapter.from_args(arguments.test_args(argv), 'cpu')
+    adapter = VideoAdapter.from_args(arguments.test_args(argv + ['--trust-checkpoint']), 'cpu')
+    assert adapter.settings.train['img_size'] == 64 and adapter.head_state
