@@ -68,6 +68,15 @@ def build_encoder(args, device):
     return encoder
 
 
+def build_adapter(args, device):
+    """The test-time adaptation for --finetune N > 0 (its settings printed), else None."""
+    if args.finetune <= 0:
+        return None
+    adapter = VideoAdapter.from_args(args, device)
+    print(adapter.describe())
+    return adapter
+
+
 # ----------------------------------------------------------------------------------------------------------
 # One video
 # ----------------------------------------------------------------------------------------------------------
@@ -85,7 +94,6 @@ def propagate_vos_video(video, args, encoder, device, out_size, progress=None, v
     Yields (t, label ids [out_size] uint8, display image [H, W, 3] uint8) per frame; frame 0's ids are its
     annotation brought to out_size."""
     entry = video.entry
-    Protocol.from_args(args).check_context(-(-video.size[0] // STRIDE), -(-video.size[1] // STRIDE))
     if progress is not None:
         progress.reset(total=len(video))
     if video.labels.values.max() > 255:
@@ -134,7 +142,6 @@ def run_jhmdb_video(entry, args, encoder, device, writer, progress=None, viewer=
         raise CRWError(f'{entry.frames_dir}: no frames')
     H0, W0 = frame_size(paths[0], -1)
     H, W = frame_size(paths[0], args.cropSize)
-    Protocol.from_args(args).check_context(-(-H // STRIDE), -(-W // STRIDE))
     joints = load_joints(entry.target)                                   # [2, J, T] pixels, 0-based
     if progress is not None:
         progress.reset(total=len(paths))
@@ -172,12 +179,10 @@ def run_user_video(args, device):
         raise CRWError(f'--finetune with --video {args.video}: adaptation samples clips from a folder of frames; '
                        'extract the frames to a folder (e.g. ffmpeg -i clip.mp4 frames/%05d.jpg) and pass it')
     encoder = build_encoder(args, device)
-    if args.finetune > 0:
-        adapter = VideoAdapter.from_args(args, device)
-        print(adapter.describe())
+    adapter = build_adapter(args, device)
+    if adapter is not None:
         encoder, info = adapter.adapt(encoder, args.video)
-        print(f"adapted in {info['seconds']:.1f} s (walk loss {info['losses'][0]:.3f} -> {info['losses'][-1]:.3f}, "
-              f"{info['head']} head)", flush=True)
+        print(adapter.summary(info), flush=True)
     reset_peak_memory(device)
     t0 = time.time()
     with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0, delay=1.0,
@@ -243,9 +248,7 @@ def run(args):
     writable_folder(args.save_path, '--save-path')
 
     encoder = build_encoder(args, device)
-    adapter = VideoAdapter.from_args(args, device) if args.finetune > 0 else None
-    if adapter is not None:
-        print(adapter.describe())
+    adapter = build_adapter(args, device)
 
     viewer = None
     if args.visdom or args.pca_vis:  # without a server: one warning, results are still written
@@ -263,8 +266,7 @@ def run(args):
                     if adapter is not None:   # a copy is adapted; the next video starts from `encoder` again
                         video_encoder, info = adapter.adapt(encoder, entry.frames_dir)
                         t_adapt = info['seconds']
-                        adapted = (f", adapted in {t_adapt:.1f} s (walk loss {info['losses'][0]:.3f} -> "
-                                   f"{info['losses'][-1]:.3f}, {info['head']} head)")
+                        adapted = ', ' + adapter.summary(info)
                     n = run_video(entry, args, video_encoder, device, writer, bar, viewer)
                 except CRWError as e:
                     raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
