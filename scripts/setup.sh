@@ -11,12 +11,27 @@
 #      satisfy requirements.txt: that check reads package metadata only (no `import torch`), so a re-run
 #      on a set-up machine takes well under a few seconds.
 #   4. visdom 0.2.4 (train.py --visualize, test.py --visdom, and the tests that start a visdom server).
-#      Not a requirements.txt line: it is published as source only and its setup.py imports pkg_resources,
-#      which setuptools 81 dropped, so pip builds it with setuptools<81 in pip's own isolated build
-#      environment; the environment's setuptools is left as it is. Skipped when visdom 0.2.4 is installed.
+#      Optional, and not a requirements.txt line: it is published as source only and its setup.py imports
+#      pkg_resources, which setuptools 81 dropped. Every source-only package is built through pip's isolated
+#      PEP 517 path (`--use-pep517`, which pip before 25.3 needs for a package without pyproject.toml;
+#      without it an old pip, e.g. Debian 12's 23.0.1, runs setup.py inside the environment, whose setuptools
+#      is too new) with the build constraint setuptools<81, and with `--no-cache-dir`, so that a wheel cached
+#      by an earlier build can never hide a build that fails today. If it cannot be built, setup warns in one
+#      line and goes on; with `--strict` or CI=true it fails instead. Skipped when visdom 0.2.4 is installed.
 # Safe to re-run. Exits non-zero with one "[setup] error: ..." line when something cannot be done.
+# Usage: bash scripts/setup.sh [--strict]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+STRICT=''
+case "${CI:-}" in ''|0|false|False|FALSE) ;; *) STRICT="CI=$CI" ;; esac
+for arg in "$@"; do
+  case "$arg" in
+    --strict) STRICT=--strict ;;
+    -h|--help) sed -n '2,/^# Usage/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "[setup] error: unknown argument $arg (the only option is --strict)" >&2; exit 1 ;;
+  esac
+done
 
 # torch 2.14.1 (pinned in requirements.txt) publishes wheels for CPython 3.10 to 3.14: `pip index versions
 # torch --python-version 3.X --only-binary=:all:` lists 2.14.1 for 3.10, 3.11, 3.12, 3.13 and 3.14, and not
@@ -154,20 +169,34 @@ else
     || die "pip could not install requirements.txt into $where (its messages are above)"
   satisfied || die "requirements.txt is still not satisfied in $where after pip install"
 fi
-# ---- 4. visdom ------------------------------------------------------------------------------------------
+# ---- 4. optional packages published as source only ----------------------------------------------------
+# pip_build_from_source SPEC: installs SPEC through pip's isolated PEP 517 build with setuptools<81 and no
+# wheel cache; pip's messages go to the file named by $build_log.
+pip_build_from_source() {
+  local pins pep517=() status=0
+  pins=$(mktemp)
+  echo 'setuptools<81' >"$pins"
+  # pip >= 25.3 always builds through PEP 517 (and may drop the flag); older pips need the flag.
+  if "$py" -m pip install --help 2>/dev/null | grep -q -- '--use-pep517'; then pep517=(--use-pep517); fi
+  # PIP_CONSTRAINT reaches the isolated build environment up to pip 25.2; PIP_BUILD_CONSTRAINT from pip 25.3.
+  PIP_CONSTRAINT=$pins PIP_BUILD_CONSTRAINT=$pins "$py" -m pip install -q --disable-pip-version-check \
+    --no-cache-dir ${pep517[@]+"${pep517[@]}"} "$1" >"$build_log" 2>&1 || status=$?
+  rm -f "$pins"
+  return "$status"
+}
 VISDOM=0.2.4
 if [ "$("$py" -c 'from importlib.metadata import version; print(version("visdom"))' 2>/dev/null)" = "$VISDOM" ]; then
   say "visdom $VISDOM already installed"
 else
-  say "installing visdom $VISDOM into $where (built with setuptools<81)"
-  build_pins=$(mktemp)
-  echo 'setuptools<81' >"$build_pins"
-  # PIP_CONSTRAINT reaches the isolated build environment up to pip 25.2; PIP_BUILD_CONSTRAINT from pip 25.3.
-  if ! PIP_CONSTRAINT=$build_pins PIP_BUILD_CONSTRAINT=$build_pins \
-      "$py" -m pip install -q --disable-pip-version-check "visdom==$VISDOM"; then
-    rm -f "$build_pins"
-    die "pip could not install visdom $VISDOM into $where (its messages are above)"
+  say "building visdom $VISDOM from source into $where (optional: --visualize, --visdom)"
+  build_log=$(mktemp "${TMPDIR:-/tmp}/crw-visdom-build.XXXXXX")
+  if pip_build_from_source "visdom==$VISDOM"; then
+    rm -f "$build_log"
+  elif [ -n "$STRICT" ]; then
+    cat "$build_log" >&2
+    die "pip could not build visdom $VISDOM into $where (its messages are above; fatal because of $STRICT)"
+  else
+    say "warning: visdom $VISDOM could not be built (pip's messages: $build_log); everything but --visualize/--visdom pictures works; re-run this script to retry"
   fi
-  rm -f "$build_pins"
 fi
 say "ok: .venv/bin/python is Python $(py_version "$py") with torch $("$py" -c 'from importlib.metadata import version; print(version("torch"))')"

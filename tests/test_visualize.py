@@ -19,8 +19,8 @@ from data.gpu_augment import BatchAugment
 from data.synthetic import make_sequence, smooth_texture, write_davis_layout
 from model import CRW
 from test_train import frame_list, small_args  # noqa: F401 - frame_list is a fixture
-from utils.visualize import (DISPLAY, TEST_ENVS, WINDOWS, PCAColours, batch_views, draw_pca, flow_field,
-                             free_port, local_visdom_server, mutual_matches, node_layout, prune_pngs)
+from utils.visualize import (DISPLAY, TEST_ENVS, WINDOWS, PCAColours, batch_views, connect_visdom, draw_pca,
+                             flow_field, free_port, local_visdom_server, mutual_matches, node_layout, prune_pngs)
 
 VIEWS = ('pca', 'flow', 'matches', 'neighbours', 'loss')
 
@@ -187,3 +187,9 @@ def test_propagation_pictures_reach_visdom(tmp_path, visdom_port):
                                     str(tmp_path / 'out2')]) == 0
     assert len([w for w in caught if '--visdom' in str(w.message)]) == 1
     assert (tmp_path / 'out2' / '0_3_blend.jpg').exists()
+
+
+def test_visdom_not_installed_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'visdom', None)               # as if it could not be built at set-up
+    with pytest.warns(UserWarning, match=r'--visualize: visdom is not installed.*bash scripts/setup\.sh'):
+        assert connect_visdom('localhost', free_port(), 'main', '--visualize') is None

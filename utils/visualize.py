@@ -412,6 +412,12 @@ def connect_visdom(server, port, env, flag):
     url = server if '://' in server else f'http://{server}'
     try:
         import visdom
+    except ImportError:
+        warnings.warn(f'{flag}: visdom is not installed, so nothing is sent there; install it with '
+                      '`bash scripts/setup.sh` (it builds visdom 0.2.4, which needs setuptools<81 to build)',
+                      stacklevel=3)
+        return None
+    try:
         logging.getLogger('visdom').setLevel(logging.ERROR)  # its per-session chatter
         with socket.create_connection((urlparse(url).hostname, port), timeout=2):
             pass
