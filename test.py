@@ -63,7 +63,7 @@ def build_encoder(args, device):
         warnings.warn(f'no --resume: the {args.model_type} encoder has random weights (seed {args.manualSeed})',
                       stacklevel=2)
     encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights,
-                           allow_partial=args.allow_partial, trust=args.trust_checkpoint)
+                           allow_partial=args.allow_partial, trust=args.trust_checkpoint, fold_bn=args.finetune <= 0)
     print(f'encoder: {args.model_type}, {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params')
     return encoder
 

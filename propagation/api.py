@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from model import CRW
+from propagation.folding import fold_batchnorm
 from propagation.protocol import min_max_normalize
 from propagation.reference import ReferencePropagator
 from propagation.windowed import WindowedPropagator
@@ -25,7 +26,7 @@ STRIDE = 8   # encoder output stride: a feature cell is 8x8 pixels
 
 
 def load_encoder(checkpoint=None, device='cpu', model_type='scratch', remove_layers=('layer4',),
-                 imagenet_weights='', allow_partial=False, trust=False):
+                 imagenet_weights='', allow_partial=False, trust=False, fold_bn=True):
     """The CRW encoder for propagation, in eval mode on ``device`` (channels_last: faster convolutions, same
     results). ``checkpoint``: a path of this project's or the release's checkpoint, a loaded checkpoint dict
     or state dict, or None (random init for scratch types, ImageNet weights for ``imagenet18``). The
@@ -34,7 +35,9 @@ def load_encoder(checkpoint=None, device='cpu', model_type='scratch', remove_lay
 
     Every encoder weight must come from the checkpoint: a file that fills only part of it (another
     architecture, a plain torchvision state dict) raises CRWError unless ``allow_partial``, since the rest
-    would silently stay random. ``trust``: see ``utils.checkpoint.load_checkpoint``."""
+    would silently stay random. ``trust``: see ``utils.checkpoint.load_checkpoint``. ``fold_bn``: BatchNorm folded
+    into the convolutions (``propagation.folding``: same features up to float rounding, faster; such an
+    encoder cannot be trained: pass False for test-time adaptation)."""
     model = CRW(SimpleNamespace(model_type=model_type, remove_layers=list(remove_layers), head_depth=-1,
                                 imagenet_weights=imagenet_weights))
     if checkpoint is not None:
@@ -53,10 +56,10 @@ def load_encoder(checkpoint=None, device='cpu', model_type='scratch', remove_lay
                 '(a torchvision ResNet state dict goes to --model-type imagenet18 --imagenet-weights); '
                 '--allow-partial runs anyway')
     model.eval().to(device).to(memory_format=torch.channels_last)
-    return model.encoder
+    return fold_batchnorm(model.encoder) if fold_bn else model.encoder
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_frames(encoder, imgs, l2=True):
     """imgs [B, 3, H, W] (normalised) -> features [B, C, h, w] float32, L2-normalised over C unless l2 is
     False."""

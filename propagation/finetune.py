@@ -37,6 +37,7 @@ from data.sampler import mix_seed
 from data.transforms import FrameTransform, parse_frame_transforms
 from data.video_dataset import FrameFolderDataset
 from model import CRW
+from propagation.folding import fold_batchnorm
 from utils.arguments import get_train_args_parser
 from utils.checkpoint import checkpoint_args, clean_state_dict, load_checkpoint
 from utils.errors import CRWError
@@ -127,6 +128,9 @@ class VideoAdapter:
     def build_model(self, encoder):
         """CRW whose encoder is a deep copy of ``encoder`` and whose head is the checkpoint's (when it fits)
         or a fresh one; in training mode on the device. Returns (model, head_source)."""
+        if getattr(encoder, 'bn_folded', False):
+            raise CRWError('test-time adaptation needs the encoder\'s BatchNorm layers: load it with '
+                           'load_encoder(..., fold_bn=False)')
         tr = self.settings.train
         model = CRW(SimpleNamespace(head_depth=tr['head_depth'], temp=tr['temp'], dropout=tr['dropout'],
                                     featdrop=tr['featdrop'], flip=tr['flip'], zero_diagonal=tr['zero_diagonal']),
@@ -153,7 +157,7 @@ class VideoAdapter:
 
     def adapt(self, encoder, frames_dir):
         """N steps of the walk loss on clips of ``frames_dir`` with a copy of ``encoder``. Returns (adapted
-        encoder in eval mode, {'seconds', 'losses' [N], 'head'})."""
+        encoder in eval mode, BatchNorm folded, {'seconds', 'losses' [N], 'head'})."""
         s = self.settings
         t0 = time.time()
         source = self.clip_source(frames_dir)
@@ -177,7 +181,7 @@ class VideoAdapter:
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
-        adapted = model.encoder.eval()
+        adapted = fold_batchnorm(model.encoder.eval())
         for p in adapted.parameters():
             p.requires_grad_(False)
         if self.device.type == 'cuda':

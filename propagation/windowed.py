@@ -1,24 +1,23 @@
 """Windowed label propagation: the default path of test.py; same protocol and results as the reference.
 
 Where the reference compares every target node with every node of every context frame and then masks the
-nodes outside the radius, this path computes only the scores that can lie inside the radius:
+nodes outside the radius, this path computes (nearly) only the scores that can lie inside the radius:
 
-* a bank of ``videoLen`` + a few frames (features and soft labels) lives on the device; memory does not
-  grow with the video's length;
-* the feature map is cut into tiles of th x tw nodes (``TileLayout``). Context frames are stored tile by
-  tile; the target frame is cut once per step into *regions*, each a tile grown by a halo of r nodes on
-  every side (r = largest offset strictly inside the radius), so a region holds every target node that can
-  see some node of its tile. One batched matmul per context frame scores every region against its tile;
-  a precomputed *window index* then gathers, for each target node, the M scores of the offsets inside its
-  radius (offsets that leave the map point at a -inf sentinel). The gathered scores of several frames
-  form one wide row per target node for a single top-k (torch.topk is much faster on wide rows than on
-  many short ones);
+* a bank of ``videoLen`` + 1 frames (features and soft labels) lives on the device; memory does not grow
+  with the video's length. Short-term features are stored tile by tile (``TileLayout``, 4 x 4 nodes), all
+  frames of a tile next to each other;
+* the target frame is cut once per step into *regions*, each a tile grown by the radius (r nodes on every
+  side, clamped into the map), so a region holds every target node that can see some node of its tile. One
+  batched matmul per step scores every region against its tile in all short-term frames at once
+  ([region nodes, C] x [C, frames x tile nodes] per tile: a GEMM shape the CPU runs near its peak);
+* selection, exact (up to ties): per (target node, context position) the maximum over the frames is taken
+  (a reduction over the frame axis); the k positions inside the radius with the largest maxima (a
+  precomputed *window index* gathers them) hold the joint top-k, since a position outside them has k
+  better positions, each with an entry at least as large. The frames' scores at those k positions (k x
+  frames per node) give the top-k;
 * long-term memory frames (``--long-mem``, frame 0) are compared in full, as in the release;
-* a frame that occupies several context slots (the release padded the video with ``videoLen`` copies of
-  frame 0) is scored once and its per-frame top-k repeated by its multiplicity, which yields the same
-  joint top-k multiset as the release's duplicated frames;
-* the joint top-k is taken in two stages (top-k per frame or group of frames, then top-k of their union),
-  which is exact: the joint top-k never holds more than k entries of one group.
+* while t <= L the short-term context holds copies of frame 0 (the release padded the video with them): frame
+  0's scores enter the selection once per copy, which yields the release's joint top-k multiset.
 
 Equivalence with the reference (tested in tests/test_propagation.py): same top-k multisets of (frame, node)
 except for exact or float-rounding ties, soft maps within 1e-4, identical argmax labels. Masked entries:
@@ -38,56 +37,79 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from propagation.protocol import check_first_frame, context_frames, default_budget, radius_mask, radius_offsets
+from propagation.protocol import check_first_frame, context_frames, default_budget, radius_offsets
+
+TILE = (4, 4)             # tile size of the windowed scores (chosen by bench/propagation.py --tiles on 854x480)
+CPU_BLOCK = 8 * 2 ** 20   # bytes of scores computed at once on the CPU: a block stays in cache until reduced
+
+
+def _max_over_frames(x, out):
+    """out [n, P] = max of x [n, g, P] over g (elementwise maxima of contiguous rows: much faster on the CPU
+    than amax over a middle dimension)."""
+    if x.shape[1] == 1:
+        return out.copy_(x[:, 0])
+    torch.maximum(x[:, 0], x[:, 1], out=out)
+    for j in range(2, x.shape[1]):
+        torch.maximum(out, x[:, j], out=out)
+    return out
 
 
 class TileLayout:
-    """An h x w feature map cut into tiles of th x tw nodes, for the windowed scores.
+    """An h x w feature map cut into tiles of th x tw nodes, and each tile's region of target nodes.
 
     *Tiled order*: tile i (row-major over tiles_y x tiles_x) holds its th*tw nodes row-major; the map is
-    zero-padded to padded_h x padded_w, so there are ``padded_nodes`` = num_tiles * tile_nodes slots.
-    The *region* of a tile is the tile grown by ``halo`` nodes on every side: (th+2*halo) x (tw+2*halo) nodes.
+    zero-padded to tiles_y*th x tiles_x*tw. The *region* of a tile is the tile grown by ``halo`` nodes on
+    every side, shifted into the map where it would leave it (so every region is region_h x region_w real
+    nodes and still holds every map node within ``halo`` of its tile). An axis on which a region would
+    span the whole map is one tile (small maps: one tile, region = the map, i.e. every pair is scored).
     """
 
     def __init__(self, h, w, tile, halo, device):
-        self.h, self.w = h, w
-        self.th, self.tw = (int(s) for s in tile)
-        self.halo = int(halo)
+        self.h, self.w, self.halo = h, w, int(halo)
+        th, tw = (int(s) for s in tile)
+        self.th = h if th + 2 * self.halo >= h else th
+        self.tw = w if tw + 2 * self.halo >= w else tw
         self.tiles_y, self.tiles_x = -(-h // self.th), -(-w // self.tw)
-        self.padded_h, self.padded_w = self.tiles_y * self.th, self.tiles_x * self.tw
         self.num_tiles, self.tile_nodes = self.tiles_y * self.tiles_x, self.th * self.tw
-        self.padded_nodes = self.num_tiles * self.tile_nodes
-        self.region_h, self.region_w = self.th + 2 * self.halo, self.tw + 2 * self.halo
+        self.region_h, self.region_w = min(self.th + 2 * self.halo, h), min(self.tw + 2 * self.halo, w)
         self.region_nodes = self.region_h * self.region_w
-        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
-        self.node_y, self.node_x = yy.reshape(-1), xx.reshape(-1)   # row-major node -> map position (CPU)
-        self.to_tiled = self.tiled_slot(self.node_y, self.node_x).to(device)   # [N] row-major node -> slot
-        tiled_to_node = torch.full((self.padded_nodes,), -1, dtype=torch.long)
-        tiled_to_node[self.to_tiled.cpu()] = torch.arange(h * w)
-        self.tiled_to_node = tiled_to_node.to(device)               # [padded_nodes], -1 on the padding
+        # first row / column of each tile row's / column's region
+        self.region_y0 = (torch.arange(self.tiles_y) * self.th - self.halo).clamp(0, h - self.region_h)
+        self.region_x0 = (torch.arange(self.tiles_x) * self.tw - self.halo).clamp(0, w - self.region_w)
+        ry = self.region_y0[:, None] + torch.arange(self.region_h)                 # [tiles_y, region_h]
+        rx = self.region_x0[:, None] + torch.arange(self.region_w)                 # [tiles_x, region_w]
+        nodes = ry[:, None, :, None] * w + rx[None, :, None, :]                     # [ty, tx, rh, rw]
+        self.region_index = nodes.reshape(self.num_tiles, self.region_nodes).to(device)   # row-major node ids
 
     def tile_of(self, y, x):
         return (y // self.th) * self.tiles_x + x // self.tw
 
-    def tiled_slot(self, y, x):
-        """Slot (tiled order) of the node at map position (y, x)."""
-        return self.tile_of(y, x) * self.tile_nodes + (y % self.th) * self.tw + x % self.tw
-
     def tiled(self, feat):
-        """[C, h, w] -> [padded_nodes, C] in tiled order (zeros on the padding)."""
+        """[C, h, w] -> [num_tiles, tile_nodes, C] (zeros on the padding)."""
         C = feat.shape[0]
-        f = F.pad(feat, (0, self.padded_w - self.w, 0, self.padded_h - self.h))
+        f = F.pad(feat, (0, self.tiles_x * self.tw - self.w, 0, self.tiles_y * self.th - self.h))
         f = f.view(C, self.tiles_y, self.th, self.tiles_x, self.tw).permute(1, 3, 2, 4, 0)
-        return f.reshape(self.padded_nodes, C)
+        return f.reshape(self.num_tiles, self.tile_nodes, C)
 
-    def regions(self, feat, out):
-        """The region of every tile of ``feat`` [C, h, w] (zero padded outside the map), written into ``out``
-        [num_tiles, region_nodes, C]."""
-        r = self.halo
-        f = F.pad(feat, (r, self.padded_w - self.w + r, r, self.padded_h - self.h + r)).permute(1, 2, 0)
-        f = f.unfold(0, self.region_h, self.th).unfold(1, self.region_w, self.tw)   # [ty, tx, C, rh, rw]
-        out.view(self.tiles_y, self.tiles_x, self.region_h, self.region_w, -1).copy_(f.permute(0, 1, 3, 4, 2))
-        return out
+    def window_index(self, offsets):
+        """For target node n (row-major) and offset m of ``offsets`` [M, 2] (dy, dx): (``flat`` [N, M], ``node``
+        [N, M]). flat: the place of the score of (n, n + offset) in an array [num_tiles, tile_nodes,
+        region_nodes] (node j of tile i against target p of tile i's region), num_tiles * tile_nodes *
+        region_nodes (one past the end) where n + offset leaves the map. node: the context node n + offset
+        (row-major; 0 where it leaves the map)."""
+        h, w = self.h, self.w
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
+        y, x = yy.reshape(-1, 1), xx.reshape(-1, 1)
+        cy, cx = y + offsets[:, 0], x + offsets[:, 1]
+        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+        cy, cx = cy.clamp(0, h - 1), cx.clamp(0, w - 1)
+        ty, tx = cy // self.th, cx // self.tw
+        tile = ty * self.tiles_x + tx
+        in_tile = (cy % self.th) * self.tw + cx % self.tw
+        in_region = (y - self.region_y0[ty]) * self.region_w + (x - self.region_x0[tx])
+        flat = (tile * self.tile_nodes + in_tile) * self.region_nodes + in_region
+        flat[~inside] = self.num_tiles * self.tile_nodes * self.region_nodes
+        return flat, (cy * w + cx).masked_fill(~inside, 0)
 
 
 class WindowedPropagator:
@@ -95,20 +117,23 @@ class WindowedPropagator:
     in order; each returns the soft label map [h, w, K] of that frame. Everything stays on ``first_feat``'s
     device and dtype.
 
-    The bank holds features in tiled order [slots, padded_nodes, C] and labels in the same order
-    [slots, padded_nodes, K]; slot 0 is frame 0, then one slot per long-term frame m > 0, then a ring of
-    ``video_len`` slots for the most recent frames.
+    Bank slots: 0 is frame 0, 1..L the ring of the ``video_len`` most recent frames (frame j >= 1 in slot
+    1 + (j-1) % L), then one slot per long-term frame m > 0. ``ring`` [num_tiles, 1 + L, tile_nodes, C] holds
+    the features of slots 0..L by tile; ``full_feats`` the row-major features [N, C] of the frames compared
+    in full (frame 0 and the long-term frames); ``labels`` [slots, N, K] the soft labels (row-major nodes).
 
-    tile: (th, tw) tile size of the windowed scores (cost per node ~ (th+2r)(tw+2r) dot products).
-    mode: 'window' (scores inside the radius only), 'full' (every score of a context frame, then a boolean
-    radius mask; chosen by 'auto' when a region would not be smaller than the whole map, e.g. tiny maps).
-    budget_bytes: cap on the size of one score chunk (target nodes and frames are processed in chunks).
+    tile: (th, tw) tile size of the windowed scores (cost per node ~ (th+2r)(tw+2r) dot products per frame).
+    mode: 'window' or 'auto' (tiles of ``tile``), 'full' (one tile: every score of a context frame, then the
+    radius; what small maps get anyway).
+    budget_bytes: cap on the size of one block of scores (frames and regions are processed in chunks).
     """
 
-    def __init__(self, first_feat, first_labels, protocol, tile=(8, 8), mode='auto', budget_bytes=None):
+    def __init__(self, first_feat, first_labels, protocol, tile=TILE, mode='auto', budget_bytes=None):
         check_first_frame(first_feat, first_labels)
         C, h, w = first_feat.shape
         protocol.check_context(h, w)
+        if mode not in ('auto', 'window', 'full'):
+            raise ValueError(f"mode must be 'auto', 'window' or 'full', got {mode!r}")
         dev, dt = first_feat.device, first_feat.dtype
         self.device, self.dtype = dev, dt
         self.protocol = protocol
@@ -119,149 +144,132 @@ class WindowedPropagator:
 
         offsets = radius_offsets(protocol.radius)                        # [M, 2] (dy, dx)
         self.num_offsets = offsets.shape[0]
-        self.layout = L = TileLayout(h, w, tile, int(offsets.abs().max()), dev)
-        if mode == 'auto':
-            mode = 'window' if L.region_nodes < self.N else 'full'
-        if mode not in ('window', 'full'):
-            raise ValueError(f"mode must be 'auto', 'window' or 'full', got {mode!r}")
-        self.mode = mode
-        if mode == 'window':
-            self._build_window_index(offsets)
-        else:
-            self.outside_radius = (~radius_mask(h, w, protocol.radius).t()).to(dev)   # [target, context]
+        self.layout = L = TileLayout(h, w, (h, w) if mode == 'full' else tile, int(offsets.abs().max()), dev)
+        self.mode = 'full' if L.num_tiles == 1 else 'window'
+        flat, node = L.window_index(offsets)
+        self.window_index = flat.to(torch.int32).to(dev)                 # [N, M] into the per-position maxima
+        self.window_node = node.to(torch.int32).to(dev)                  # [N, M] context node (row-major)
+        if L.num_tiles * L.region_nodes * L.tile_nodes >= 2 ** 31:
+            raise ValueError('feature map too large for the windowed scores (int32 gather index)')
 
-        # bank: frame 0, the long-term frames m > 0, then the ring of recent frames
-        self.long_term_slot = {m: 1 + i for i, m in enumerate(sorted({m for m in protocol.long_mem if m > 0}))}
-        self.first_ring_slot = 1 + len(self.long_term_slot)
-        slots = self.first_ring_slot + self.video_len
-        self.bank_feats = torch.zeros(slots, L.padded_nodes, C, dtype=dt, device=dev)
-        self.bank_labels = torch.zeros(slots, L.padded_nodes, self.K, dtype=dt, device=dev)
+        self.long_term_slot = {m: 1 + self.video_len + i
+                               for i, m in enumerate(sorted({m for m in protocol.long_mem if m > 0}))}
+        slots = 1 + self.video_len + len(self.long_term_slot)
+        self.ring = torch.zeros(L.num_tiles, 1 + self.video_len, L.tile_nodes, C, dtype=dt, device=dev)
+        self.labels = torch.zeros(slots, self.N, self.K, dtype=dt, device=dev)
         self.slot_frame = [-1] * slots
-        self.full_feats = {}     # slot -> [N, C] row-major copy, for frames compared in full (long-term)
+        self.full_feats = {}
+        self._max = self._scores = None    # reused buffers: per-position maxima (+ a -inf sentinel), scores
         self._store(0, 0, first_feat, first_labels.reshape(self.N, self.K).to(dt))
-
-    def _build_window_index(self, offsets):
-        """Where, in one context frame's block of scores, each (target node, offset) score lands.
-
-        The block of a context frame is [num_tiles, region_nodes, tile_nodes] (region node = target, tile
-        node = context) followed by one -inf sentinel. ``window_index`` [N, M] int32 is the position of the
-        score of target n against context node n + offset m (the sentinel when that leaves the map);
-        ``window_context`` [N, M] is that context node's bank slot (tiled order)."""
-        L = self.layout
-        dy, dx = offsets[:, 0][None], offsets[:, 1][None]                  # [1, M]
-        cy, cx = L.node_y[:, None] + dy, L.node_x[:, None] + dx            # context node of (target, offset)
-        inside = (cy >= 0) & (cy < self.h) & (cx >= 0) & (cx < self.w)
-        cy, cx = cy.clamp(0, self.h - 1), cx.clamp(0, self.w - 1)
-        tile = L.tile_of(cy, cx)
-        in_tile = (cy % L.th) * L.tw + cx % L.tw
-        # the target's place in the region of that context tile
-        ry = L.halo + (cy % L.th) - dy.expand_as(cy)
-        rx = L.halo + (cx % L.tw) - dx.expand_as(cx)
-        in_region = ry * L.region_w + rx
-        self.score_block = L.num_tiles * L.region_nodes * L.tile_nodes + 1
-        if self.video_len * self.score_block >= 2 ** 31:
-            raise ValueError("feature map too large for the windowed scores (int32 gather index); use mode='full'")
-        index = (tile * L.region_nodes + in_region) * L.tile_nodes + in_tile
-        index[~inside] = self.score_block - 1
-        self.window_index = index.to(torch.int32).to(self.device)                      # [N, M]
-        self.window_context = (tile * L.tile_nodes + in_tile).to(self.device)          # [N, M]
-        self.block_starts = (torch.arange(max(1, self.video_len)) * self.score_block).to(torch.int32).to(self.device)
-        self._scores = self._gathered = self._gather_index = self._regions = None   # reused buffers
 
     # -- bank -------------------------------------------------------------------------------------------
     def _store(self, slot, frame, feat, labels):
-        if slot < self.first_ring_slot:
+        if slot <= self.video_len:
+            self.ring[:, slot] = self.layout.tiled(feat)
+        if slot == 0 or slot > self.video_len:
             self.full_feats[slot] = feat.reshape(self.C, self.N).t().contiguous()
-        self.bank_feats[slot] = self.layout.tiled(feat)
-        self.bank_labels[slot].zero_()
-        self.bank_labels[slot, self.layout.to_tiled] = labels
+        self.labels[slot] = labels
         self.slot_frame[slot] = frame
 
-    def _slot(self, frame, long_term):
-        if frame == 0:
-            return 0
-        if long_term:
-            return self.long_term_slot[frame]
-        return self.first_ring_slot + (frame - 1) % self.video_len
+    def _ring_slot(self, frame):
+        return 0 if frame == 0 else 1 + (frame - 1) % self.video_len
 
     # -- annotations on later frames ------------------------------------------------------------------
     def add_labels(self, n):
         """Append ``n`` label channels (objects that appear later), zero in every stored frame."""
-        pad = self.bank_labels.new_zeros(*self.bank_labels.shape[:2], n)
-        self.bank_labels = torch.cat([self.bank_labels, pad], dim=-1)
+        self.labels = torch.cat([self.labels, self.labels.new_zeros(*self.labels.shape[:2], n)], dim=-1)
         self.K += n
 
     def drop_labels(self, channels):
         """Zero label ``channels`` in every stored frame: what earlier frames said about those objects no longer
         votes (their annotation on a later frame supersedes it)."""
-        self.bank_labels[..., list(channels)] = 0
+        self.labels[..., list(channels)] = 0
 
     def set_labels(self, labels):
         """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K] (an annotated
         frame's corrected labels), for the frames after it."""
         labels = labels.reshape(self.N, self.K).to(self.device, self.dtype)
-        t = self._t
-        slots = [s for s, f in enumerate(self.slot_frame) if f == t]
-        for slot in slots:
-            self.bank_labels[slot].zero_()
-            self.bank_labels[slot, self.layout.to_tiled] = labels
+        for slot, f in enumerate(self.slot_frame):
+            if f == self._t:
+                self.labels[slot] = labels
 
     # -- scores -----------------------------------------------------------------------------------------
-    def _node_chunks(self, per_node_bytes):
-        n = max(1, int(self.budget // max(1, per_node_bytes)))
-        return [(a, min(self.N, a + n)) for a in range(0, self.N, n)]
-
-    def _full_feats(self, slot):
-        """Features of a bank slot in row-major node order [N, C] (kept for long-term frames)."""
-        if slot in self.full_feats:
-            return self.full_feats[slot]
-        return self.bank_feats[slot][self.layout.to_tiled]
-
-    def _topk_full(self, q, slot, invalid=None):
-        """Top-k of target nodes q [N, C] against all nodes of bank slot (``invalid`` [N, N] -> -inf).
-        Returns values [N, k'] and bank rows [N, k'] (slot * padded_nodes + tiled slot)."""
+    def _topk_full(self, q, slot):
+        """Top-k of target nodes q [N, C] against every node of the (long-term) frame in ``slot``.
+        Returns values [N, k'] and label rows [N, k'] (slot * N + node)."""
         k = min(self.topk, self.N)
-        keys = self._full_feats(slot)
+        keys = self.full_feats[slot]
         vals = torch.empty(self.N, k, dtype=self.dtype, device=self.device)
         rows = torch.empty(self.N, k, dtype=torch.long, device=self.device)
-        for a, b in self._node_chunks(self.N * q.element_size() * 2):
-            s = q[a:b] @ keys.t()
-            if invalid is not None:
-                s.masked_fill_(invalid[a:b], float('-inf'))
-            v, i = torch.topk(s, k, dim=1)
-            vals[a:b], rows[a:b] = v, self.layout.to_tiled[i] + slot * self.layout.padded_nodes
+        for a, b in self._node_chunks(self.N * q.element_size()):
+            v, i = torch.topk(q[a:b] @ keys.t(), k, dim=1)
+            vals[a:b], rows[a:b] = v, i + slot * self.N
         return vals, rows
 
-    def _topk_window(self, regions, slots):
-        """Joint top-k of every target node over the radius windows of the bank slots ``slots`` (each once).
+    def _node_chunks(self, per_node_bytes):
+        """Target nodes in chunks of scores small enough to stay in cache (CPU) / the budget (GPU)."""
+        cap = self.budget if self.device.type == 'cuda' else min(self.budget, CPU_BLOCK)
+        n = max(1, int(cap // max(1, per_node_bytes)))
+        return [(a, min(self.N, a + n)) for a in range(0, self.N, n)]
 
-        Per slot, one batched matmul (target regions x context tiles) fills that slot's block of scores;
-        one gather with the window index lays out [N, len(slots) * M] for a single wide top-k.
-        Returns values [N, k'] and bank rows [N, k']."""
-        L, G, block, M = self.layout, len(slots), self.score_block, self.num_offsets
-        if self._scores is None or self._scores.numel() < G * block:
-            self._scores = torch.empty(G * block, dtype=self.dtype, device=self.device)
-            self._gathered = torch.empty(self.N * G * M, dtype=self.dtype, device=self.device)
-            self._gather_index = torch.empty(self.N * G * M, dtype=torch.int32, device=self.device)
-        for j, slot in enumerate(slots):
-            tiles = self.bank_feats[slot].view(L.num_tiles, L.tile_nodes, self.C)
-            out = self._scores[j * block:j * block + block - 1].view(L.num_tiles, L.region_nodes, L.tile_nodes)
-            torch.bmm(regions, tiles.transpose(1, 2), out=out)
-            self._scores[j * block + block - 1] = float('-inf')
-        n = self.N * G * M
-        idx = self._gather_index[:n].view(self.N, G, M)
-        torch.add(self.window_index[:, None, :], self.block_starts[:G].view(1, G, 1), out=idx)
-        g = self._gathered[:n]
-        torch.index_select(self._scores, 0, idx.view(-1), out=g)
-        v, i = torch.topk(g.view(self.N, G * M), min(self.topk, G * M), dim=1)
-        slot_of = torch.tensor(slots, device=self.device)[i // M]
-        return v, self.window_context.gather(1, i % M) + slot_of * L.padded_nodes
+    def _window_scores(self, q, lo, hi):
+        """Scores of every tile in ring slots lo..hi-1 against its region, [num_tiles, g, tile_nodes,
+        region_nodes] (g = hi - lo), and their maxima over the g frames in ``self._max`` [num_tiles,
+        tile_nodes, region_nodes] (+ the -inf sentinel). Tiles go in blocks that stay in cache from the
+        regions' gather through the matmul to the maxima."""
+        L, g, T, R = self.layout, hi - lo, self.layout.tile_nodes, self.layout.region_nodes
+        size = L.num_tiles * T * R
+        if self._scores is None or self._scores.numel() < g * size:   # kept: a fresh one costs page faults
+            self._scores = None
+            self._scores = torch.empty(g * size, dtype=self.dtype, device=self.device)
+        scores = self._scores[:g * size].view(L.num_tiles, g * T, R)
+        if self._max is None:
+            self._max = torch.empty(size + 1, dtype=self.dtype, device=self.device)
+            self._max[size] = float('-inf')
+        maxima = self._max[:size].view(L.num_tiles, T * R)
+        cap = self.budget if self.device.type == 'cuda' else min(self.budget, CPU_BLOCK)
+        n = max(1, min(L.num_tiles, int(cap // (R * (self.C + g * T) * q.element_size()))))
+        for a in range(0, L.num_tiles, n):
+            b = min(L.num_tiles, a + n)
+            regions = q.index_select(0, L.region_index[a:b].reshape(-1)).view(b - a, R, self.C)
+            keys = self.ring[a:b, lo:hi].reshape(b - a, g * T, self.C)
+            out = scores[a:b]
+            torch.bmm(keys, regions.transpose(1, 2), out=out)
+            _max_over_frames(out.view(b - a, g, T * R), maxima[a:b])
+        return scores.view(L.num_tiles, g, T * R)
 
-    def _target_regions(self, feat):
+    def _topk_window(self, q, lo, hi, first_copies):
+        """Joint top-k of every target node over the radius windows of ring slots lo..hi-1, slot 0 (frame 0)
+        counted ``first_copies`` times. Returns values [N, k'] and label rows [N, k']."""
+        L, N, M = self.layout, self.N, self.num_offsets
+        scores = self._window_scores(q, lo, hi)                          # [tiles, g, T * R]
+        g, TR = hi - lo, L.tile_nodes * L.region_nodes
+        # the k positions (inside the radius) with the largest maxima over the frames
+        kk = min(self.topk, M)
+        best, pos = torch.topk(self._max.index_select(0, self.window_index.view(-1)).view(N, M), kk, dim=1)
+        flat = self.window_index.gather(1, pos).long()                  # [N, kk] into [tiles, T * R] (+ sentinel)
+        node = self.window_node.gather(1, pos).long()
+        valid = best > float('-inf')
+        flat = flat.masked_fill(~valid, 0)
+        # the g frames' scores at those positions
+        idx = (flat // TR * (g * TR) + flat % TR)[..., None] + torch.arange(g, device=self.device) * TR
+        vals = scores.view(-1)[idx].masked_fill_(~valid[..., None], float('-inf'))   # [N, kk, g]
+        slots = torch.arange(lo, hi, device=self.device)
+        if lo == 0 and first_copies > 1:                                # frame 0's copies in the short-term context
+            vals = torch.cat([vals[..., :1].expand(-1, -1, first_copies), vals[..., 1:]], dim=2)
+            slots = torch.cat([slots[:1].expand(first_copies), slots[1:]])
+        G = vals.shape[2]
+        v, i = torch.topk(vals.view(N, kk * G), min(self.topk, kk * G), dim=1)
+        return v, slots[i % G] * N + node.gather(1, i // G)
+
+    def _slot_chunks(self, lo, hi):
+        """Ring slots lo..hi-1 in chunks whose scores fit the budget."""
         L = self.layout
-        if self._regions is None:
-            self._regions = torch.empty(L.num_tiles, L.region_nodes, self.C, dtype=self.dtype, device=self.device)
-        return L.regions(feat, self._regions)
+        per_slot = L.num_tiles * L.region_nodes * L.tile_nodes * self.dtype.itemsize
+        n = max(1, min(hi - lo, int(self.budget // per_slot)))
+        chunks = -(-(hi - lo) // n)
+        n = -(-(hi - lo) // chunks)
+        return [(a, min(hi, a + n)) for a in range(lo, hi, n)]
 
     # -- one frame --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -274,43 +282,22 @@ class WindowedPropagator:
         if tuple(feat.shape) != (self.C, self.h, self.w):
             raise ValueError(f'frame {t}: features {tuple(feat.shape)}, expected {(self.C, self.h, self.w)}')
         long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem)
-        full = Counter(self._slot(m, True) for m in long_term)          # slot -> multiplicity
-        windowed = Counter(self._slot(j, False) for j in short_term)
-        q = feat.reshape(self.C, self.N).t()                             # [N, C] (a view)
-
+        q = feat.reshape(self.C, self.N).t().contiguous()               # [N, C]
         cand_v, cand_r = [], []
-
-        def add(v, r, copies):
+        for m, copies in Counter(long_term).items():
+            v, r = self._topk_full(q, self.long_term_slot.get(m, 0))
             if copies > 1:
                 v = v[:, None].expand(-1, copies, -1).reshape(self.N, -1)
                 r = r[:, None].expand(-1, copies, -1).reshape(self.N, -1)
             cand_v.append(v)
             cand_r.append(r)
-
-        for slot, c in full.items():
-            add(*self._topk_full(q, slot), c)
-        if windowed:
-            if self.mode == 'window':
-                regions = self._target_regions(feat)
-                # frames repeated in the context (frame 0 while t <= L) get their own top-k, repeated;
-                # the others are concatenated in groups (one top-k over a wide row is much faster than
-                # many over short rows) sized to the memory budget
-                single = [s for s, c in windowed.items() if c == 1]
-                for slot, c in windowed.items():
-                    if c > 1:
-                        add(*self._topk_window(regions, [slot]), c)
-                if single:
-                    per_slot = (self.score_block * self.dtype.itemsize
-                                + self.N * self.num_offsets * (self.dtype.itemsize + 4))
-                    gmax = max(1, int(self.budget // per_slot))
-                    n_groups = -(-len(single) // gmax)
-                    g = -(-len(single) // n_groups)
-                    for i in range(0, len(single), g):
-                        add(*self._topk_window(regions, single[i:i + g]), 1)
-                del regions
-            else:
-                for slot, c in windowed.items():
-                    add(*self._topk_full(q, slot, self.outside_radius), c)
+        if short_term:
+            first_copies = short_term.count(0)
+            lo, hi = (0, t) if first_copies else (1, self.video_len + 1)   # ring slots of the short-term frames
+            for a, b in self._slot_chunks(lo, hi):
+                v, r = self._topk_window(q, a, b, first_copies)
+                cand_v.append(v)
+                cand_r.append(r)
 
         vals, rows = torch.cat(cand_v, 1), torch.cat(cand_r, 1)
         k = self.topk
@@ -322,18 +309,16 @@ class WindowedPropagator:
             vals, j = torch.topk(vals, k, dim=1)
             rows = rows.gather(1, j)
         wts = F.softmax(vals / self.temperature, dim=1)                  # [N, k]
-        lbl = self.bank_labels.view(-1, self.K)[rows]                    # [N, k, K]
+        lbl = self.labels.view(-1, self.K)[rows]                         # [N, k, K]
         pred = torch.bmm(wts[:, None], lbl)[:, 0]                        # [N, K]
 
         if return_topk:
             slot_frame = torch.tensor(self.slot_frame, device=self.device)
-            frames = slot_frame[rows // self.layout.padded_nodes]
-            nodes = self.layout.tiled_to_node[rows % self.layout.padded_nodes]
-            info = (frames, nodes, vals / self.temperature)
+            info = (slot_frame[rows // self.N], rows % self.N, vals / self.temperature)
 
         # the new frame enters the bank (after its context was used: its ring slot held frame t-L)
         if self.video_len > 0:
-            self._store(self._slot(t, False), t, feat, pred)
+            self._store(self._ring_slot(t), t, feat, pred)
         if t in self.long_term_slot:
             self._store(self.long_term_slot[t], t, feat, pred)
         self._t = t

@@ -46,7 +46,7 @@ def _same(a, b):
 def test_adapt_changes_features_leaves_original_and_rng(clip, frame_aug):
     folder, imgs = clip
     torch.manual_seed(0)
-    encoder = load_encoder(None, 'cpu')
+    encoder = load_encoder(None, 'cpu', fold_bn=False)
     before = _state(encoder)
     rng_before = torch.get_rng_state()
     extra = {'patch_size': [32, 32, 3]} if frame_aug == 'grid' else {}
@@ -74,7 +74,7 @@ def test_checkpoint_head_and_training_args_are_used(tmp_path):
     adapter = VideoAdapter.from_args(args, 'cpu')
     tr = adapter.settings.train
     assert (tr['img_size'], tr['temp'], tr['dropout'], tr['frame_skip']) == (64, 0.1, 0.2, 2)
-    crw, head = adapter.build_model(load_encoder(ckpt, 'cpu'))
+    crw, head = adapter.build_model(load_encoder(ckpt, 'cpu', fold_bn=False))
     assert head == 'checkpoint'
     assert torch.equal(crw.selfsim_fc[0].weight, model.selfsim_fc[0].weight)
     assert torch.equal(crw.encoder.model.conv1.weight, model.encoder.model.conv1.weight)

@@ -78,11 +78,12 @@ def same_topk_up_to_ties(d, f, tol=1e-4):
             and all(abs(vf[e] - lf[-1].item()) < tol for e in only_f))
 
 
-def compare_runs(feats, labels, soft_tol=1e-4, tile=(8, 8), mode='auto', **protocol):
+def compare_runs(feats, labels, soft_tol=1e-4, tile=(8, 8), mode='auto', budget_bytes=None, **protocol):
     """Run the reference and the windowed path; assert same top-k multisets (ties aside), soft maps, argmax."""
     protocol = Protocol(**protocol)
     dense = list(propagate_video(feats, labels, protocol, reference=True, return_topk=True))
-    fast = list(propagate_video(feats, labels, protocol, return_topk=True, tile=tile, mode=mode))
+    fast = list(propagate_video(feats, labels, protocol, return_topk=True, tile=tile, mode=mode,
+                                budget_bytes=budget_bytes))
     assert len(dense) == len(fast) == len(feats)
     worst, mismatched = 0.0, 0
     for (t, pd, idd), (_, pf, idf) in zip(dense, fast):
@@ -138,12 +139,23 @@ def test_windowed_matches_reference_random(T, C, h, w, K, radius, topk, L, long_
                  mode=mode)
 
 
-@pytest.mark.parametrize('radius,topk,L,tile', [(12, 10, 20, (8, 8)), (3, 5, 3, (8, 16)), (1.5, 10, 20, (4, 4))])
+@pytest.mark.parametrize('radius,topk,L,tile', [(12, 10, 20, (8, 8)), (3, 5, 3, (8, 16)), (1.5, 10, 20, (4, 4)),
+                                                (5, 10, 20, (4, 4)), (5, 7, 6, (2, 8))])
 def test_windowed_matches_reference_clip(radius, topk, L, tile):
     feats, labels = clip_video(14, seed=3)
     _, mismatched = compare_runs(feats, labels, topk=topk, radius=radius, temperature=0.05, video_len=L,
                                  long_mem=[0], mode='window', tile=tile)
     assert mismatched < 5
+
+
+@pytest.mark.parametrize('tile,budget', [((4, 4), 1), ((2, 8), 3000), ((3, 5), 40000), ((4, 4), None)])
+def test_windowed_chunks_and_tiles(tile, budget):
+    # tiles of any shape (regions shifted into the map at its borders, a partial last tile), frames split into
+    # chunks by a small budget (1 byte: one frame per chunk; frame 0's copies alone in its chunk), a long-term
+    # frame, a non-square map: the same results as the reference
+    feats, labels = random_video(26, 16, 13, 22, 3, seed=11)
+    compare_runs(feats, labels, tile=tile, mode='window', topk=10, radius=4.5, temperature=0.05, video_len=6,
+                 long_mem=[0, 3], budget_bytes=budget)
 
 
 def test_windowed_matches_reference_float64_exactly():
@@ -169,7 +181,8 @@ def test_bank_is_bounded():
                                                       long_mem=[0, 2]))
     for t in range(1, 40):
         p.step(feats[t % 3])
-    assert p.bank_feats.shape[0] == 1 + 1 + 7     # frame 0, frame 2, the ring
+    assert p.labels.shape[0] == 1 + 7 + 1         # frame 0, the ring, frame 2
+    assert p.ring.shape[1] == 1 + 7               # frame 0 and the ring, by tile
 
 
 def test_context_and_offsets():
