@@ -31,6 +31,7 @@ release wrote the ground truth after a down/up-sampling round trip; scorers skip
 ``--norm_mask`` changes only what is written, not the soft labels later frames use (the release's in-place
 normalisation leaked into one copy of frame 0's labels); TF32 is disabled on CUDA so features are float32.
 """
+import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
 import os
 import random
 import sys

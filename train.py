@@ -6,6 +6,7 @@
 
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
+import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
 import os
 import sys
 import time
@@ -32,10 +33,14 @@ CHECKPOINT_FILES = ('checkpoint.pth', 'model_*.pth', 'train_log.jsonl', 'log.txt
 
 
 def build_optimizer(model, args):
+    """Adam or SGD for --optim. Adam is fused (each tensor updated in one pass instead of about ten elementwise
+    operations: the same update up to float rounding, several times faster on the CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optim == 'adam':
+        fused = all(p.is_floating_point() and p.device.type in ('cpu', 'cuda') for p in params)
         # The release built Adam without weight decay (its --wd did nothing); --adam-wd opts in.
-        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay if args.adam_wd else 0.0)
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay if args.adam_wd else 0.0,
+                                fused=fused or None)
     return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 

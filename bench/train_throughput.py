@@ -1,40 +1,155 @@
-"""Training throughput of the README configuration (grid, clip-len 4, batch 20), in clips/s.
+"""Training throughput: clips/s of the README configuration, and where a training step's time goes.
 
 Rows:
   model step      forward + backward + Adam on synthetic, already augmented input (fp32, and bf16 autocast)
   release walks   the same step with the release's walk computation (every palindrome multiplied from scratch)
   data pipeline   DataLoader (decode + frame crops in workers) + batch augmentation on the device, no model
+Step breakdown (--breakdown): one table per configuration (README: grid 7x7 of 64² patches of 256² frames;
+pretrained.pth's recipe: dense 128² frames, layer4 removed, batch 8), seconds per step in data (the next
+batch from the loader, to the device, BatchAugment; random uint8 clips without --data-path), forward (encoder
+and node embedding), walk (affinities, transitions, palindromes, loss), backward and optimizer, for the
+release's Adam (a loop of elementwise operations per tensor, torch's CPU default) and build_optimizer's
+(fused), measured alternately in one process, with the fixed-seed losses of both.
 
-    python bench/train_throughput.py --data-path ../shared/data/kinetics-mini --workers 2
-Prints a markdown table and appends it to bench/RESULTS.md.
+    python bench/train_throughput.py --data-path ../shared/data/kinetics-mini --workers 2 [--breakdown]
+Prints markdown tables and appends them to bench/RESULTS.md.
 """
 import argparse
 import os
 import sys
 import time
-
-import torch
+from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import utils.threads  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
+import torch  # noqa: E402
+
+from bench.results import device_name, publish  # noqa: E402
 from data.gpu_augment import BatchAugment  # noqa: E402
 from data.sampler import build_train_sampler  # noqa: E402
 from data.video_dataset import build_train_dataset  # noqa: E402
 from model import CRW  # noqa: E402
 from tests.reference_walk import release_walks  # noqa: E402
+from train import build_optimizer  # noqa: E402
 from utils.arguments import train_args  # noqa: E402
-from bench.results import device_name, publish  # noqa: E402
 from utils.misc import git_revision  # noqa: E402
+CONFIGS = {   # name: (train.py flags, batch on CUDA, batch on the CPU)
+    'readme': (['--frame-aug', 'grid', '--img-size', '256', '--patch-size', '64', '64', '3'], 20, 4),
+    'pretrained': (['--frame-aug', '', '--img-size', '128', '--remove-layers', 'layer4'], 8, 8),
+}
+PHASES = ('data', 'forward', 'walk', 'backward', 'optimizer')
 
 
-def time_model_step(args, device, batch, amp, iters, release_loop=False):
-    model = CRW(args).to(device).train()
+def sync(device):
     if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def make_args(config, data_path, batch, workers=0, extra=()):
+    """train.py's arguments for a CONFIGS entry (README flags: clip-len 4, temp 0.05, dropout 0.1, lr 1e-4)."""
+    return train_args(['--data-path', data_path or '.', '--dropout', '0.1', '--clip-len', '4', '--temp', '0.05',
+                       '--model-type', 'scratch', '--workers', str(workers), '--batch-size', str(batch),
+                       '--cache-dataset', '--lr', '0.0001', '--output-dir', os.path.join('/tmp', 'crw-bench')]
+                      + CONFIGS[config][0] + list(extra))
+
+
+def release_adam(model, args):
+    """The optimizer before build_optimizer fused it: torch's default Adam (per-tensor loop on the CPU)."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, foreach=False)
+
+
+def clip_source(args, device, seed=0):
+    """An endless iterator of uint8 clips [B, T, 3, S, S]: the training DataLoader when args.data_path holds
+    videos, else random clips."""
+    if args.data_path and args.data_path != '.':
+        ds = build_train_dataset(args)
+        sampler = build_train_sampler(ds, args, rank=0, world_size=1)
+
+        def batches():
+            epoch = 0
+            while True:
+                sampler.set_epoch(epoch)
+                sampler.set_start(0)
+                yield from torch.utils.data.DataLoader(
+                    ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
+                    pin_memory=device.type == 'cuda', prefetch_factor=4 if args.workers else None)
+                epoch += 1
+        return batches()
+    g = torch.Generator().manual_seed(seed)
+    clips = torch.randint(0, 256, (args.batch_size, args.clip_len, 3, args.img_size, args.img_size), generator=g,
+                          dtype=torch.uint8)
+    return iter(lambda: clips, None)
+
+
+class Timer:
+    """Accumulates seconds per phase, with the device synchronised at every boundary."""
+
+    def __init__(self, device):
+        self.device, self.total, self.t = device, defaultdict(float), None
+
+    def start(self):
+        sync(self.device)
+        self.t = time.perf_counter()
+
+    def lap(self, phase):
+        sync(self.device)
+        now = time.perf_counter()
+        self.total[phase] += now - self.t
+        self.t = now
+
+
+def breakdown_step(model, opt, aug, clips, device, step, timer, amp=False):
+    """One training step as train.py runs it, timed by phase; returns the loss (detached)."""
+    timer.start()
+    video = aug(next(clips).to(device, non_blocking=True), step)
+    timer.lap('data')
+    B, T, NC, H, W = video.shape
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        q, _ = model.embed(video.reshape(B, T, NC // 3, 3, H, W))
+        timer.lap('forward')
+        loss, _ = model.walk_loss(q, size=H)
+        timer.lap('walk')
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    timer.lap('backward')
+    opt.step()
+    timer.lap('optimizer')
+    return loss.detach()
+
+
+def step_breakdown(config, device, steps, data_path='', workers=0, batch=None, optimizers=('release', 'fused')):
+    """Seconds per phase and fixed-seed losses of ``steps`` steps (after one warm-up) for each optimizer,
+    stepping the models alternately. Returns {optimizer: (phase seconds per step, [losses])}."""
+    batch = batch or CONFIGS[config][1 if device.type == 'cuda' else 2]
+    args = make_args(config, data_path, batch, workers)
+    runs = {}
+    for name in optimizers:
+        torch.manual_seed(0)
+        model = CRW(args).to(device).train()
+        opt = build_optimizer(model, args) if name == 'fused' else release_adam(model, args)
+        runs[name] = dict(model=model, opt=opt, clips=clip_source(args, device), timer=Timer(device), losses=[])
+    aug = BatchAugment(args)
+    for step in range(steps + 1):
+        for name, r in runs.items():
+            torch.manual_seed(step)   # edge dropout draws: the same for both optimizers
+            if step == 1:
+                r['timer'].total.clear()   # step 0 warms up (allocator, first-touch pages, worker start)
+            r['losses'].append(breakdown_step(r['model'], r['opt'], aug, r['clips'], device, step, r['timer']).item())
+    return {name: ({p: r['timer'].total[p] / steps for p in PHASES}, r['losses']) for name, r in runs.items()}
+
+
+def time_model_step(args, device, batch, amp, iters, release_loop=False, channels_last=None, compile=False):
+    """clips/s, last loss and peak GPU GiB of forward + backward + build_optimizer's Adam on random input that
+    is already augmented."""
+    model = CRW(args).to(device).train()
+    if channels_last if channels_last is not None else device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    P = args.patch_size[0]
-    n = ((args.img_size - P) // (P // 2) + 1) ** 2
+    opt = build_optimizer(model, args)
+    fwd = torch.compile(model) if compile else model
+    P = args.patch_size[0] if 'grid' in args.frame_aug else args.img_size
+    n = ((args.img_size - P) // (P // 2) + 1) ** 2 if 'grid' in args.frame_aug else 1
     x = torch.randn(batch, args.clip_len, n * 3, P, P, device=device)
 
     def step():
@@ -43,13 +158,13 @@ def time_model_step(args, device, batch, amp, iters, release_loop=False):
                 q, _ = model.pixels_to_nodes(x.transpose(1, 2).reshape(batch, n, 3, args.clip_len, P, P))[:2]
                 loss = release_walks(q, model.temperature, model.edgedrop_rate)[1]
             else:
-                _, loss, _ = model(x)
+                _, loss, _ = fwd(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss
 
-    step()  # warm-up (cudnn autotune, allocator)
+    step()  # warm-up (cudnn autotune, allocator, compilation)
     sync(device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
@@ -63,25 +178,12 @@ def time_model_step(args, device, batch, amp, iters, release_loop=False):
 
 
 def time_data(args, device, iters):
-    ds = build_train_dataset(args)
-    sampler = build_train_sampler(ds, args, rank=0, world_size=1)
-    sampler.set_epoch(0)
-    sampler.set_start(0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.workers, drop_last=True,
-                                         pin_memory=device.type == 'cuda',
-                                         prefetch_factor=4 if args.workers else None)
+    """clips/s of the DataLoader (args.workers workers) + BatchAugment on the device, after two warm-up batches."""
+    clips = clip_source(args, device)
     aug = BatchAugment(args)
-    it = iter(loader)
     n, t0 = 0, None
     for i in range(iters + 2):
-        try:
-            clips = next(it)
-        except StopIteration:
-            sampler.set_epoch(i)
-            it = iter(loader)
-            clips = next(it)
-        out = aug(clips.to(device, non_blocking=True), i)
+        out = aug(next(clips).to(device, non_blocking=True), i)
         if i == 1:  # the first batches pay for worker start-up
             sync(device)
             t0 = time.perf_counter()
@@ -91,9 +193,18 @@ def time_data(args, device, iters):
     return n / (time.perf_counter() - t0)
 
 
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+def breakdown_table(config, device, res, steps, batch, data_path):
+    head = (f"Step breakdown, {config} configuration ({' '.join(CONFIGS[config][0])}, batch {batch}, "
+            f"{'clips from ' + data_path if data_path else 'random clips'}; mean of {steps} steps after one "
+            "warm-up, the two optimizers stepped alternately; seconds per step)\n\n"
+            f"| Adam | {' | '.join(PHASES)} | total | losses (fixed seed) |\n|---|" + '---:|' * (len(PHASES) + 1)
+            + '---|\n')
+    names = {'release': "release (torch's CPU default, per-tensor loop)", 'fused': 'build_optimizer (fused)'}
+    rows = []
+    for name, (phases, losses) in res.items():
+        rows.append(f"| {names[name]} | {' | '.join(f'{phases[p]:.3f}' for p in PHASES)} | "
+                    f"{sum(phases.values()):.3f} | {', '.join(repr(round(x, 7)) for x in losses)} |")
+    return head + '\n'.join(rows) + '\n'
 
 
 def main():
@@ -106,6 +217,9 @@ def main():
     p.add_argument('--data-iters', type=int, default=None, help='timed batches of the data pipeline')
     p.add_argument('--workers', type=int, default=os.cpu_count())
     p.add_argument('--skip-data', action='store_true')
+    p.add_argument('--skip-throughput', action='store_true', help='only the step breakdown')
+    p.add_argument('--breakdown', action='store_true', help='also the step breakdown tables')
+    p.add_argument('--breakdown-steps', type=int, default=3)
     p.add_argument('--cpu-bf16', action='store_true', help='also time bf16 autocast on the CPU')
     p.add_argument('--skip-release', action='store_true', help='skip the release-walks row')
     p.add_argument('--no-write', action='store_true', help='do not append to bench/RESULTS.md')
@@ -113,29 +227,40 @@ def main():
     a = p.parse_args()
     device = torch.device(a.device)
     iters = a.iters or (20 if device.type == 'cuda' else 2)
-    args = train_args(['--data-path', a.data_path, '--frame-aug', 'grid', '--dropout', '0.1', '--clip-len',
-                       str(a.clip_len), '--temp', '0.05', '--model-type', 'scratch', '--workers', str(a.workers),
-                       '--batch-size', str(a.batch_size), '--cache-dataset', '--lr', '0.0001',
-                       '--output-dir', os.path.join('/tmp', 'crw-bench')])
-    torch.manual_seed(0)
-    rows = []
-    # train.py uses bf16 autocast on CUDA only (CPUs without bf16 units emulate it, many times slower)
-    for amp in ((False, True) if device.type == 'cuda' or a.cpu_bf16 else (False,)):
-        cps, loss, mem = time_model_step(args, device, a.batch_size, amp, iters)
-        rows.append((f"model step ({'bf16' if amp else 'fp32'})", cps, loss, mem))
-        if not a.skip_release:
-            cps, loss, mem = time_model_step(args, device, a.batch_size, amp, iters, release_loop=True)
-            rows.append((f"model step, release walks ({'bf16' if amp else 'fp32'})", cps, loss, mem))
-    if not a.skip_data:
-        cps = time_data(args, device, a.data_iters or (20 if device.type == 'cuda' else 5))
-        rows.append((f'data pipeline ({a.workers} workers)', cps, float('nan'), float('nan')))
-
-    head = (f"### train_throughput — {time.strftime('%Y-%m-%d')} — {device.type}: {device_name(device)}, "
-            f"torch {torch.__version__}, git {git_revision()}\n"
-            f"`python bench/train_throughput.py {' '.join(sys.argv[1:])}` (grid, clip-len {a.clip_len}, "
-            f"batch {a.batch_size}, {iters} timed steps)\n\n"
-            "| what | clips/s | loss | peak GPU GiB |\n|---|---:|---:|---:|\n")
-    table = head + ''.join(f'| {r[0]} | {r[1]:.{1 if r[1] >= 10 else 3}f} | {r[2]:.4f} | {r[3]:.1f} |\n' for r in rows)
+    data_path = a.data_path if os.path.isdir(a.data_path) else ''
+    load = os.getloadavg()[0]
+    head = (f"### train_throughput — {time.strftime('%Y-%m-%d %H:%M')} — {device.type}: {device_name(device)}, "
+            f"torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+            f"git {git_revision()}\n`python bench/train_throughput.py {' '.join(sys.argv[1:])}`; load average "
+            f"{load:.1f} at start")
+    tables = []
+    if not a.skip_throughput:
+        args = train_args(['--data-path', a.data_path, '--frame-aug', 'grid', '--dropout', '0.1', '--clip-len',
+                           str(a.clip_len), '--temp', '0.05', '--model-type', 'scratch', '--workers', str(a.workers),
+                           '--batch-size', str(a.batch_size), '--cache-dataset', '--lr', '0.0001',
+                           '--output-dir', os.path.join('/tmp', 'crw-bench')])
+        torch.manual_seed(0)
+        rows = []
+        # train.py uses bf16 autocast on CUDA only (CPUs without bf16 units emulate it, many times slower)
+        for amp in ((False, True) if device.type == 'cuda' or a.cpu_bf16 else (False,)):
+            cps, loss, mem = time_model_step(args, device, a.batch_size, amp, iters)
+            rows.append((f"model step ({'bf16' if amp else 'fp32'})", cps, loss, mem))
+            if not a.skip_release:
+                cps, loss, mem = time_model_step(args, device, a.batch_size, amp, iters, release_loop=True)
+                rows.append((f"model step, release walks ({'bf16' if amp else 'fp32'})", cps, loss, mem))
+        if not a.skip_data and data_path:
+            cps = time_data(args, device, a.data_iters or (20 if device.type == 'cuda' else 5))
+            rows.append((f'data pipeline ({a.workers} workers)', cps, float('nan'), float('nan')))
+        tables.append(f"Throughput (grid, clip-len {a.clip_len}, batch {a.batch_size}, {iters} timed steps)\n\n"
+                      "| what | clips/s | loss | peak GPU GiB |\n|---|---:|---:|---:|\n"
+                      + ''.join(f'| {r[0]} | {r[1]:.{1 if r[1] >= 10 else 3}f} | {r[2]:.4f} | {r[3]:.1f} |\n'
+                                for r in rows))
+    if a.breakdown:
+        for config in CONFIGS:
+            batch = CONFIGS[config][1 if device.type == 'cuda' else 2]
+            res = step_breakdown(config, device, a.breakdown_steps, data_path, min(a.workers, 2), batch)
+            tables.append(breakdown_table(config, device, res, a.breakdown_steps, batch, data_path))
+    table = head + f", {os.getloadavg()[0]:.1f} at end\n\n" + '\n'.join(tables)
     if a.note:
         table += f'\n{a.note}\n'
     publish(table, write=not a.no_write)
