@@ -1,246 +1,313 @@
-"""Label propagation speed and memory: the windowed path vs the release's reference algorithm.
+"""Label propagation speed and memory at the README protocol, against the machine's own matrix-multiply rate.
 
-    OMP_NUM_THREADS=2 python bench/propagation.py --data ../shared/data/davis-dev [--device cpu|cuda]
+    python bench/propagation.py --data ../shared/data/davis-dev [--compare-with /tmp/main-copy] [--seqs hockey]
 
-Protocol of the README: --cropSize -1 (854x480), L 20, k 10, R 12, tau 0.05; random-init scratch encoder
-unless --resume. Rows (each measured in its own subprocess, so peak memory is per row):
+Protocol of the README: --cropSize -1 (854x480), L 20, k 10, R 12, tau 0.05, pretrained.pth. Rows:
 
-  windowed, davis-dev           the streaming pipeline of test.py (lazy frames, features in batches of 4,
-                                propagation, upsample + argmax), over the first --seqs sequences
-  windowed / reference, t > L   steady state (21 context frames) on the same frames of the first sequence:
-                                the history (frames 0..L) is built with the windowed path, then both
-                                algorithms predict the next --reference-frames frames from identical context
-                                (the reference is slow: all-pairs affinities against 21 frames); their
-                                outputs are compared too
-  windowed, 100 frames          a 100-frame 480p video (the first sequence played forwards and backwards)
+  whole process   test.py on the --seqs sequences of davis-dev (imports, model, decoding, propagation, writing):
+                  frames / wall seconds, and peak RSS of the process
+  own video       test.py --video assets/hockey/hockey.mp4 --max-side 480 (the bundled 40-frame clip)
+  stages          seconds per frame of each stage, in one process over the first --seqs sequence: decode (wait
+                  for the loader), encoder, propagation (for this tree also its parts: the first frame's full
+                  comparison, the windowed scores, the selection, the rest), upsample + argmax, write (mask PNG
+                  + blend JPEG); all frames and t > L
+  reference       (this tree) the windowed path vs the release's algorithm on the same t > L frames of real
+                  features: max |soft difference| and argmax agreement
 
-"features incl." counts encoder + propagation time, "excl." propagation only (upsample/argmax included
-in the first and last rows). Peak memory: process peak RSS (VmHWM) on the CPU, max allocated on CUDA.
-Prints a markdown table and appends it to bench/RESULTS.md.
+score = frames/s x 130 GFLOP / sgemm rate, where 130 GFLOP is the cost of a 480p frame at this protocol
+before the windowed rewrite (encoder 43, first frame 21, windowed 66) and the sgemm rate is a 2048^3
+torch.mm on 2 threads measured in the same run (start and end). --compare-with DIR: a checkout of another
+revision (e.g. ``git archive main | tar -x -C DIR``); its rows are measured alternately with this tree's.
+Prints markdown tables and appends them to bench/RESULTS.md.
 """
 import argparse
+import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from data.vos import VideoEntry, VideoFrames, VOSVideo  # noqa: E402
-from propagation import (Protocol, ReferencePropagator, WindowedPropagator, encode_frames, load_encoder,  # noqa: E402
-                         make_propagator, soft_to_index)
-from bench.results import device_name, publish  # noqa: E402
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
-
-PROTOCOL = Protocol(topk=10, radius=12, temperature=0.05, video_len=20, long_mem=(0,))
-BATCH = 4
+GFLOP_PER_FRAME = 130
+README_FLAGS = ['--model-type', 'scratch', '--resume', 'pretrained.pth', '--topk', '10', '--videoLen', '20',
+                '--radius', '12', '--temperature', '0.05', '--cropSize', '-1', '--workers', '1']
 
 
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def peak_mb(device):
-    rss = peak_memory_bytes('cpu') / 2 ** 20
-    gpu = peak_memory_bytes(device) / 2 ** 20 if device.type == 'cuda' else float('nan')
-    return rss, gpu
-
-
-def sequences(data):
-    with open(os.path.join(data, 'ImageSets', '2017', 'val.txt')) as f:
-        names = [n.strip() for n in f if n.strip()]
-    return [VideoEntry(i, os.path.join(data, 'JPEGImages', '480p', n), os.path.join(data, 'Annotations', '480p', n),
-                       'davis', i + 1) for i, n in enumerate(names)]
-
-
-def encoder_for(a, device):
-    torch.manual_seed(0)
-    return load_encoder(a.resume or None, device)
-
-
-def stream(video_frames, first_labels_fn, enc, device, size=None, upsample=True):
-    """Run the windowed pipeline over a VideoFrames dataset; returns (frames, feature seconds, propagation s)."""
-    loader = torch.utils.data.DataLoader(video_frames, batch_size=BATCH, num_workers=1, prefetch_factor=2)
-    t_feat = t_prop = 0.0
-    n, prop = 0, None
-    for imgs, _, ts in loader:
-        sync(device)
+def sgemm_rate(reps=5):
+    """GFLOP/s of a 2048^3 float32 torch.mm on 2 threads (best of ``reps``)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = float('inf')
+    for _ in range(reps):
         t0 = time.perf_counter()
-        feats = encode_frames(enc, imgs.to(device))
-        sync(device)
-        t1 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return 2 * 2048 ** 3 / best / 1e9
+
+
+def whole_process(a, tmp):
+    seqs = a.seqs
+    lst = os.path.join(tmp, 'list.txt')
+    with open(lst, 'w') as f:
+        f.writelines(f'JPEGImages/480p/{s} Annotations/480p/{s}\n' for s in seqs)
+    frames = sum(len([n for n in os.listdir(os.path.join(a.data, 'JPEGImages', '480p', s)) if n.endswith('.jpg')])
+                 for s in seqs)
+    cmd = [sys.executable, 'test.py', '--filelist', lst, '--data-root', a.data, '--save-path',
+           os.path.join(tmp, 'out')] + README_FLAGS
+    return frames, cmd
+
+
+def own_video(a, tmp):
+    cmd = [sys.executable, 'test.py', '--video', 'assets/hockey/hockey.mp4', '--mask',
+           'assets/hockey/Annotations/480p/hockey/00000.png', '--max-side', '480',
+           '--save-path', os.path.join(tmp, 'own')] + README_FLAGS
+    return 40, cmd
+
+
+def measure_rss_isolated(cmd, cwd):
+    """Wall seconds and peak RSS (MB) of one command, through a helper process so that ru_maxrss is its own."""
+    helper = ('import json, resource, subprocess, sys, time; t = time.perf_counter(); '
+              'r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); '
+              'w = time.perf_counter() - t; sys.stderr.write(r.stderr[-3000:] if r.returncode else ""); '
+              'print(json.dumps({"rc": r.returncode, "wall": w, '
+              '"rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))')
+    p = subprocess.run([sys.executable, '-c', helper] + cmd, cwd=cwd, capture_output=True, text=True)
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    if res['rc']:
+        raise SystemExit(f'{" ".join(cmd)} failed in {cwd}:\n{p.stderr[-3000:]}')
+    return res['wall'], res['rss']
+
+
+# -- stages (runs inside the tree being measured) ----------------------------------------------------------
+
+def stages_worker(a):
+    """Per-stage seconds of the first --seqs sequence, with the modules of the current working directory."""
+    sys.path.insert(0, os.getcwd())
+    try:
+        import utils.threads  # noqa: F401  (the tree's thread defaults, as its test.py)
+    except ImportError:
+        pass
+    import torch
+    from data.outputs import write_mask_and_blend
+    from data.vos import VOSVideo, VideoEntry
+    from propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
+    from propagation import windowed
+
+    parts = {}
+
+    def timed(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return wrapper
+
+    W = windowed.WindowedPropagator
+    for name in ('_topk_full', '_window_scores', '_topk_window'):   # this tree's parts of a step
+        if hasattr(W, name):
+            setattr(W, name, timed(name, getattr(W, name)))
+    name = a.seqs[0]
+    entry = VideoEntry(0, os.path.join(a.data, 'JPEGImages', '480p', name),
+                       os.path.join(a.data, 'Annotations', '480p', name), 'davis', 1)
+    video = VOSVideo(entry, -1)
+    encoder = load_encoder('pretrained.pth', 'cpu')
+    protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
+    loader = torch.utils.data.DataLoader(video.frames, batch_size=4, num_workers=1, prefetch_factor=2)
+    out_dir = tempfile.mkdtemp(prefix='crw-stages-')
+    rows, prop = [], None
+    t_wait = time.perf_counter()
+    for imgs, disp, ts in loader:
+        t0 = time.perf_counter()
+        decode = (t0 - t_wait) / len(ts)
+        feats = encode_frames(encoder, imgs)
+        enc = (time.perf_counter() - t0) / len(ts)
         for b, t in enumerate(ts.tolist()):
+            parts.clear()
+            t1 = time.perf_counter()
             if t == 0:
-                prop = make_propagator(feats[b], first_labels_fn(feats.shape[-2:]).to(device), PROTOCOL)
+                prop = make_propagator(feats[b], video.first_labels(feats.shape[-2:]), protocol)
+                soft = video.first_labels(feats.shape[-2:])
             else:
                 soft = prop.step(feats[b])
-                if upsample:
-                    soft_to_index(soft, size).cpu()
-            n += 1
-        sync(device)
-        t_feat += t1 - t0
-        t_prop += time.perf_counter() - t1
-    return n, t_feat, t_prop
+            t2 = time.perf_counter()
+            ids = soft_to_index(soft, video.size).cpu().numpy().astype('uint8')
+            t3 = time.perf_counter()
+            write_mask_and_blend(os.path.join(out_dir, f'0_{t}'), ids, disp[b].numpy())
+            t4 = time.perf_counter()
+            rows.append(dict(t=t, decode=decode, encoder=enc, propagation=t2 - t1, upsample=t3 - t2, write=t4 - t3,
+                             **dict(parts)))
+        t_wait = time.perf_counter()
+    return rows
 
 
-def phase_windowed(a, device):
-    enc = encoder_for(a, device)
-    reset_peak_memory(device)
-    tot = [0, 0.0, 0.0]
-    for e in sequences(a.data)[:a.seqs]:
-        v = VOSVideo(e, -1)
-        n, tf, tp = stream(v.frames, v.first_labels, enc, device, v.size)
-        tot = [tot[0] + n, tot[1] + tf, tot[2] + tp]
-    rss, gpu = peak_mb(device)
-    return dict(frames=tot[0], t_feat=tot[1], t_prop=tot[2], rss=rss, gpu=gpu)
+STAGES = [('decode', 'decode (wait for the loader)'), ('encoder', 'encoder'), ('propagation', 'propagation'),
+          ('_topk_full', '· first frame, full comparison'), ('_topk_window', '· windowed: scores and selection'),
+          ('_window_scores', '· · of which scores (gather, matmul, maxima)'), ('select', '· · of which selection'),
+          ('other', '· vote, bank, rest'), ('upsample', 'upsample + argmax'), ('write', 'write (PNG + JPEG)'),
+          ('total', 'total')]
 
 
-def phase_long(a, device):
-    enc = encoder_for(a, device)
-    v = VOSVideo(sequences(a.data)[0], -1)
-    order = list(range(len(v))) + list(range(len(v) - 2, 0, -1))
-    paths = [v.paths[order[i % len(order)]] for i in range(a.long_frames)]
-    reset_peak_memory(device)
-    n, tf, tp = stream(VideoFrames(paths, -1), v.first_labels, enc, device, v.size)
-    rss, gpu = peak_mb(device)
-    return dict(frames=n, t_feat=tf, t_prop=tp, rss=rss, gpu=gpu)
+def stage_means(rows, t_min):
+    """Mean seconds per frame of every stage over the frames t >= t_min (None: the tree has no such part)."""
+    sel = [r for r in rows if r['t'] >= t_min]
+    out = {}
+    for key, _ in STAGES:
+        vals = []
+        for r in sel:
+            if key == 'select' and '_window_scores' in r:
+                vals.append(r['_topk_window'] - r['_window_scores'])
+            elif key == 'other' and '_topk_window' in r:
+                vals.append(r['propagation'] - r.get('_topk_full', 0.0) - r['_topk_window'])
+            elif key == 'total':
+                vals.append(sum(r[k] for k in ('decode', 'encoder', 'propagation', 'upsample', 'write')))
+            elif key in r:
+                vals.append(r[key])
+        out[key] = statistics.mean(vals) if vals else None
+    return out
 
 
-def phase_steady(a, device, which):
-    """History 0..L with the windowed path, then time `which` ('windowed' | 'reference') on the next frames."""
-    enc = encoder_for(a, device)
-    v = VOSVideo(sequences(a.data)[0], -1)
-    L, n = PROTOCOL.video_len, a.reference_frames
-    if len(v) < L + 1 + n:
-        raise SystemExit(f'{v.entry.name}: needs {L + 1 + n} frames')
-    feats, t_feat = [], 0.0
-    for i in range(0, L + 1 + n, BATCH):
-        imgs = torch.stack([v.frames[j][0] for j in range(i, min(L + 1 + n, i + BATCH))]).to(device)
-        sync(device)
-        t0 = time.perf_counter()
-        feats.extend(encode_frames(enc, imgs))
-        sync(device)
-        t_feat += time.perf_counter() - t0
-    t_feat /= len(feats)
-    first = v.first_labels(feats[0].shape[-2:]).to(device)
-    windowed = WindowedPropagator(feats[0], first, PROTOCOL)
-    hist = [first]
-    for t in range(1, L + 1):
-        hist.append(windowed.step(feats[t]))
-    if which == 'reference':
-        prop = ReferencePropagator(feats[0], first, PROTOCOL)
-        prop.feats = [f.reshape(f.shape[0], -1) for f in feats[:L + 1]]
-        prop.labels = [h.reshape(-1, h.shape[-1]) for h in hist]
-        del windowed
-    else:
-        prop = windowed
-    reset_peak_memory(device)
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
-    preds, t_prop = [], 0.0
+# -- reference check (this tree) ----------------------------------------------------------------------------
+
+def reference_worker(a):
+    import numpy as np
+    import torch
+    from data.vos import VOSVideo, VideoEntry
+    from propagation import Protocol, ReferencePropagator, WindowedPropagator, encode_frames, load_encoder
+    name = a.seqs[0]
+    entry = VideoEntry(0, os.path.join(a.data, 'JPEGImages', '480p', name),
+                       os.path.join(a.data, 'Annotations', '480p', name), 'davis', 1)
+    v = VOSVideo(entry, -1)
+    protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
+    L, n = protocol.video_len, a.reference_frames
+    enc = load_encoder('pretrained.pth', 'cpu')
+    feats = []
+    for i in range(0, L + 1 + n, 4):
+        feats.extend(encode_frames(enc, torch.stack([v.frames[j][0] for j in range(i, min(L + 1 + n, i + 4))])))
+    first = v.first_labels(feats[0].shape[-2:])
+    windowed = WindowedPropagator(feats[0], first, protocol)
+    hist = [first] + [windowed.step(feats[t]) for t in range(1, L + 1)]
+    ref = ReferencePropagator(feats[0], first, protocol)
+    ref.feats = [f.reshape(f.shape[0], -1) for f in feats[:L + 1]]
+    ref.labels = [h.reshape(-1, h.shape[-1]) for h in hist]
+    diff, agree = 0.0, []
     for t in range(L + 1, L + 1 + n):
-        sync(device)
-        t0 = time.perf_counter()
-        p = prop.step(feats[t])
-        sync(device)
-        t_prop += time.perf_counter() - t0
-        preds.append(p.cpu())
-    rss, gpu = peak_mb(device)
-    out = os.path.join(a.tmp, f'steady_{which}.pt')
-    torch.save(preds, out)
-    return dict(frames=n, t_feat=t_feat * n, t_prop=t_prop, rss=rss, gpu=gpu, preds=out)
+        pw, pr = windowed.step(feats[t]), ref.step(feats[t])
+        diff = max(diff, (pw - pr).abs().max().item())
+        agree.append((pw.argmax(-1) == pr.argmax(-1)).float().mean().item())
+    return dict(frames=n, diff=diff, agree=float(np.mean(agree)))
 
 
-PHASES = {'windowed': phase_windowed, 'long': phase_long,
-          'steady_windowed': lambda a, d: phase_steady(a, d, 'windowed'),
-          'steady_reference': lambda a, d: phase_steady(a, d, 'reference')}
-
-
-def run_phase(name, a):
-    cmd = [sys.executable, os.path.abspath(__file__), '--phase', name, '--data', a.data, '--device', a.device,
-           '--seqs', str(a.seqs), '--reference-frames', str(a.reference_frames), '--long-frames', str(a.long_frames),
-           '--tmp', a.tmp] + (['--resume', a.resume] if a.resume else [])
-    print(f'[bench] {name} ...', flush=True)
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f'phase {name} failed:\n{r.stderr[-3000:]}')
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f'[bench] {name}: {res}', flush=True)
-    return res
+def run_worker(tree, phase, a):
+    cmd = [sys.executable, os.path.abspath(__file__), '--phase', phase, '--data', a.data, '--seqs', *a.seqs,
+           '--reference-frames', str(a.reference_frames)]
+    r = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f'phase {phase} failed in {tree}:\n{r.stderr[-3000:]}')
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'davis-dev'))
-    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    p.add_argument('--resume', default='', help='checkpoint for the encoder (default: random-init scratch)')
-    p.add_argument('--seqs', type=int, default=2, help='sequences of davis-dev for the windowed row')
-    p.add_argument('--reference-frames', type=int, default=2, help='steady-state frames timed for windowed and reference')
-    p.add_argument('--long-frames', type=int, default=100)
-    p.add_argument('--skip-long', action='store_true')
+    p.add_argument('--seqs', nargs='+', default=['hockey'], help='davis-dev sequences of the whole-process row')
+    p.add_argument('--compare-with', default='', help='another checkout (e.g. main) measured alternately')
+    p.add_argument('--rounds', type=int, default=1, help='repetitions of the whole-process rows (median)')
+    p.add_argument('--reference-frames', type=int, default=2, help='t > L frames of the reference check (0: skip)')
+    p.add_argument('--skip-stages', action='store_true')
+    p.add_argument('--skip-own', action='store_true')
     p.add_argument('--no-write', action='store_true', help='do not append to bench/RESULTS.md')
+    p.add_argument('--note', default='')
     p.add_argument('--phase', default='', help=argparse.SUPPRESS)
-    p.add_argument('--tmp', default='', help=argparse.SUPPRESS)
     a = p.parse_args()
-    device = torch.device(a.device)
+    a.data = os.path.abspath(a.data)
     if a.phase:
-        res = PHASES[a.phase](a, device)
-        print(json.dumps(res))
+        print(json.dumps({'stages': stages_worker, 'reference': reference_worker}[a.phase](a)))
         return
     if not os.path.isdir(os.path.join(a.data, 'JPEGImages', '480p')):
         raise SystemExit(f'--data {a.data}: not a DAVIS-layout folder (JPEGImages/480p missing)')
-    a.tmp = tempfile.mkdtemp(prefix='crw-bench-')
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    t0 = time.time()
-    res = {'windowed': run_phase('windowed', a), 'steady_windowed': run_phase('steady_windowed', a),
-           'steady_reference': run_phase('steady_reference', a)}
-    if not a.skip_long:
-        res['long'] = run_phase('long', a)
-    load_end = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    sys.path.insert(0, ROOT)
+    from bench.results import device_name, publish
+    from utils.misc import git_revision
+    trees = {'this tree': ROOT}
+    if a.compare_with:
+        trees = {os.path.basename(os.path.abspath(a.compare_with)): os.path.abspath(a.compare_with), **trees}
+    tmp = tempfile.mkdtemp(prefix='crw-bench-')
+    load0, t_start = os.getloadavg()[0], time.time()
+    rates = [sgemm_rate()]
+    runs = {}   # (row, tree) -> [(frames, wall, rss)]
+    rows = [('whole', whole_process)] + ([] if a.skip_own else [('own', own_video)])
+    for r in range(a.rounds):
+        for row, make in rows:
+            for name, tree in trees.items():
+                frames, cmd = make(a, os.path.join(tmp, f'{row}-{r}-{len(runs)}'))
+                wall, rss = measure_rss_isolated(cmd, tree)
+                runs.setdefault((row, name), []).append((frames, wall, rss))
+                print(f'[bench] {row} {name}: {frames} frames in {wall:.1f} s, peak RSS {rss:.0f} MB', flush=True)
+        rates.append(sgemm_rate())
+    stages = {}
+    if not a.skip_stages:
+        for name, tree in trees.items():
+            stages[name] = run_worker(tree, 'stages', a)
+            print(f'[bench] stages {name}: done', flush=True)
+    rates.append(sgemm_rate())
+    ref = run_worker(ROOT, 'reference', a) if a.reference_frames > 0 else None
+    sgemm = statistics.mean(rates)
+    load1 = os.getloadavg()[0]
 
-    pf = torch.load(res['steady_windowed']['preds'])
-    po = torch.load(res['steady_reference']['preds'])
-    diff = max((x - y).abs().max().item() for x, y in zip(pf, po))
-    agree = np.mean([(x.argmax(-1) == y.argmax(-1)).float().mean().item() for x, y in zip(pf, po)])
-
-    def rate(r, feats):
-        return r['frames'] / (r['t_prop'] + (r['t_feat'] if feats else 0.0))
-
-    gpu = device.type == 'cuda'
-    rows = []
-    names = {'windowed': f"windowed, davis-dev first {a.seqs} seq. (streaming, t = 1..n)",
-             'steady_windowed': f"windowed, t > L (seq. 0, {a.reference_frames} frames)",
-             'steady_reference': "reference (the release's algorithm), t > L (same frames)",
-             'long': f"windowed, {a.long_frames}-frame 480p video (streaming)"}
-    for key in ('windowed', 'steady_windowed', 'steady_reference', 'long'):
-        if key not in res:
-            continue
-        r = res[key]
-        mem = f"{r['rss']:.0f}" + (f" / {r['gpu']:.0f}" if gpu else '')
-        rows.append(f"| {names[key]} | {r['frames']} | {rate(r, True):.3f} | {rate(r, False):.3f} | {mem} |")
-    sf, so = res['steady_windowed'], res['steady_reference']
-    speed = rate(sf, False) / rate(so, False)
-    speed_f = rate(sf, True) / rate(so, True)
-    head = (f"### propagation — {time.strftime('%Y-%m-%d %H:%M')} — {device.type}: {device_name(device)}, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.__version__}, "
-            f"git {git_revision()}\n"
-            f"`{' '.join(['python', 'bench/propagation.py'] + sys.argv[1:])}` — 854x480 (cropSize -1), L 20, k 10, "
-            f"R 12, tau 0.05, random-init scratch encoder{' (' + a.resume + ')' if a.resume else ''}; "
-            f"load average {load:.1f} at start, {load_end:.1f} at end (shared machine); {time.time() - t0:.0f} s\n\n"
-            f"| run | frames | frames/s, features incl. | frames/s, features excl. | peak "
-            f"{'RSS / GPU' if gpu else 'RSS'} MB |\n|---|---:|---:|---:|---:|\n")
-    table = head + '\n'.join(rows) + (
-        f"\n\nSteady state (t > L): windowed / reference = **{speed:.1f}x** (features excluded), {speed_f:.1f}x "
-        f"(included). Windowed vs reference on those frames: max |soft difference| {diff:.1e}, argmax agreement "
-        f"{agree * 100:.3f}%.\n")
-    publish(table, write=not a.no_write)
+    title = {'whole': f"whole process, test.py on {', '.join(a.seqs)} (854x480)",
+             'own': 'own video, test.py --video hockey.mp4 --max-side 480 (40 frames, 480x270)'}
+    out = [f"### propagation — {time.strftime('%Y-%m-%d %H:%M')} — cpu: {device_name('cpu')}, git {git_revision()}\n"
+           f"`python bench/propagation.py {' '.join(sys.argv[1:])}` — README protocol (L 20, k 10, R 12, tau 0.05, "
+           f"--cropSize -1), pretrained.pth; sgemm (2048³ torch.mm, 2 threads) {', '.join(f'{x:.1f}' for x in rates)} "
+           f"GFLOP/s in this run (mean {sgemm:.1f}); load average {load0:.1f} at start, {load1:.1f} at end; "
+           f"{time.time() - t_start:.0f} s\n",
+           '| run | tree | frames | seconds | frames/s | score (fps × 130 / sgemm) | peak RSS MB |',
+           '|---|---|---:|---:|---:|---:|---:|']
+    for row, _ in rows:
+        for name in trees:
+            rs = runs[(row, name)]
+            wall = statistics.median(x[1] for x in rs)
+            fps = rs[0][0] / wall
+            score = fps * GFLOP_PER_FRAME / sgemm if row == 'whole' else float('nan')
+            out.append(f"| {title[row]} | {name} | {rs[0][0]} | {wall:.1f} | {fps:.3f} | "
+                       f"{'' if row != 'whole' else f'{score:.2f}'} | {max(x[2] for x in rs):.0f} |")
+    if len(trees) == 2:
+        (n0, _), (n1, _) = trees.items()
+        for row, _ in rows:
+            w0 = statistics.median(x[1] for x in runs[(row, n0)])
+            w1 = statistics.median(x[1] for x in runs[(row, n1)])
+            out.append(f"\n{title[row]}: {n1} / {n0} = **{w0 / w1:.2f}x** frames/s.")
+    if stages:
+        L = 20
+        out.append(f"\nSeconds per frame by stage ({a.seqs[0]}, one process per tree, 1 loader worker, "
+                   f"features in batches of 4; all frames t >= 1, and t > L):\n")
+        names = list(stages)
+        out.append('| stage | ' + ' | '.join(f'{n}, t ≥ 1 | {n}, t > {L}' for n in names) + ' |')
+        out.append('|---|' + '---:|' * (2 * len(names)))
+        means = {n: (stage_means(stages[n], 1), stage_means(stages[n], L + 1)) for n in names}
+        for key, label in STAGES:
+            cells = []
+            for n in names:
+                for m in means[n]:
+                    cells.append('' if m[key] is None else f'{m[key]:.3f}')
+            if any(cells):
+                out.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    if ref:
+        out.append(f"\nWindowed vs the release's algorithm (reference) on {ref['frames']} t > L frames of "
+                   f"{a.seqs[0]} (real features, identical context): max |soft difference| {ref['diff']:.1e}, "
+                   f"argmax agreement {100 * ref['agree']:.3f}%.")
+    if a.note:
+        out.append(f'\n{a.note}')
+    publish('\n'.join(out) + '\n', write=not a.no_write)
 
 
 if __name__ == '__main__':

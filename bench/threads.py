@@ -7,8 +7,9 @@ Workloads (each run in a fresh process, so the policy applies from the start):
                 (davis-dev's first sequence with --data, else random frames), after the first frame; s/frame
   training      steps of the pretrained.pth recipe (dense 128x128 frames, clip-len 4, batch 8, layer4
                 removed, build_optimizer's Adam) on random clips; s/step
-Policies: spin (libgomp's default: idle threads spin for a while before sleeping), passive
-(OMP_WAIT_POLICY=PASSIVE, what test.py and train.py set unless the user set it), 1 thread (OMP_NUM_THREADS=1).
+Policies: spin (libgomp's default: idle threads spin for a while, 300000 iterations, before sleeping), passive
+(OMP_WAIT_POLICY=PASSIVE: they sleep at once), spin 20000 (GOMP_SPINCOUNT=20000: a short spin), 1 thread
+(OMP_NUM_THREADS=1).
 --load N: N background processes multiplying matrices on one thread each while the runs go (0: whatever
 else runs on the machine; record the load average). Runs are interleaved (round-robin over policies), and
 the table gives the median of --rounds runs and the ratio to passive (> 1: slower than passive).
@@ -26,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 POLICIES = {'spin (libgomp default)': {'GOMP_SPINCOUNT': None, 'OMP_WAIT_POLICY': None},
             'passive': {'OMP_WAIT_POLICY': 'PASSIVE'},
+            'spin 20000': {'GOMP_SPINCOUNT': '20000', 'OMP_WAIT_POLICY': None},
             '1 thread': {'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE'}}
 
 
@@ -36,9 +38,11 @@ def worker_propagation(a):
     enc = load_encoder(os.path.join(ROOT, 'pretrained.pth'), 'cpu')
     protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
     if a.data:
-        from bench.propagation import sequences
-        from data.vos import VOSVideo
-        v = VOSVideo(sequences(a.data)[0], -1)
+        from data.vos import VideoEntry, VOSVideo
+        with open(os.path.join(a.data, 'ImageSets', '2017', 'val.txt')) as f:
+            name = f.readline().strip()
+        v = VOSVideo(VideoEntry(0, os.path.join(a.data, 'JPEGImages', '480p', name),
+                                os.path.join(a.data, 'Annotations', '480p', name), 'davis', 1), -1)
         imgs = [v.frames[t][0] for t in range(a.frames + 1)]
         first = v.first_labels
     else:

@@ -91,25 +91,29 @@ class TileLayout:
         f = f.view(C, self.tiles_y, self.th, self.tiles_x, self.tw).permute(1, 3, 2, 4, 0)
         return f.reshape(self.num_tiles, self.tile_nodes, C)
 
-    def window_index(self, offsets):
+    def window_index(self, offsets, rows=8):
         """For target node n (row-major) and offset m of ``offsets`` [M, 2] (dy, dx): (``flat`` [N, M], ``node``
-        [N, M]). flat: the place of the score of (n, n + offset) in an array [num_tiles, tile_nodes,
+        [N, M]), int32. flat: the place of the score of (n, n + offset) in an array [num_tiles, tile_nodes,
         region_nodes] (node j of tile i against target p of tile i's region), num_tiles * tile_nodes *
         region_nodes (one past the end) where n + offset leaves the map. node: the context node n + offset
-        (row-major; 0 where it leaves the map)."""
-        h, w = self.h, self.w
-        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
-        y, x = yy.reshape(-1, 1), xx.reshape(-1, 1)
-        cy, cx = y + offsets[:, 0], x + offsets[:, 1]
-        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
-        cy, cx = cy.clamp(0, h - 1), cx.clamp(0, w - 1)
-        ty, tx = cy // self.th, cx // self.tw
-        tile = ty * self.tiles_x + tx
-        in_tile = (cy % self.th) * self.tw + cx % self.tw
-        in_region = (y - self.region_y0[ty]) * self.region_w + (x - self.region_x0[tx])
-        flat = (tile * self.tile_nodes + in_tile) * self.region_nodes + in_region
-        flat[~inside] = self.num_tiles * self.tile_nodes * self.region_nodes
-        return flat, (cy * w + cx).masked_fill(~inside, 0)
+        (row-major; 0 where it leaves the map). Built ``rows`` map rows at a time (bounded temporaries)."""
+        h, w, M = self.h, self.w, offsets.shape[0]
+        flat = torch.empty(h * w, M, dtype=torch.int32)
+        node = torch.empty(h * w, M, dtype=torch.int32)
+        sentinel = self.num_tiles * self.tile_nodes * self.region_nodes
+        for y0 in range(0, h, rows):
+            yy, xx = torch.meshgrid(torch.arange(y0, min(h, y0 + rows)), torch.arange(w), indexing='ij')
+            y, x = yy.reshape(-1, 1), xx.reshape(-1, 1)
+            cy, cx = y + offsets[:, 0], x + offsets[:, 1]
+            inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+            cy, cx = cy.clamp(0, h - 1), cx.clamp(0, w - 1)
+            ty, tx = cy // self.th, cx // self.tw
+            in_tile = (cy % self.th) * self.tw + cx % self.tw
+            in_region = (y - self.region_y0[ty]) * self.region_w + (x - self.region_x0[tx])
+            f = ((ty * self.tiles_x + tx) * self.tile_nodes + in_tile) * self.region_nodes + in_region
+            flat[y0 * w:y0 * w + len(y)] = f.masked_fill_(~inside, sentinel)
+            node[y0 * w:y0 * w + len(y)] = (cy * w + cx).masked_fill_(~inside, 0)
+        return flat, node
 
 
 class WindowedPropagator:
@@ -146,11 +150,11 @@ class WindowedPropagator:
         self.num_offsets = offsets.shape[0]
         self.layout = L = TileLayout(h, w, (h, w) if mode == 'full' else tile, int(offsets.abs().max()), dev)
         self.mode = 'full' if L.num_tiles == 1 else 'window'
-        flat, node = L.window_index(offsets)
-        self.window_index = flat.to(torch.int32).to(dev)                 # [N, M] into the per-position maxima
-        self.window_node = node.to(torch.int32).to(dev)                  # [N, M] context node (row-major)
         if L.num_tiles * L.region_nodes * L.tile_nodes >= 2 ** 31:
             raise ValueError('feature map too large for the windowed scores (int32 gather index)')
+        flat, node = L.window_index(offsets)
+        self.window_index = flat.to(dev)                                 # [N, M] into the per-position maxima
+        self.window_node = node.to(dev)                                  # [N, M] context node (row-major)
 
         self.long_term_slot = {m: 1 + self.video_len + i
                                for i, m in enumerate(sorted({m for m in protocol.long_mem if m > 0}))}
@@ -220,8 +224,9 @@ class WindowedPropagator:
         L, g, T, R = self.layout, hi - lo, self.layout.tile_nodes, self.layout.region_nodes
         size = L.num_tiles * T * R
         if self._scores is None or self._scores.numel() < g * size:   # kept: a fresh one costs page faults
+            most = max(b - a for a, b in self._slot_chunks(1, self.video_len + 1))   # the largest chunk
             self._scores = None
-            self._scores = torch.empty(g * size, dtype=self.dtype, device=self.device)
+            self._scores = torch.empty(max(g, most) * size, dtype=self.dtype, device=self.device)
         scores = self._scores[:g * size].view(L.num_tiles, g * T, R)
         if self._max is None:
             self._max = torch.empty(size + 1, dtype=self.dtype, device=self.device)
