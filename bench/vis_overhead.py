@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.results import device_name, publish  # noqa: E402
-from data.gpu_augment import BatchAugment  # noqa: E402
+from data.training.gpu_augment import BatchAugment  # noqa: E402
 from data.synthetic import make_sequence  # noqa: E402
 from model import CRW  # noqa: E402
 from utils.misc import git_revision  # noqa: E402

@@ -15,7 +15,7 @@ from PIL import Image
 
 import train
 from conftest import load_script
-from data.gpu_augment import BatchAugment
+from data.training.gpu_augment import BatchAugment
 from data.synthetic import make_sequence, smooth_texture, write_davis_layout
 from model import CRW
 from test_train import frame_list, small_args  # noqa: F401 - frame_list is a fixture

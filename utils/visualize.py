@@ -38,8 +38,9 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from threadpoolctl import ThreadpoolController
 
-from data.gpu_augment import MEAN, STD, grid_positions
 from data.outputs import AsyncWriter
+from data.training.gpu_augment import MEAN, STD
+from data.training.nodes import grid_positions
 from utils.misc import atomic_write
 
 VIS_KEEP = 20        # drawings (steps) whose PNGs stay in <output-dir>/vis/
@@ -123,7 +124,7 @@ def _pt(xy):
 def node_layout(height, width, num_nodes, patch=None, stride=8):
     """Where the N nodes of a height x width frame sit: (grid shape (gh, gw), centres [N, 2] float (x, y) px).
 
-    Grid input (``patch`` = P): the row-major P x P windows at stride P/2 that data.gpu_augment cuts. Dense
+    Grid input (``patch`` = P): the row-major P x P windows at stride P/2 of data/training/nodes.py. Dense
     input: every cell of the feature map of output stride ``stride``, row-major.
     """
     if patch:
@@ -160,7 +161,7 @@ def clip_frames(clip):
 
 
 def clip_patches(video, num_nodes):
-    """One augmented grid clip [T, N*3, P, P] (normalised as data.gpu_augment does) -> uint8 [T, N, P, P, 3]."""
+    """One augmented grid clip [T, N*3, P, P] (normalised as BatchAugment does) -> uint8 [T, N, P, P, 3]."""
     T, _, P, _ = video.shape
     x = video.detach().float().cpu().view(T, num_nodes, 3, P, P)
     x = x * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
