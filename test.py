@@ -51,7 +51,7 @@ from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH, propagate_user_video
 from utils.errors import CRWError, report
 from utils.misc import atomic_write, git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
-from utils.visualize import PropagationViewer
+from vis.sinks import PropagationViewer
 
 # ----------------------------------------------------------------------------------------------------------
 # Model

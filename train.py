@@ -25,7 +25,7 @@ from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, 
 from utils.errors import CRWError, report
 from utils.logger import MetricLogger, append_json_line, truncate_json_lines
 from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
-from utils.visualize import Visualizer
+from vis.sinks import Visualizer
 
 # files written atomically into --output-dir (the temporary files of an interrupted write are removed at start)
 CHECKPOINT_FILES = ('checkpoint.pth', 'model_*.pth', 'train_log.jsonl', 'log.txt')

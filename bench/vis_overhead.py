@@ -28,7 +28,8 @@ from data.training.gpu_augment import BatchAugment  # noqa: E402
 from data.synthetic import make_sequence  # noqa: E402
 from model import CRW  # noqa: E402
 from utils.misc import git_revision  # noqa: E402
-from utils.visualize import Visualizer, local_visdom_server  # noqa: E402
+from tests.visdom_server import local_visdom_server  # noqa: E402
+from vis.sinks import Visualizer  # noqa: E402
 
 CONFIGS = {  # name: (frame_aug, img_size, remove_layers)
     'grid 7x7 of 64², 256² frames (README)': ('grid', 256, []),

@@ -1,4 +1,4 @@
-"""--visualize pictures (utils/visualize.py): known answers for the PCA and flow views, CRW.walk_details, the
+"""--visualize pictures (vis/draw.py, vis/sinks.py): known answers for the PCA and flow views, CRW.walk_details, the
 PNG files, and a real visdom server receiving train.py's and test.py's pictures."""
 import base64
 import io
@@ -19,8 +19,9 @@ from data.training.gpu_augment import BatchAugment
 from data.synthetic import make_sequence, smooth_texture, write_davis_layout
 from model import CRW
 from test_train import frame_list, small_args  # noqa: F401 - frame_list is a fixture
-from utils.visualize import (DISPLAY, TEST_ENVS, WINDOWS, PCAColours, batch_views, connect_visdom, draw_pca,
-                             flow_field, free_port, local_visdom_server, mutual_matches, node_layout, prune_pngs)
+from vis.draw import DISPLAY, PCAColours, batch_views, draw_pca, flow_field, mutual_matches, node_layout
+from vis.sinks import TEST_ENVS, WINDOWS, connect_visdom, prune_pngs
+from visdom_server import free_port, local_visdom_server
 
 VIEWS = ('pca', 'flow', 'matches', 'neighbours', 'loss')
 
