@@ -63,7 +63,8 @@ def training_settings(ckpt_args=None, temperature=0.07, head_depth=-1):
     """The training settings (TRAIN_KEYS) for the adaptation: the checkpoint's training args where it has
     them, else train.py's defaults with ``temperature`` as the walk temperature. ``head_depth`` >= 0
     (test.py's --head-depth) overrides the head's depth."""
-    defaults = vars(get_train_args_parser().parse_args([]))
+    parser = get_train_args_parser()
+    defaults = {k: parser.get_default(k) for k in TRAIN_KEYS}
     defaults['temp'] = temperature
     src = vars(ckpt_args) if ckpt_args is not None and not isinstance(ckpt_args, dict) else (ckpt_args or {})
     out = {k: src.get(k, defaults[k]) if src.get(k) is not None else defaults[k] for k in TRAIN_KEYS}
