@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 from bench.results import device_name, publish  # noqa: E402
 from data.training.gpu_augment import BatchAugment  # noqa: E402

@@ -16,7 +16,8 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 from data.training.gpu_augment import BatchAugment  # noqa: E402
 from data.training.sampler import build_train_sampler  # noqa: E402

@@ -20,8 +20,8 @@ from types import SimpleNamespace as NS
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.results import device_name, publish  # noqa: E402
 from data.training.gpu_augment import BatchAugment  # noqa: E402
