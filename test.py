@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cli import parse_test_args as test_args
 from data.images import list_frames, save_grey_png
 from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map, pose_image
 from data.outputs import AsyncWriter, blend_labels, write_mask_and_blend
@@ -48,10 +49,9 @@ from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
 from propagation import STRIDE, Protocol, VideoPropagator, encode_frames, load_encoder, make_propagator
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH, propagate_user_video
-from utils.arguments import test_args
 from utils.errors import CRWError, report
 from utils.misc import atomic_write, git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
-from utils.visualize import PropagationViewer
+from vis.sinks import PropagationViewer
 
 # ----------------------------------------------------------------------------------------------------------
 # Model

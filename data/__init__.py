@@ -1,2 +1,3 @@
-"""Data: training clips (video_io, scan, video_dataset, sampler, transforms, gpu_augment), test-time videos
-(vos, jhmdb), frames and label images on disk (images) and synthetic videos with exact masks (synthetic)."""
+"""Data: ``training/`` (training clips, their order and augmentation, the walk's nodes), and what training and
+test time share: frames and label images on disk (images), video decoding (video_io), synthetic videos with
+exact masks (synthetic); test-time videos and outputs (vos, jhmdb, user_video, outputs)."""

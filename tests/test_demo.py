@@ -14,6 +14,7 @@ from model import CRW
 from utils.arguments import train_args
 
 
+@pytest.mark.slow
 def test_demo_writes_scores_and_pictures(tmp_path, repo_root, capsys):
     sample = tmp_path / 'sample'
     seq = make_sequence(num_frames=6, height=64, width=96, num_objects=2, seed=4)

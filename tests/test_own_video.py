@@ -330,6 +330,7 @@ def test_mask_size(clip, ckpt, tmp_path, capsys):
     assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_bad_video_and_mask_folder_are_one_line(clip, ckpt, tmp_path, capsys):
     root, _, seq = clip
     bad = tmp_path / 'broken.mp4'

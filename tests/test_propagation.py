@@ -288,6 +288,7 @@ def test_end_to_end(davis, tmp_path, crop):
             assert np.array_equal(_mask_ids(out / f'{i}_0_mask.png'), first)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_and_dense(davis, tmp_path):
     root, filelist, ckpt, seqs = davis
     cmd = [sys.executable, 'test.py', '--filelist', filelist, '--model-type', 'scratch', '--resume', ckpt,
