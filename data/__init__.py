@@ -1,2 +1,3 @@
-"""Data: training clips (video_io, scan, video_dataset, sampler, transforms, gpu_augment), test-time videos
-(vos, jhmdb), frames and label images on disk (images) and synthetic videos with exact masks (synthetic)."""
+"""Data: label images (labels), frames on disk (images), video decoding (video_io), synthetic videos with exact
+masks (synthetic), training clips (scan, video_dataset, sampler, transforms, gpu_augment) and test-time data
+(inference/)."""

@@ -23,7 +23,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from data.vos import write_filelist  # noqa: E402
+from data.inference.filelists import write_filelist  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 
 SETS = {'train': '1', 'test': '2'}

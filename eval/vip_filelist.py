@@ -21,7 +21,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from data.vos import VIP_ANNOTATIONS, write_filelist  # noqa: E402
+from data.inference.filelists import VIP_ANNOTATIONS, write_filelist  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from data.synthetic import make_sequence, write_davis_layout  # noqa: E402
 from eval import davis_metrics as dm  # noqa: E402
 from eval import evaluate_davis as ed  # noqa: E402
 from eval import run_test as rt  # noqa: E402
-from data.images import davis_palette, save_indexed_png  # noqa: E402
+from data.labels import davis_palette, save_indexed_png  # noqa: E402
 from utils.errors import CRWError  # noqa: E402
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}

@@ -39,7 +39,7 @@ from sklearn.decomposition import PCA
 from threadpoolctl import ThreadpoolController
 
 from data.gpu_augment import MEAN, STD, grid_positions
-from data.outputs import AsyncWriter
+from utils.background import AsyncWriter
 from utils.misc import atomic_write
 
 VIS_KEEP = 20        # drawings (steps) whose PNGs stay in <output-dir>/vis/
