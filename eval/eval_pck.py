@@ -41,8 +41,8 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
 import numpy as np  # noqa: E402
 
 from data.images import image_size, list_frames  # noqa: E402
-from data.jhmdb import load_joints  # noqa: E402
-from data.vos import read_filelist  # noqa: E402
+from data.inference.filelists import read_filelist  # noqa: E402
+from data.inference.jhmdb import load_joints  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import atomic_write  # noqa: E402
 

@@ -19,8 +19,8 @@ import cli
 import train
 import utils.dist as dist_utils
 from conftest import load_script
+from data.labels import davis_palette
 from data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter
-from data.images import davis_palette
 from data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
 from eval import convert_davis, evaluate_davis
 from model import CRW

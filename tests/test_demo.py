@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import demo
-from data.images import save_indexed_png
+from data.labels import save_indexed_png
 from data.synthetic import make_sequence, write_video
 from model import CRW
 from utils.arguments import train_args

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT as REPO
-from data.images import davis_palette, save_indexed_png
+from data.labels import davis_palette, save_indexed_png
 from data.synthetic import make_sequence, write_davis_layout
 from eval import davis_metrics as dm
 from eval import evaluate_davis as ed

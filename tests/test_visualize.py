@@ -15,8 +15,8 @@ from PIL import Image
 
 import train
 from conftest import load_script, small_train_args
+from data.synthetic import make_sequence, smooth_texture, write_davis_layout, write_frame_folder
 from data.training.gpu_augment import BatchAugment
-from data.synthetic import make_sequence, smooth_texture, write_davis_layout
 from model import CRW
 from vis.draw import DISPLAY, PCAColours, batch_views, draw_pca, flow_field, mutual_matches, node_layout
 from vis.sinks import TEST_ENVS, WINDOWS, connect_visdom, prune_pngs
@@ -187,6 +187,22 @@ def test_propagation_pictures_reach_visdom(tmp_path, visdom_port):
                                     str(tmp_path / 'out2')]) == 0
     assert len([w for w in caught if '--visdom' in str(w.message)]) == 1
     assert (tmp_path / 'out2' / '0_3_blend.jpg').exists()
+
+
+def test_own_video_pictures_reach_visdom(tmp_path, visdom_port):
+    # --video runs the same loop, so the viewer is one more sink there too
+    seq = make_sequence(num_frames=4, height=40, width=48, num_objects=2, seed=3)
+    frames = tmp_path / 'mine'
+    write_frame_folder(str(frames), seq['frames'], ext='png')
+    Image.fromarray(seq['masks'][0], mode='L').save(tmp_path / 'first.png')
+    argv = ['--video', str(frames), '--mask', str(tmp_path / 'first.png'), '--save-path', str(tmp_path / 'out'),
+            '--cropSize', '-1', '--workers', '0', '--device', 'cpu', '--videoLen', '2', '--radius', '4', '--topk', '3',
+            '--visdom', '--port', str(visdom_port)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert load_script('test.py').main(argv) == 0
+    blend = windows(visdom_port, TEST_ENVS['blend'])['blend_0']
+    assert blend['title'] == '0 mine: frame 3' and window_image(blend).shape == (40, 48, 3)
 
 
 def test_visdom_not_installed_says_how_to_install(monkeypatch):

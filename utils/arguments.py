@@ -334,8 +334,6 @@ def _finish_test_args(p, args):
     for flag in ('texture', 'round'):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')}: this release flag did nothing useful and is not implemented")
-    if args.topk <= 0 or args.videoLen < 0 or args.radius <= 0 or args.temperature <= 0:
-        p.error('--topk, --radius and --temperature must be positive, --videoLen >= 0')
     if args.cropSize == 0 or args.cropSize < -1:
         p.error('--cropSize takes a positive size or -1 (native)')
     # the encoder's smallest input is checked by cli.py (it needs the model)

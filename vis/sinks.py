@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data.outputs import AsyncWriter
+from utils.background import AsyncWriter
 from utils.misc import atomic_write
 from vis.draw import PCAColours, batch_inputs, training_views
 
