@@ -31,6 +31,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 GFLOP_PER_FRAME = 130
 README_FLAGS = ['--model-type', 'scratch', '--resume', 'pretrained.pth', '--topk', '10', '--videoLen', '20',
                 '--radius', '12', '--temperature', '0.05', '--cropSize', '-1', '--workers', '1']
@@ -85,6 +87,18 @@ def measure_rss_isolated(cmd, cwd):
     return res['wall'], res['rss']
 
 
+def davis_video(data, name):
+    """(VOSVideo of davis-dev sequence ``name``, map size -> frame 0's soft labels [h, w, K])."""
+    import numpy as np
+    from data.inference.filelists import VideoEntry
+    from data.inference.vos import VOSVideo
+    from data.labels import resize_nearest, soft_labels
+    v = VOSVideo(VideoEntry(0, os.path.join(data, 'JPEGImages', '480p', name),
+                            os.path.join(data, 'Annotations', '480p', name), 'davis', 1), -1)
+    values = np.unique(v.mask)
+    return v, lambda map_size: soft_labels(resize_nearest(v.mask, v.size), values, map_size)
+
+
 # -- stages (runs inside the tree being measured) ----------------------------------------------------------
 
 def stages_worker(a):
@@ -95,8 +109,7 @@ def stages_worker(a):
     except ImportError:
         pass
     import torch
-    from data.outputs import write_mask_and_blend
-    from data.vos import VOSVideo, VideoEntry
+    from data.inference.outputs import write_mask_and_blend
     from propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
     from propagation import windowed
 
@@ -115,10 +128,7 @@ def stages_worker(a):
     for name in ('_topk_full', '_window_scores', '_topk_window'):   # this tree's parts of a step
         if hasattr(W, name):
             setattr(W, name, timed(name, getattr(W, name)))
-    name = a.seqs[0]
-    entry = VideoEntry(0, os.path.join(a.data, 'JPEGImages', '480p', name),
-                       os.path.join(a.data, 'Annotations', '480p', name), 'davis', 1)
-    video = VOSVideo(entry, -1)
+    video, first_labels = davis_video(a.data, a.seqs[0])
     encoder = load_encoder('pretrained.pth', 'cpu')
     protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
     loader = torch.utils.data.DataLoader(video.frames, batch_size=4, num_workers=1, prefetch_factor=2)
@@ -134,8 +144,8 @@ def stages_worker(a):
             parts.clear()
             t1 = time.perf_counter()
             if t == 0:
-                prop = make_propagator(feats[b], video.first_labels(feats.shape[-2:]), protocol)
-                soft = video.first_labels(feats.shape[-2:])
+                prop = make_propagator(feats[b], first_labels(feats.shape[-2:]), protocol)
+                soft = first_labels(feats.shape[-2:])
             else:
                 soft = prop.step(feats[b])
             t2 = time.perf_counter()
@@ -180,19 +190,15 @@ def stage_means(rows, t_min):
 def reference_worker(a):
     import numpy as np
     import torch
-    from data.vos import VOSVideo, VideoEntry
     from propagation import Protocol, ReferencePropagator, WindowedPropagator, encode_frames, load_encoder
-    name = a.seqs[0]
-    entry = VideoEntry(0, os.path.join(a.data, 'JPEGImages', '480p', name),
-                       os.path.join(a.data, 'Annotations', '480p', name), 'davis', 1)
-    v = VOSVideo(entry, -1)
+    v, first_labels = davis_video(a.data, a.seqs[0])
     protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
     L, n = protocol.video_len, a.reference_frames
     enc = load_encoder('pretrained.pth', 'cpu')
     feats = []
     for i in range(0, L + 1 + n, 4):
         feats.extend(encode_frames(enc, torch.stack([v.frames[j][0] for j in range(i, min(L + 1 + n, i + 4))])))
-    first = v.first_labels(feats[0].shape[-2:])
+    first = first_labels(feats[0].shape[-2:])
     windowed = WindowedPropagator(feats[0], first, protocol)
     hist = [first] + [windowed.step(feats[t]) for t in range(1, L + 1)]
     ref = ReferencePropagator(feats[0], first, protocol)
@@ -234,7 +240,6 @@ def main():
         return
     if not os.path.isdir(os.path.join(a.data, 'JPEGImages', '480p')):
         raise SystemExit(f'--data {a.data}: not a DAVIS-layout folder (JPEGImages/480p missing)')
-    sys.path.insert(0, ROOT)
     from bench.results import device_name, publish
     from utils.misc import git_revision
     trees = {'this tree': ROOT}

@@ -23,7 +23,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 POLICIES = {'spin (libgomp default)': {'GOMP_SPINCOUNT': None, 'OMP_WAIT_POLICY': None},
             'passive': {'OMP_WAIT_POLICY': 'PASSIVE'},
@@ -38,13 +39,11 @@ def worker_propagation(a):
     enc = load_encoder(os.path.join(ROOT, 'pretrained.pth'), 'cpu')
     protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
     if a.data:
-        from data.vos import VideoEntry, VOSVideo
+        from bench.propagation import davis_video
         with open(os.path.join(a.data, 'ImageSets', '2017', 'val.txt')) as f:
             name = f.readline().strip()
-        v = VOSVideo(VideoEntry(0, os.path.join(a.data, 'JPEGImages', '480p', name),
-                                os.path.join(a.data, 'Annotations', '480p', name), 'davis', 1), -1)
+        v, first = davis_video(a.data, name)
         imgs = [v.frames[t][0] for t in range(a.frames + 1)]
-        first = v.first_labels
     else:
         g = torch.Generator().manual_seed(0)
         imgs = [torch.randn(3, 480, 854, generator=g) for _ in range(a.frames + 1)]

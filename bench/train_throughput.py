@@ -21,15 +21,16 @@ import time
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 import utils.threads  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
 import torch  # noqa: E402
 
 from bench.results import device_name, publish  # noqa: E402
-from data.gpu_augment import BatchAugment  # noqa: E402
-from data.sampler import build_train_sampler  # noqa: E402
-from data.video_dataset import build_train_dataset  # noqa: E402
+from data.training.gpu_augment import BatchAugment  # noqa: E402
+from data.training.sampler import build_train_sampler  # noqa: E402
+from data.training.video_dataset import build_train_dataset  # noqa: E402
 from model import CRW  # noqa: E402
 from tests.reference_walk import release_walks  # noqa: E402
 from train import build_optimizer  # noqa: E402

@@ -39,7 +39,7 @@ import subprocess
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
+if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
     sys.path.insert(0, _REPO)
 
 from model import MODEL_TYPES  # noqa: E402

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from data import video_dataset as vds
+from data.training import video_dataset as vds
 from data import video_io
-from data.sampler import ClipSampler, build_train_sampler
+from data.training.sampler import ClipSampler, build_train_sampler
 from data.synthetic import write_video
-from data.video_dataset import build_train_dataset, detect_layout
+from data.training.video_dataset import build_train_dataset, detect_layout
 from utils.arguments import train_args
 from utils.errors import CRWError
 
@@ -295,7 +295,7 @@ def test_metadata_cache(kinetics, tmp_path, monkeypatch, capsys):
 
 
 def test_cache_key_depends_on_files_and_settings():
-    from data.scan import cache_names
+    from data.training.scan import cache_names
     items = [('a.mp4', 10, 1), ('b.mp4', 20, 2)]
     base = cache_names('videos', '/x', items, 4, 8)
     assert cache_names('videos', '/x', items, 4, 8) == base
