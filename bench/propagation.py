@@ -56,6 +56,7 @@ def sgemm_rate(reps=5):
 
 def whole_process(a, tmp):
     seqs = a.seqs
+    os.makedirs(tmp, exist_ok=True)
     lst = os.path.join(tmp, 'list.txt')
     with open(lst, 'w') as f:
         f.writelines(f'JPEGImages/480p/{s} Annotations/480p/{s}\n' for s in seqs)
