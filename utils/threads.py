@@ -5,9 +5,8 @@ loads). Import this module first:
 
 OMP_WAIT_POLICY=PASSIVE: between parallel regions OpenMP threads sleep instead of spinning. On a machine
 whose cores are shared with other jobs, spinning threads burn the time slices the working thread needs, and
-every small parallel region waits for a descheduled partner (several times slower frames and training
-steps); on an idle machine the difference is within noise (bench/threads.py, bench/RESULTS.md). A value the
-user set (OMP_WAIT_POLICY, or GOMP_SPINCOUNT) is kept.
+every small parallel region waits for a descheduled partner (slower frames and training steps);
+``bench/threads.py`` compares the policies. A value the user set (OMP_WAIT_POLICY, or GOMP_SPINCOUNT) is kept.
 """
 import os
 
