@@ -45,6 +45,7 @@ from data.images import list_frames, save_grey_png
 from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map, pose_image
 from data.outputs import AsyncWriter, blend_labels, write_mask_and_blend
 from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
+from model import PRETRAINED_TYPES
 from propagation import STRIDE, Protocol, VideoPropagator, encode_frames, load_encoder, make_propagator
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH, propagate_user_video
@@ -59,7 +60,7 @@ from utils.visualize import PropagationViewer
 
 def build_encoder(args, device):
     """The encoder for ``args`` (layer4 removed by default), weights from --resume."""
-    if not args.resume and args.model_type != 'imagenet18':
+    if not args.resume and args.model_type not in PRETRAINED_TYPES:
         warnings.warn(f'no --resume: the {args.model_type} encoder has random weights (seed {args.manualSeed})',
                       stacklevel=2)
     encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights,

@@ -1,20 +1,21 @@
 """Listing a training collection, probing every item in parallel, and caching the result (``--cache-dataset``).
 
 The cache lives in ``$CRW_CACHE_DIR`` or ``~/.cache/crw/`` (the data may be read-only). A cache file is named
-``<kind>-<P>-<K>.pkl``: P hashes (kind, absolute root, clip length, frame rate, format version), K hashes the
+``<kind>-<P>-<K>.json``: P hashes (kind, absolute root, clip length, frame rate, format version), K hashes the
 whole key, i.e. P's fields plus the sorted item list with sizes and modification times. Hence
 
 * same key → the file exists and is loaded (nothing is probed);
 * a file with the same P but another K → the collection changed: a one-line message, unchanged items are
   reused from it, only new or modified items are probed, the new cache replaces the old one;
-* an unreadable or corrupt file → a one-line message and a rescan.
+* an unreadable or corrupt file (anything but this format's JSON) → a one-line message and a rescan.
 
-Files are written atomically (``utils.misc.atomic_write``). Items that failed to
+The cache is plain JSON, parsed with ``json`` and checked field by field: a replaced or planted file can
+give wrong numbers at worst (then the key check rebuilds it), never run code. Files are written atomically (``utils.misc.atomic_write``). Items that failed to
 probe are cached as failures with their message (same bytes, same result) and warned about at every start.
 """
 import hashlib
 import os
-import pickle
+import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from utils.errors import DecodeError
 from utils.misc import atomic_write
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: JSON (1 was a pickle, never read now)
+CACHE_EXT = '.json'
 
 
 def log(msg):
@@ -79,24 +81,56 @@ def cache_names(kind, root, items, clip_len, frame_skip):
     head = (kind, os.path.abspath(root), int(clip_len), int(frame_skip), CACHE_VERSION)
     prefix = f'{kind}-{_hash(head)[:12]}'
     full = _hash(head + tuple(items))[:24]
-    return prefix, f'{prefix}-{full}.pkl'
+    return prefix, f'{prefix}-{full}{CACHE_EXT}'
+
+
+def _as_result(r):
+    """A cached ``[value, error]`` back to ``(value, None)`` / ``(None, message)``; value: an int (frame count)
+    or ``(num_frames, fps)``."""
+    if not (isinstance(r, list) and len(r) == 2):
+        raise ValueError('unexpected result entry')
+    value, err = r
+    if err is not None:
+        if not isinstance(err, str) or value is not None:
+            raise ValueError('unexpected error entry')
+        return None, err
+    if isinstance(value, list):
+        if not (len(value) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+            raise ValueError('unexpected value entry')
+        return tuple(value), None
+    if not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ValueError('unexpected value entry')
+    return value, None
+
+
+def _as_item(i):
+    if not (isinstance(i, list) and len(i) == 3 and isinstance(i[0], str)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in i[1:])):
+        raise ValueError('unexpected item entry')
+    return tuple(i)
 
 
 def _load(path, key_hash):
+    """The cache ``{'items': [(rel, size, mtime_ns)], 'results': [(value, error)], ...}`` at ``path``; raises
+    ValueError (or OSError) for anything else. Parsed as JSON only (nothing in the file can run)."""
     with open(path, 'rb') as f:
-        obj = pickle.load(f)
+        obj = json.loads(f.read().decode('utf-8'))
     if not (isinstance(obj, dict) and obj.get('version') == CACHE_VERSION and isinstance(obj.get('items'), list)
             and isinstance(obj.get('results'), list) and len(obj['items']) == len(obj['results'])):
         raise ValueError('unexpected content')
     if key_hash is not None and obj.get('key') != key_hash:
         raise ValueError('key mismatch')
+    obj['items'] = [_as_item(i) for i in obj['items']]
+    obj['results'] = [_as_result(r) for r in obj['results']]
     return obj
 
 
 def _write_cache(path, obj):
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    # ensure_ascii keeps undecodable file names (surrogate escapes) as \udcxx escapes that load back unchanged
+    data = json.dumps(obj, separators=(',', ':'), ensure_ascii=True).encode('ascii')
     with atomic_write(path) as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.write(data)
 
 
 def probe_all(paths, probe, workers, what='videos'):
@@ -147,7 +181,7 @@ def scan(kind, root, items, probe, *, workers=1, use_cache=False, clip_len=0, fr
         cdir = cache_dir()
         prefix, name = cache_names(kind, root, items, clip_len, frame_skip)
         path = os.path.join(cdir, name)
-        key_hash = name[len(prefix) + 1:-4]
+        key_hash = name[len(prefix) + 1:-len(CACHE_EXT)]
         info['cache_file'] = path
         if os.path.exists(path):
             try:
@@ -156,11 +190,13 @@ def scan(kind, root, items, probe, *, workers=1, use_cache=False, clip_len=0, fr
                 info['cache'] = 'used'
                 return obj['results'], info
             except Exception as e:
-                log(f'metadata cache {path} unreadable ({type(e).__name__}: {e}); rebuilding it')
+                why = str(e).splitlines()[0][:120] if str(e) else ''
+                log(f'metadata cache {path} unreadable, not a cache file of this version ({type(e).__name__}: '
+                    f'{why}); ignoring it (nothing in it is run) and rebuilding it')
         else:
             olds = []
             try:
-                olds = sorted(f for f in os.listdir(cdir) if f.startswith(prefix + '-') and f.endswith('.pkl'))
+                olds = sorted(f for f in os.listdir(cdir) if f.startswith(prefix + '-') and f.endswith(CACHE_EXT))
             except OSError:
                 pass
             for old in olds:
@@ -192,7 +228,7 @@ def scan(kind, root, items, probe, *, workers=1, use_cache=False, clip_len=0, fr
             info['cache'] = 'written'
             log(f'metadata cache written: {path}')
             for old in os.listdir(os.path.dirname(path)):
-                if old.startswith(prefix + '-') and old.endswith('.pkl') and old != name:
+                if old.startswith(prefix + '-') and old.endswith(CACHE_EXT) and old != name:
                     try:
                         os.unlink(os.path.join(os.path.dirname(path), old))
                     except OSError:
