@@ -3,6 +3,7 @@
     python train.py --data-path /path/to/kinetics/ --frame-aug grid --dropout 0.1 --clip-len 4 --temp 0.05 \
         --model-type scratch --workers 16 --batch-size 20 --cache-dataset --data-parallel --lr 0.0001
     torchrun --nproc_per_node 8 train.py ...        # DistributedDataParallel, one process per GPU (or CPU: --device cpu)
+    torchrun --nnodes 2 --node_rank N --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT train.py ...
 
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
@@ -61,13 +62,18 @@ def build_scheduler(optimizer, args, iters_per_epoch):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule(warmup, milestones, args.lr_gamma))
 
 
-def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step):
+def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step,
+               rng_ranks=None):
+    """``rng_ranks``: every process's RNG state (``dist_utils.all_rng_states``), so that each rank of a
+    torchrun job resumes its own edge-dropout stream; ``rng`` stays rank 0's (the single-process format)."""
     state = {
         'model': unwrap_model(model).state_dict(), 'optimizer': optimizer.state_dict(),
         'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': vars(args),  # loads weights_only
         'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
-        'rng': rng_state(),
+        'rng': rng_ranks[0] if rng_ranks else rng_state(),
     }
+    if rng_ranks and len(rng_ranks) > 1:
+        state['rng_ranks'] = rng_ranks
     atomic_save(state, path)
 
 
@@ -111,10 +117,11 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
                 if vis is not None:
                     vis.log({'loss': loss_v, **diags}, step=state['global_step'])
         # the epoch's last step is saved by the end-of-epoch write; don't serialise it twice
-        if (args.save_every > 0 and state['global_step'] % args.save_every == 0 and state['iteration'] < total
-                and dist_utils.is_main_process()):
-            save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
-                       epoch, state['iteration'], False, state['global_step'])
+        if args.save_every > 0 and state['global_step'] % args.save_every == 0 and state['iteration'] < total:
+            rngs = dist_utils.all_rng_states(rng_state())  # every rank takes part
+            if dist_utils.is_main_process():
+                save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
+                           epoch, state['iteration'], False, state['global_step'], rngs)
     if first_bad is not None:
         raise FloatingPointError(f'non-finite loss at iteration {first_bad} (epoch {epoch}); stopping. '
                                  + checkpoint_note(args.output_dir, 'resume from it with a lower --lr'))
@@ -180,7 +187,8 @@ def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):
     if start_epoch == epoch:
         state['iteration'] = ckpt['iteration']
     state['global_step'] = ckpt.get('global_step', lr_scheduler.last_epoch)
-    set_rng_state(ckpt.get('rng'))
+    ranks = ckpt.get('rng_ranks')
+    set_rng_state(ranks[args.rank] if ranks and len(ranks) == args.world_size else ckpt.get('rng'))
     print(f'| resumed from {path}: epoch {start_epoch}, iteration {state["iteration"]}, '
           f'step {state["global_step"]}')
     return start_epoch
@@ -237,6 +245,10 @@ def main(args):
             for name in ('train_log.jsonl', 'log.txt'):  # the resumed run writes these records again
                 truncate_json_lines(os.path.join(args.output_dir, name), 'global_step', state['global_step'])
 
+    # every node must read the same checkpoint (a folder they all share), or the ranks would drift apart
+    dist_utils.check_same((bool(resume), start_epoch, state['iteration'], state['global_step']),
+                          'where to resume (checkpoint found, epoch, iteration, step); --output-dir (or --resume) '
+                          'must be one folder every node sees, e.g. on a shared file system')
     model_without_ddp = model
     model = wrap_model(model, args, device)
     if args.compile:
@@ -257,10 +269,11 @@ def main(args):
             sampler.set_epoch(epoch)
             sampler.set_start(state['iteration'] * args.batch_size)
             stats = train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis)
+        rngs = dist_utils.all_rng_states(rng_state())
         if dist_utils.is_main_process():
             for name in (f'model_{epoch}.pth', 'checkpoint.pth'):
                 save_state(os.path.join(args.output_dir, name), model_without_ddp, optimizer, lr_scheduler, args,
-                           epoch, state['iteration'], True, state['global_step'])
+                           epoch, state['iteration'], True, state['global_step'], rngs)
             append_json_line(os.path.join(args.output_dir, 'log.txt'),
                              {'epoch': epoch, 'iterations': state['iteration'], 'global_step': state['global_step'],
                               **{f'train_{k}': v for k, v in stats.items()},
@@ -297,6 +310,17 @@ def cli(argv=None):
         print('train.py: interrupted; ' + checkpoint_note(args.output_dir, 're-run the same command to resume'),
               file=sys.stderr, flush=True)
         return 130
+    except RuntimeError as e:
+        lost = dist_utils.peer_failure(e)
+        if lost is None:
+            raise
+        # every rank says it (print is silenced on ranks > 0): the survivors may be any of them
+        sys.stderr.write(f'train.py: error: rank {args.rank} of {args.world_size} lost contact with the other '
+                         f'processes of the torchrun job (a node died, hung past --dist-timeout or lost its '
+                         f'network): {lost}; ' + checkpoint_note(
+                             args.output_dir, 're-run the same command on every node to resume from it') + '\n')
+        sys.stderr.flush()
+        return 1
     return 0
 
 

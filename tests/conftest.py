@@ -29,3 +29,7 @@ def load_script(name):
     sys.modules[mod_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: subprocess tests that take tens of seconds')

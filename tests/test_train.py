@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train
+from model import CRW
 from data.synthetic import make_sequence, write_frame_folder
 from utils.arguments import train_args
 
@@ -85,6 +86,25 @@ def test_mid_epoch_resume_is_bit_identical(frame_list, tmp_path, monkeypatch):
     # and the resumed run really trained: weights differ from the step-2 snapshot
     assert any(not torch.equal(v, mid['model'][k]) for k, v in weights(out / 'model_0.pth').items()
                if v.dtype.is_floating_point)
+
+
+def test_each_rank_resumes_its_own_random_stream(frame_list, tmp_path):
+    """A torchrun checkpoint holds every rank's RNG state (edge dropout draws from it); rank r resumes its
+    own, and falls back to rank 0's when the number of processes changed."""
+    out = tmp_path / 'run'
+    train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
+    ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
+    streams = [torch.Generator().manual_seed(s).get_state() for s in (10, 11)]
+    ckpt['rng_ranks'] = [{'torch': streams[0]}, {'torch': streams[1]}]
+    ckpt['rng'] = ckpt['rng_ranks'][0]
+    for rank, world, expected in ((1, 2, streams[1]), (0, 2, streams[0]), (1, 3, streams[0])):
+        args = small_args(frame_list, out, '--epochs', '2')
+        args.rank, args.world_size = rank, world
+        model = CRW(args)
+        optimizer = train.build_optimizer(model, args)
+        state = {'iteration': 0, 'global_step': 0, 'iters_per_epoch': 1}
+        train.restore_training_state(ckpt, 'ckpt', optimizer, train.build_scheduler(optimizer, args, 1), state, args)
+        assert torch.equal(torch.get_rng_state(), expected)
 
 
 def test_crash_during_checkpoint_write_keeps_previous(frame_list, tmp_path, monkeypatch):

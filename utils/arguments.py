@@ -103,6 +103,9 @@ def get_train_args_parser(add_help=True):
                    help='under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics over the whole batch of all '
                         'processes (default: per process, like the release under DataParallel)')
     p.add_argument('--dist-url', default='env://', help='init method under torchrun')
+    p.add_argument('--dist-timeout', default=1800, type=float,
+                   help='under torchrun: seconds a collective waits for a hung process before the run stops with '
+                        'an error (a process that dies is noticed at once)')
     # checkpoints and logging
     p.add_argument('--output-dir', default='auto', help="'auto' names the folder after the run's settings")
     p.add_argument('--name', default='', type=str, help='prefix of the auto output folder')
@@ -192,6 +195,8 @@ def _finish_train_args(p, args):
     elif args.img_size < smallest:
         p.error(f'--img-size {args.img_size}: the {args.model_type} encoder needs frames of at least '
                 f'{smallest}x{smallest} pixels (stride 8; use 64 or more for a useful graph)')
+    if not args.dist_timeout > 0:
+        p.error('--dist-timeout must be a positive number of seconds')
     if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
         p.error('--steps-per-epoch must be positive')
     if args.workers < 0:
