@@ -8,7 +8,9 @@
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -299,13 +301,34 @@ def wrap_model(model, args, device):
     return model
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: torchrun sends it to every worker when it loses a node, SLURM at the end of a job's time."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _say(args, what, todo):
+    """One line on stderr from every rank (print is silenced on ranks > 0: a survivor may be any rank)."""
+    who = f'rank {args.rank} of {args.world_size} ' if getattr(args, 'world_size', 1) > 1 else ''
+    sys.stderr.write(f'train.py: error: {who}{what}; {checkpoint_note(args.output_dir, todo)}\n')
+    sys.stderr.flush()
+
+
 def cli(argv=None):
-    """Parse, train, and turn errors and Ctrl-C into one line and an exit status."""
+    """Parse, train, and turn errors, Ctrl-C and SIGTERM into one line and an exit status."""
     args = train_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         main(args)
     except (CRWError, FloatingPointError) as e:
         return report('train.py', e)
+    except Terminated:
+        _say(args, 'stopped by SIGTERM (torchrun stops every worker when it loses a node; SLURM at the end of '
+                   'the job)', 're-run the same command (on every node) to resume from it')
+        return 143
     except KeyboardInterrupt:
         print('train.py: interrupted; ' + checkpoint_note(args.output_dir, 're-run the same command to resume'),
               file=sys.stderr, flush=True)
@@ -314,13 +337,13 @@ def cli(argv=None):
         lost = dist_utils.peer_failure(e)
         if lost is None:
             raise
-        # every rank says it (print is silenced on ranks > 0): the survivors may be any of them
-        sys.stderr.write(f'train.py: error: rank {args.rank} of {args.world_size} lost contact with the other '
-                         f'processes of the torchrun job (a node died, hung past --dist-timeout or lost its '
-                         f'network): {lost}; ' + checkpoint_note(
-                             args.output_dir, 're-run the same command on every node to resume from it') + '\n')
-        sys.stderr.flush()
+        _say(args, f'lost contact with the other processes of the torchrun job (a node died, hung past '
+                   f'--dist-timeout or lost its network): {lost}', 're-run the same command on every node to '
+                   'resume from it')
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

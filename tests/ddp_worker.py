@@ -3,9 +3,9 @@ environment variables:
 
 * ``CRW_TEST_DUMP=<folder>``: after training, write this rank's weights (parameters and buffers) to
   ``<folder>/rank<r>.pt`` (train.py saves rank 0's only);
-* ``CRW_TEST_STALL=<step>:<file>``: rank 1 stops responding before that global step (a node that hangs
-  until it is killed) after writing "<its pid> <its torchrun agent's pid>" to <file>, so that a test can
-  kill that node while the others wait in a collective.
+* ``CRW_TEST_STALL=<step>:<file>``: this process stops responding before that global step (a node that
+  hangs until it is killed) after writing "<its pid> <its torchrun agent's pid>" to <file>, so that a test
+  can kill that node while the others wait in a collective.
 """
 import os
 import sys
@@ -32,7 +32,7 @@ def main():
     mix_seed = train.mix_seed
 
     def stalling_mix_seed(seed, step, rank):            # called once per step, before the forward
-        if step == int(stall_at) and rank == 1:
+        if step == int(stall_at):
             with open(stall_file + '.tmp', 'w') as f:
                 f.write(f'{os.getpid()} {os.getppid()}')
             os.replace(stall_file + '.tmp', stall_file)

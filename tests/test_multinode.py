@@ -63,30 +63,38 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch_nodes(argv, log_prefix, env=None):
-    """Start two torchrun agents (one per "node", each in its own session). Returns the Popen objects."""
+def launch_nodes(argv, log_prefix, env=None, env1=None):
+    """Start two torchrun agents (one per "node", each in its own session; node 0 hosts the rendezvous store;
+    ``env`` goes to both, ``env1`` to node 1 only). Returns the Popen objects."""
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
     procs = []
     for node in (0, 1):
+        extra = dict(env or {}, **(env1 or {})) if node == 1 else dict(env or {})
+        env_node = dict(os.environ, OMP_NUM_THREADS='1', **extra)
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank', str(node),
                '--nproc_per_node', '1', '--rdzv-backend', 'c10d', '--rdzv-endpoint', f'127.0.0.1:{port}',
-               WORKER, *argv]
+               '--rdzv-conf', f'is_host={int(node == 0)}', WORKER, *argv]
         log = open(f'{log_prefix}.node{node}.log', 'w')
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env_node, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True))
         log.close()
     return procs
 
 
-def wait_all(procs, log_prefix, timeout=TIMEOUT):
+def wait_all(procs, timeout=TIMEOUT):
+    """Exit statuses; on a timeout (or any failure) the agents still running are stopped with SIGTERM (which
+    they pass to their workers), then SIGKILL."""
     try:
         return [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
 
 
 def logs(log_prefix):
@@ -94,7 +102,7 @@ def logs(log_prefix):
 
 
 def run_two_nodes(argv, log_prefix, env=None):
-    rcs = wait_all(launch_nodes(argv, log_prefix, env), log_prefix)
+    rcs = wait_all(launch_nodes(argv, log_prefix, env))
     assert rcs == [0, 0], '\n'.join(t[-3000:] for t in logs(log_prefix))
 
 
@@ -142,10 +150,10 @@ def test_two_nodes_equal_ranks_and_one_process(clip_list, two_node_run, tmp_path
 def test_killed_node_survivor_stops_and_resume_is_exact(clip_list, two_node_run, tmp_path):
     ref = two_node_run
 
-    # node holding rank 1 hangs at step 2 (after the epoch-0 checkpoint), then is killed: agent and worker
+    # node 1 hangs at step 2 (after the epoch-0 checkpoint), then is killed: its agent and its worker
     out = tmp_path / 'run'
     stall = tmp_path / 'stalled'
-    procs = launch_nodes(argv(clip_list, out), str(tmp_path / 'k'), env={'CRW_TEST_STALL': f'2:{stall}'})
+    procs = launch_nodes(argv(clip_list, out), str(tmp_path / 'k'), env1={'CRW_TEST_STALL': f'2:{stall}'})
     try:
         deadline = time.time() + TIMEOUT
         while not stall.exists():
@@ -160,7 +168,7 @@ def test_killed_node_survivor_stops_and_resume_is_exact(clip_list, two_node_run,
         rc = survivor.wait(timeout=60)
         waited = time.time() - t0
     finally:
-        wait_all(procs, str(tmp_path / 'k'), timeout=1)
+        wait_all(procs, timeout=1)
     text = logs(str(tmp_path / 'k'))[procs.index(survivor)]
     lines = [line for line in text.splitlines() if 'train.py: error:' in line]
     assert rc != 0 and waited < 60 and len(lines) == 1, text[-3000:]

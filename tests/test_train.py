@@ -107,6 +107,33 @@ def test_each_rank_resumes_its_own_random_stream(frame_list, tmp_path):
         assert torch.equal(torch.get_rng_state(), expected)
 
 
+def test_sigterm_is_one_line_and_keeps_the_checkpoint(frame_list, tmp_path, monkeypatch, capsys):
+    """SIGTERM (torchrun stopping its workers after losing a node, SLURM at the time limit) mid-run: one line
+    naming the intact checkpoint, exit status 143; the same command resumes from it."""
+    import signal
+    out = tmp_path / 'run'
+    real_mix = train.mix_seed
+
+    def term_at_step_2(seed, step, rank):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_mix(seed, step, rank)
+    monkeypatch.setattr(train, 'mix_seed', term_at_step_2)
+    argv = ['--data-path', frame_list, '--frame-aug', 'grid', '--img-size', '64', '--patch-size', '32', '32',
+            '--clip-len', '3', '--frame-skip', '1', '--batch-size', '2', '--workers', '0', '--device', 'cpu',
+            '--output-dir', str(out), '--remove-layers', 'layer4', '--epochs', '1', '--steps-per-epoch', '3',
+            '--save-every', '1']
+    before = signal.getsignal(signal.SIGTERM)
+    assert train.cli(argv) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'SIGTERM' in err[0] and f'{out / "checkpoint.pth"} is intact' in err[0]
+    assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['global_step'] == 2
+    monkeypatch.setattr(train, 'mix_seed', real_mix)
+    assert train.cli(argv) == 0
+    assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['global_step'] == 3
+
+
 def test_crash_during_checkpoint_write_keeps_previous(frame_list, tmp_path, monkeypatch):
     out = tmp_path / 'run'
     train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
