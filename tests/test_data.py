@@ -329,11 +329,27 @@ def test_planted_cache_file_is_never_run(kinetics, tmp_path, capsys):
     assert json.load(open(path))['version'] >= 2               # replaced by a valid cache
     # valid JSON of the right key but a wrong entry is refused the same way
     obj = json.load(open(path))
-    obj['results'][0] = [{'py/object': 'os.system'}, None]
+    obj['frames'][0] = {'py/object': 'os.system'}
     with open(path, 'w') as f:
         json.dump(obj, f)
     assert build_train_dataset(args).scan_info['cache'] == 'written' and not marker.exists()
     assert build_train_dataset(args).scan_info['cache'] == 'used'
+
+
+def test_cache_round_trip(tmp_path):
+    """Values, failures and undecodable file names come back from the JSON cache exactly; the stale path
+    gets the items back too."""
+    from data.scan import _load, _write_cache
+    head = {'version': 2, 'key': 'k'}
+    items = [('a.mp4', 10, 1), ('b\udcff.mp4', 20, 2), ('c.mp4', 30, 3)]   # b: a non-UTF-8 byte in its name
+    for results in ([((40, 24.0), None), (None, 'DecodeError: no frame'), ((45, 29.97002997002997), None)],
+                    [(12, None), (None, 'PermissionError: x'), (33, None)]):
+        path = str(tmp_path / 'c.json')
+        _write_cache(path, head, items, results)
+        assert _load(path, 'k', 3) == (None, results)
+        assert _load(path, None) == (items, results)
+        with pytest.raises(ValueError):
+            _load(path, 'other key')
 
 
 def test_cache_key_depends_on_files_and_settings():

@@ -217,7 +217,8 @@ def test_resnet50_trains_with_a_2048_wide_head(sources, files, tmp_path):
     argv = ['--data-path', str(tmp_path / 'list.txt'), '--frame-aug', 'grid', '--img-size', '32', '--patch-size',
             '16', '16', '--clip-len', '3', '--frame-skip', '1', '--batch-size', '2', '--workers', '0', '--device',
             'cpu', '--model-type', 'imagenet50', '--encoder-weights', files['imagenet50'], '--output-dir', str(out),
-            '--steps-per-epoch', '1', '--print-freq', '1', '--temp', '0.05', '--epochs', '1']
+            '--steps-per-epoch', '1', '--print-freq', '1', '--temp', '0.05', '--epochs', '1',
+            '--optim', 'sgd', '--momentum', '0', '--lr', '0.1']    # no optimizer state: smaller checkpoints
     train.main(train_args(argv))
     ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
     sd = ckpt['model']
