@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from utils.encoder_weights import PRETRAINED_TYPES, SOURCES, encoder_state_dict  # noqa: F401 (re-exported)
+from utils.encoder_weights import PRETRAINED_TYPES, SOURCES, encoder_state_dict
 from utils.errors import CRWError
 
 EPS = 1e-20          # added to walk probabilities before the log (release value)

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
 KINETICS400_TRAIN = 240_000     # videos in Kinetics-400 train (about 246k listed, ~240k downloadable)
 CLASSES = 400
+SMALL = 400                     # videos of the layout that measures the restart's fixed part
 
 
 def layout(root, sources, n):
@@ -63,10 +64,47 @@ def child(a):
     order = sampler.epoch_order()
     t_all = time.perf_counter() - t0
     info = ds.scan_info
-    print(json.dumps({'seconds_dataset': t_data, 'cpu_seconds_dataset': c_data, 'seconds_ready': t_all, 'scanned': info['scanned'],
-                      'cache': info['cache'], 'cache_bytes': os.path.getsize(info['cache_file']),
+    print(json.dumps({'seconds_dataset': t_data, 'cpu_seconds_dataset': c_data, 'seconds_ready': t_all,
+                      'scanned': info['scanned'], 'cache': info['cache'], 'cache_bytes': os.path.getsize(info['cache_file']),
                       'videos': len(ds.paths), 'clips': len(ds), 'epoch_clips': int(order.numel()),
                       'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def gil_check(sources, seconds=8.0):
+    """Rate of a pure-Python counter thread alone, beside a thread that probes videos (same process: it
+    slows only if the probe holds the GIL) and beside a process that probes them (the CPU share alone)."""
+    import threading
+
+    from data.video_io import probe_video
+    probe_code = ('import sys, time; sys.path.insert(0, %r); from data.video_io import probe_video\n'
+                  't = time.time()\nwhile time.time() - t < %r:\n    [probe_video(p) for p in %r]'
+                  % (ROOT, seconds, sources))
+
+    def counter_rate(beside):
+        stop, out = threading.Event(), []
+
+        def count():
+            n = 0
+            while not stop.is_set():
+                for _ in range(1000):
+                    n += 1
+            out.append(n)
+        th = threading.Thread(target=count)
+        t0 = time.perf_counter()
+        th.start()
+        if beside == 'thread':
+            t = time.time()
+            while time.time() - t < seconds:
+                [probe_video(p) for p in sources]
+        elif beside == 'process':
+            subprocess.run([sys.executable, '-c', probe_code], check=True)
+        else:
+            time.sleep(seconds)
+        stop.set()
+        th.join()
+        return out[0] / (time.perf_counter() - t0) / 1e6
+    probe_video(sources[0])
+    return [(b, counter_rate(b)) for b in ('alone', 'thread', 'process', 'thread', 'process')]
 
 
 def measure(root, workers, cache_dir):
@@ -90,11 +128,14 @@ def main(argv=None):
     p.add_argument('--tmp', default='/tmp', help='where the layout and the caches go (removed at the end)')
     p.add_argument('--cores', type=int, default=16, help='core count of the extrapolation')
     p.add_argument('--no-write', action='store_true', help='print only; do not append to bench/RESULTS.md')
+    p.add_argument('--gil', action='store_true', help='only check whether probing holds the GIL')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--root', default='', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         return child(a)
+    if a.videos <= SMALL:
+        p.error(f'--videos must be more than {SMALL}')
 
     from bench.results import publish
     from data.video_io import VIDEO_EXTENSIONS
@@ -110,6 +151,20 @@ def main(argv=None):
             make_videos(os.path.join(work, 'src'), n=4)
             sources = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(work, 'src')) for f in fs)
             what = '4 synthetic 340x256 30 fps 10 s H.264 videos'
+        if a.gil:
+            rates = gil_check(sources)
+            thread = min(v for k, v in rates if k == 'thread')
+            process = min(v for k, v in rates if k == 'process')
+            verdict = ('at or above the process figure: the probe releases the GIL, so `--workers` threads '
+                       'scale with cores' if thread >= 0.8 * process else 'well below the process figure: the '
+                       'probe holds the GIL for part of its time, so threads do not scale with cores')
+            publish(f'### scan_scale --gil — {time.strftime("%Y-%m-%d %H:%M")} — {cpu_name()}, {os.cpu_count()} '
+                    f'cores, load average {os.getloadavg()[0]:.1f}, git {git_revision()}\n\n'
+                    '`python bench/scan_scale.py --gil`: a Python counter thread (M counts/s) alone, beside a '
+                    f'thread probing {what} (same process), beside a process probing them: '
+                    + ', '.join(f'{k} {v:.1f}' for k, v in rates) + f'. Beside a thread (worst {thread:.1f}) '
+                    f'{verdict}.\n', write=not a.no_write)
+            return
         root = os.path.join(work, 'data')
         t0 = time.perf_counter()
         layout(root, sources, a.videos)
@@ -127,6 +182,11 @@ def main(argv=None):
             rows.append((w, c, r))
             print(f'workers {w}: first scan {c["seconds_dataset"]:.1f} s, restart {r["seconds_ready"]:.2f} s',
                   flush=True)
+        # the restart's fixed part (imports aside: listing, hashing, reading a near-empty cache), from a small layout
+        small = os.path.join(work, 'small')
+        layout(small, sources, SMALL)
+        measure(small, a.workers[-1], os.path.join(work, 'cache-small'))
+        fixed = measure(small, a.workers[-1], os.path.join(work, 'cache-small'))['seconds_ready']
         load1 = os.getloadavg()[0]
 
         n = a.videos
@@ -146,15 +206,17 @@ def main(argv=None):
         cpu_ms = max(c['cpu_seconds_dataset'] for c in cold.values()) / n * 1e3
         scale = KINETICS400_TRAIN / n
         full = KINETICS400_TRAIN * cpu_ms / 1e3 / a.cores
-        restart = rows[-1][2]['seconds_ready'] * scale
+        per_video = max(rows[-1][2]['seconds_ready'] - fixed, 0) / (n - SMALL)
+        restart = fixed + per_video * (KINETICS400_TRAIN - SMALL)
         w1, w2 = a.workers[0], max(a.workers)
         lines += ['', f'Extrapolation to Kinetics-400 train ({KINETICS400_TRAIN} videos), `--workers {a.cores}` on '
                   f'{a.cores} cores: first scan {KINETICS400_TRAIN} x {cpu_ms:.1f} ms of CPU / {a.cores} = '
                   f'**{full / 60:.1f} min** (goal < 15 min; assumes the probe threads run in parallel, as the '
-                  f'GIL is released while decoding; here {w1} → {w2} workers gave '
+                  f'GIL is released while probing (`--gil`); here {w1} → {w2} workers gave '
                   f'{cold[w1]["seconds_dataset"] / cold[w2]["seconds_dataset"]:.2f}x on a shared machine at load '
-                  f'{load0:.0f}); cached restart {rows[-1][2]["seconds_ready"]:.2f} s x {scale:.0f} = '
-                  f'**{restart:.1f} s** (linear in the number of videos; goal < 10 s); cache '
+                  f'{load0:.0f}); cached restart {fixed:.2f} s (fixed: {SMALL} videos) + {per_video * 1e6:.1f} µs x '
+                  f'{KINETICS400_TRAIN} = **{restart:.1f} s** (goal < 10 s; Python and torch imports not included: '
+                  'see the last column); cache '
                   f'{rows[-1][1]["cache_bytes"] * scale / 2 ** 20:.0f} MB.', '']
         publish('\n'.join(lines), write=not a.no_write)
     finally:

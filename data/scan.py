@@ -9,9 +9,10 @@ whole key, i.e. P's fields plus the sorted item list with sizes and modification
   reused from it, only new or modified items are probed, the new cache replaces the old one;
 * an unreadable or corrupt file (anything but this format's JSON) → a one-line message and a rescan.
 
-The cache is plain JSON, parsed with ``json`` and checked field by field: a replaced or planted file can
-give wrong numbers at worst (then the key check rebuilds it), never run code. Files are written atomically (``utils.misc.atomic_write``). Items that failed to
-probe are cached as failures with their message (same bytes, same result) and warned about at every start.
+The cache is plain JSON, parsed with ``json`` and checked field by field: a replaced or planted file can at
+worst give wrong frame counts, never run code. Files are written atomically (``utils.misc.atomic_write``).
+Items that failed to probe are cached as failures with their message (same bytes, same result) and warned
+about at every start.
 """
 import contextlib
 import gc
