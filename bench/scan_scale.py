@@ -114,7 +114,7 @@ def measure(root, workers, cache_dir):
                         str(workers)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode:
-        raise SystemExit(r.stderr[-2000:])
+        raise SystemExit(f'child exited with {r.returncode}: {r.stderr[-2000:]}')
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out['seconds_process'] = wall
     return out
