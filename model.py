@@ -136,6 +136,9 @@ class CRW(nn.Module):
     dropout, 0), featdrop (0), flip (False), zero_diagonal (False). Nothing is device specific: the model
     follows its input's device.
 
+    Nodes: with whole frames as input, every cell of the encoder's feature map is a node; with ``--frame-aug
+    grid`` every patch is one (``embed``), the patches being cut from the frames by data/training/nodes.py.
+
     Deliberate difference from the release: edge dropout is applied only in training mode (the release
     applied it whenever dropout > 0, also in eval mode).
     """

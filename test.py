@@ -4,32 +4,14 @@
     python test.py --filelist /path/to/davis/vallist.txt --model-type scratch --resume pretrained.pth \\
         --save-path /save/path --topk 10 --videoLen 20 --radius 12 --temperature 0.05 --cropSize -1
 
-For video i (0-based line of the filelist) and frame t it writes ``{save}/{i}_{t}_mask.png`` (8-bit
-palette PNG whose pixel values are the annotation's label ids) and ``{save}/{i}_{t}_blend.jpg`` (image and
-label colours half and half); ``eval/convert_davis.py`` turns them into DAVIS results. JHMDB filelists
-(``<frames folder> <joint_positions.mat>``) write ``{save}/{i}.dat`` (joint coordinates [2, 15, T] in
-feature cells, as the release; scored by ``eval/eval_pck.py``) and ``{i}_{t}_blend.jpg`` with the
-skeleton. VIP filelists (annotation folders in ``.../Category_ids/``, or ``--vip``) write the release's VIP
-layout ``{save}/<video>/<frame>.png``: greyscale label ids at the annotation's resolution, scored by
-``eval/eval_vip.py``. ``--finetune N`` adapts a copy of the encoder to each video first
-(``propagation/finetune.py``).
-
-Your own video (README "Your own video"): ``--video clip.mp4 --mask first.png`` (or a folder of frames, a
-folder of masks named like their frames) writes ``{save}/clip/<frame>.png`` in the DAVIS result format and
-``{save}/clip_overlay.mp4`` (``propagation.video.propagate_user_video``). Both paths propagate with
-``propagation.video.VideoPropagator``.
-
-Pipeline per video: frames are read lazily by a DataLoader (``--workers`` processes prefetching), encoded
-in small batches on the device, L2-normalised, and propagated frame by frame by ``propagation`` (the
-windowed path by default, the release's reference algorithm with ``--dense``); outputs are written by
-background threads so the device does not wait on PNG/JPEG encoding. Memory stays bounded by a few frames
-whatever the video's length.
-
-Differences from the release, on purpose: label maps are resized with nearest neighbour (the release
-blended them bilinearly by an argument slip); frame 0's mask is its ground truth at the output size (the
-release wrote the ground truth after a down/up-sampling round trip; scorers skip frame 0 anyway);
-``--norm_mask`` changes only what is written, not the soft labels later frames use (the release's in-place
-normalisation leaked into one copy of frame 0's labels); TF32 is disabled on CUDA so features are float32.
+Per video it runs the one propagation loop (``propagation.VideoPropagator.run``) into a sink
+(``data.inference.outputs``) that writes what the filelist's kind needs: DAVIS ``{save}/{i}_{t}_mask.png``
+and ``_blend.jpg`` (read by eval/convert_davis.py); VIP (annotations in ``.../Category_ids/``, or
+``--vip``) ``{save}/<video>/<frame>.png`` greyscale ids at the annotation's size (eval/eval_vip.py); JHMDB
+(``<frames folder> <joint_positions.mat>``) ``{save}/{i}.dat`` and skeleton blends (eval/eval_pck.py);
+your own video (``--video clip.mp4 --mask first.png``, README "Your own video") ``{save}/clip/<frame>.png``
+and ``{save}/clip_overlay.mp4``. ``--finetune N`` adapts a copy of the encoder to each video first; frames
+are read by DataLoader workers and outputs written on background threads, so memory stays at a few frames.
 """
 import os
 import random
@@ -41,18 +23,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.images import list_frames, save_grey_png
-from data.jhmdb import draw_pose, joint_heatmaps, load_joints, pose_from_soft_map, pose_image
-from data.outputs import AsyncWriter, blend_labels, write_mask_and_blend
-from data.vos import VideoFrames, VOSVideo, frame_size, read_filelist
+from cli import parse_test_args as test_args
+from data.images import list_frames
+from data.inference.filelists import read_filelist
+from data.inference.frames import frame_loader, processing_size
+from data.inference.jhmdb import JhmdbVideo
+from data.inference.outputs import DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, label_picture
+from data.inference.user_video import UserVideo, VideoMasks
+from data.inference.vos import VOSVideo
 from model import PRETRAINED_TYPES
-from propagation import STRIDE, Protocol, VideoPropagator, encode_frames, load_encoder, make_propagator
+from propagation import STRIDE, PropagationOptions, load_encoder
 from propagation.finetune import VideoAdapter
-from propagation.video import FEATURE_BATCH, propagate_user_video
-from utils.arguments import test_args
+from propagation.video import FEATURE_BATCH
+from utils.arguments import get_test_args_parser
 from utils.errors import CRWError, report
-from utils.misc import atomic_write, git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
-from utils.visualize import PropagationViewer
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
 
 # ----------------------------------------------------------------------------------------------------------
 # Model
@@ -79,103 +64,81 @@ def build_adapter(args, device):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One video
+# One video: its frames, its first labels and a sink, through the one loop
 # ----------------------------------------------------------------------------------------------------------
 
-def _loader(frames, args, device):
-    workers = max(0, int(args.workers))
-    return torch.utils.data.DataLoader(
-        frames, batch_size=FEATURE_BATCH, shuffle=False, num_workers=workers,
-        pin_memory=torch.device(device).type == 'cuda', prefetch_factor=2 if workers else None,
-        persistent_workers=False)
+class TestRun:
+    """What the videos of one run share: the arguments, the propagation options (built once from them), the
+    device and the visdom viewer (``open_viewer``). ``davis``, ``vip``, ``jhmdb`` and ``own_video`` each
+    propagate one video: its frames, its first labels and a sink, through the one loop."""
 
+    def __init__(self, args, options, device):
+        self.args, self.options, self.device, self.viewer = args, options, device, None
 
-def propagate_vos_video(video, args, encoder, device, out_size, progress=None, viewer=None):
-    """Propagate frame 0's labels through a VOSVideo (and, with a ``PropagationViewer``, show them in visdom).
-    Yields (t, label ids [out_size] uint8, display image [H, W, 3] uint8) per frame; frame 0's ids are its
-    annotation brought to out_size."""
-    entry = video.entry
-    if progress is not None:
-        progress.reset(total=len(video))
-    if video.labels.values.max() > 255:
-        raise CRWError(f'{entry.target}: label ids above 255 cannot be written as 8-bit PNGs')
-    vp = VideoPropagator(encoder, Protocol.from_args(args), device, l2=not args.no_l2, norm_mask=args.norm_mask,
-                         reference=args.dense)
-    for imgs, disp, ts in _loader(video.frames, args, device):
-        ts = ts.tolist()
-        masks = [video.mask if t == 0 else None for t in ts]
-        for b, (t, ids, d) in enumerate(zip(ts, vp.step_batch(imgs, masks, out_size), disp)):
-            d = d.numpy()
-            if viewer is not None:
-                viewer.blend(entry.index, entry.name, t, blend_labels(d, ids))
-                viewer.features(entry.index, entry.name, t, vp.last_features[b], ids.shape)
-            yield t, ids, d
+    def open_viewer(self):
+        """--visdom / --pca-vis: connect to the server (without one: one warning, results are still written)."""
+        if self.args.visdom or self.args.pca_vis:
+            from vis.sinks import PropagationViewer
+            a = self.args
+            self.viewer = PropagationViewer(a.server, a.port, blend=a.visdom, pca=a.pca_vis) or None
+
+    def close(self):
+        if self.viewer is not None:
+            self.viewer.close()
+
+    def davis(self, entry, encoder, progress=None):
+        """``{save}/{i}_{t}_mask.png`` and ``_blend.jpg`` at the frame size (the release's layout)."""
+        video = VOSVideo(entry, self.options.crop_size)
+        sink = DavisWriter(os.path.join(self.args.save_path, str(entry.index)))
+        self._run((entry.index, entry.name), encoder, video.frames, {0: video.mask}, sink, video.size, progress,
+                  len(video))
+        return len(video)
+
+    def vip(self, entry, encoder, progress=None):
+        """``{save}/<video>/<frame>.png``: greyscale label ids at the annotation's resolution (VIP's layout)."""
+        video = VOSVideo(entry, self.options.crop_size)
+        sink = PartsWriter(os.path.join(self.args.save_path, entry.name), video.frame_names)
+        self._run((entry.index, entry.name), encoder, video.frames, {0: video.mask}, sink, video.mask.shape[:2],
+                  progress, len(video))
+        return len(video)
+
+    def jhmdb(self, entry, encoder, progress=None):
+        """Frame 0's joint heat maps propagated as soft maps, decoded per frame: ``{save}/{i}.dat`` and the
+        skeleton blends."""
+        video = JhmdbVideo(entry, self.options.crop_size)
+        sink = PoseWriter(os.path.join(self.args.save_path, str(entry.index)), STRIDE)
+        first = {0: lambda map_size: video.first_heatmaps(map_size, STRIDE)}
+        self._run((entry.index, entry.name), encoder, video.frames, first, sink, None, progress, len(video),
+                  draw=sink.picture)
+        return len(video)
+
+    def own_video(self, encoder, video, masks, progress=None):
+        """--video: a UserVideo from its first annotated frame on, its VideoMasks -> ``{save}/<video>/<frame>.png``,
+        ``<video>_overlay.mp4`` (and with --save-blend ``<video>_blend/``). Returns the frames written."""
+        frames = video.dataset(processing_size(video.size, self.options.crop_size, self.options.max_side),
+                               masks.start)
+        os.makedirs(self.args.save_path, exist_ok=True)
+        sink = SequenceWriter(self.args.save_path, video.name, video.frame_names, masks.palette, video.fps,
+                              self.args.save_blend)
+        self._run((0, video.name), encoder, frames, masks, sink, video.size, progress, len(video) - masks.start)
+        return sink.frames
+
+    def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture):
+        """``frames`` (a dataset of (input, frame, t)) through the loop into ``sink`` and, with a viewer, into
+        visdom as video ``video_id`` (index, name)."""
+        sinks = [sink]
+        if self.viewer is not None:
+            sinks.append(ViewerSink(self.viewer, *video_id, draw))
         if progress is not None:
-            progress.update(len(ts))
+            progress.reset(total=total)
+        batches = frame_loader(frames, FEATURE_BATCH, self.args.workers, self.device)
+        self.options.propagator(encoder, self.device).run(batches, masks, sinks, out_size, progress)
 
 
-def run_davis_video(entry, args, encoder, device, writer, progress=None, viewer=None):
-    """DAVIS: ``{save}/{i}_{t}_mask.png`` and ``_blend.jpg`` at the frame size (the release's layout, read by
-    eval/convert_davis.py). Returns #frames."""
-    video = VOSVideo(entry, args.cropSize)
-    prefix = os.path.join(args.save_path, str(entry.index))
-    for t, ids, disp in propagate_vos_video(video, args, encoder, device, video.size, progress, viewer):
-        writer.submit(write_mask_and_blend, f'{prefix}_{t}', ids, disp)
-    return len(video)
-
-
-def run_vip_video(entry, args, encoder, device, writer, progress=None, viewer=None):
-    """VIP: label ids written as ``{save}/<video>/<frame>.png`` (greyscale) at the annotation's resolution,
-    the layout VIP scorers read; no blends (they would sit among the scored files). Returns #frames."""
-    video = VOSVideo(entry, args.cropSize)
-    out_dir = os.path.join(args.save_path, entry.name)
-    os.makedirs(out_dir, exist_ok=True)
-    for t, ids, _ in propagate_vos_video(video, args, encoder, device, video.mask.shape[:2], progress, viewer):
-        stem = os.path.splitext(os.path.basename(video.paths[t]))[0]
-        writer.submit(save_grey_png, os.path.join(out_dir, stem + '.png'), ids)
-    return len(video)
-
-
-def run_jhmdb_video(entry, args, encoder, device, writer, progress=None, viewer=None):
-    """JHMDB pose propagation: joint heat maps from frame 0, propagated, decoded per frame -> {i}.dat."""
-    paths = list_frames(entry.frames_dir)
-    if not paths:
-        raise CRWError(f'{entry.frames_dir}: no frames')
-    H0, W0 = frame_size(paths[0], -1)
-    H, W = frame_size(paths[0], args.cropSize)
-    joints = load_joints(entry.target)                                   # [2, J, T] pixels, 0-based
-    if progress is not None:
-        progress.reset(total=len(paths))
-    prop, coords = None, []
-    prefix = os.path.join(args.save_path, str(entry.index))
-    for imgs, disp, ts in _loader(VideoFrames(paths, args.cropSize), args, device):
-        feats = encode_frames(encoder, imgs.to(device, non_blocking=True), l2=not args.no_l2)
-        h, w = feats.shape[-2:]
-        for b, t in enumerate(ts.tolist()):
-            if t == 0:
-                # pixel -> feature cells, as the release: x * (W/W0) / 8, y * (H/H0) / 8
-                scale = np.array([W / W0 / STRIDE, H / H0 / STRIDE])[:, None]
-                first = joint_heatmaps(joints[:, :, 0] * scale, (h, w)).to(device)
-                prop = make_propagator(feats[b], first, Protocol.from_args(args), reference=args.dense)
-                soft = first
-            else:
-                soft = prop.step(feats[b])
-            xy = pose_from_soft_map(soft).cpu().numpy()                  # [2, J] feature cells
-            coords.append(xy)
-            writer.submit(draw_pose, f'{prefix}_{t}_blend.jpg', disp[b].numpy(), xy * STRIDE)
-            if viewer is not None:
-                viewer.blend(entry.index, entry.name, t, pose_image(disp[b].numpy(), xy * STRIDE))
-                viewer.features(entry.index, entry.name, t, feats[b], disp[b].shape[:2])
-            if progress is not None:
-                progress.update(1)
-    with atomic_write(prefix + '.dat') as f:     # the release's format: a pickled ndarray (ndarray.dump)
-        np.stack(coords, axis=-1).dump(f)
-    return len(paths)
-
-
-def run_user_video(args, device):
-    """--video/--mask: your own video, through propagation.video.propagate_user_video (with --finetune, by an
-    encoder adapted to the video's frames first)."""
+def run_user_video(run):
+    """--video/--mask: your own video (with --finetune, by an encoder adapted to the video's frames first).
+    Every input is checked before anything is written."""
+    args, device = run.args, run.device
     if args.finetune > 0 and not os.path.isdir(args.video):
         raise CRWError(f'--finetune with --video {args.video}: adaptation samples clips from a folder of frames; '
                        'extract the frames to a folder (e.g. ffmpeg -i clip.mp4 frames/%05d.jpg) and pass it')
@@ -184,16 +147,19 @@ def run_user_video(args, device):
     if adapter is not None:
         encoder, info = adapter.adapt(encoder, args.video)
         print(adapter.summary(info), flush=True)
+    run.open_viewer()
     reset_peak_memory(device)
     t0 = time.time()
     with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0, delay=1.0,
               file=sys.stderr) as bar:
-        n, first = propagate_user_video(
-            encoder, args.video, args.mask, args.save_path, Protocol.from_args(args), device, crop_size=args.cropSize,
-            max_side=args.max_side, l2=not args.no_l2, norm_mask=args.norm_mask, reference=args.dense,
-            save_blend=args.save_blend, workers=args.workers, progress=bar)
+        video = UserVideo(args.video)
+        masks = VideoMasks(args.mask, video)
+        if masks.start > 0:
+            masks.reader.note(f'{args.mask}: the first annotated frame is {video.frame_names[masks.start]}; the '
+                              f'{masks.start} frame(s) before it get no output')
+        n = run.own_video(encoder, video, masks, bar)
     dt = time.time() - t0
-    print(f'{args.video}: {n} frames from frame {first}, {n / dt:.2f} frames/s, peak '
+    print(f'{args.video}: {n} frames from frame {video.frame_names[masks.start]}, {n / dt:.2f} frames/s, peak '
           f'{"GPU" if device.type == "cuda" else "RSS"} memory {peak_memory_bytes(device) / 2 ** 20:.0f} MB; '
           f'masks and overlay video in {args.save_path}', flush=True)
 
@@ -203,43 +169,57 @@ def run_user_video(args, device):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = test_args(argv)
+    try:
+        options = PropagationOptions.from_args(args)
+    except CRWError as e:    # a protocol value out of range: the one-line error of any bad flag
+        get_test_args_parser().error(str(e))
     if any(a == '--gpu-id' or a.startswith('--gpu-id=') for a in argv) or 'CUDA_VISIBLE_DEVICES' not in os.environ:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu_id    # before CUDA is initialised (release behaviour)
     try:
-        run(args)
+        run(args, options)
     except CRWError as e:
         return report('test.py', e)
     return 0
 
 
-def run(args):
+def run(args, options):
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise CRWError(f'--device {args.device}: CUDA is not available on this machine; use --device cpu')
 
     print(f'git revision: {git_revision()}')
     print('Arguments', args)
-    print(f'Context length {args.videoLen}, image size {args.cropSize}, device {device}, '
-          f"{'reference (release) propagation' if args.dense else 'windowed propagation'}")
+    print(f'Context length {options.protocol.video_len}, image size {options.crop_size}, device {device}, '
+          f"{'reference (release) propagation' if options.reference else 'windowed propagation'}")
 
     random.seed(args.manualSeed)
     np.random.seed(args.manualSeed % 2 ** 32)
     torch.manual_seed(args.manualSeed)
-    if device.type == 'cuda':
+    if device.type == 'cuda':     # float32 features: TF32 would change the masks
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
 
-    if args.video is not None:
-        run_user_video(args, device)
-        return
+    runner = TestRun(args, options, device)
+    try:
+        if args.video is not None:
+            run_user_video(runner)
+        else:
+            run_filelist(runner)
+    finally:
+        runner.close()
 
+
+def run_filelist(runner):
+    """--filelist: every video checked (its frames listed) before the first is computed, then each
+    propagated (after --finetune's adaptation of a copy of the encoder) with its per-video line."""
+    args, device = runner.args, runner.device
     entries = read_filelist(args.filelist, args.data_root, vip=args.vip)
     vip_names = [e.name for e in entries if e.kind == 'vip']
     if len(set(vip_names)) < len(vip_names):
         raise CRWError(f'{args.filelist}: two VIP videos have the same folder name; their outputs '
                        '(<save>/<video>/<frame>.png) would overwrite each other')
-    if any(e.kind == 'jhmdb' for e in entries) and args.cropSize <= 0:
+    if any(e.kind == 'jhmdb' for e in entries) and runner.options.crop_size <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
     for entry in entries:   # list every video's frames now: a bad folder fails before any video is computed
         try:
@@ -250,36 +230,26 @@ def run(args):
 
     encoder = build_encoder(args, device)
     adapter = build_adapter(args, device)
-
-    viewer = None
-    if args.visdom or args.pca_vis:  # without a server: one warning, results are still written
-        viewer = PropagationViewer(args.server, args.port, blend=args.visdom, pca=args.pca_vis) or None
-    writer = AsyncWriter()
-    try:
-        for entry in entries:
-            reset_peak_memory(device)
-            t0 = time.time()
-            run_video = {'jhmdb': run_jhmdb_video, 'vip': run_vip_video}.get(entry.kind, run_davis_video)
-            video_encoder, adapted, t_adapt = encoder, '', 0.0
-            with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False, delay=1.0,
-                      mininterval=1.0, file=sys.stderr) as bar:
-                try:
-                    if adapter is not None:   # a copy is adapted; the next video starts from `encoder` again
-                        video_encoder, info = adapter.adapt(encoder, entry.frames_dir)
-                        t_adapt = info['seconds']
-                        adapted = ', ' + adapter.summary(info)
-                    n = run_video(entry, args, video_encoder, device, writer, bar, viewer)
-                except CRWError as e:
-                    raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
-                writer.wait()
-            dt = time.time() - t0 - t_adapt
-            print(f'video {entry.index} {entry.name}: {n} frames, {n / dt:.2f} frames/s, '
-                  f'peak {"GPU" if device.type == "cuda" else "RSS"} memory '
-                  f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB{adapted}', flush=True)
-    finally:
-        writer.close()
-        if viewer is not None:
-            viewer.close()
+    runner.open_viewer()
+    for entry in entries:
+        reset_peak_memory(device)
+        t0 = time.time()
+        run_video = {'jhmdb': runner.jhmdb, 'vip': runner.vip}.get(entry.kind, runner.davis)
+        video_encoder, adapted, t_adapt = encoder, '', 0.0
+        with tqdm(desc=f'[{entry.index}] {entry.name}', unit='frame', leave=False, delay=1.0,
+                  mininterval=1.0, file=sys.stderr) as bar:
+            try:
+                if adapter is not None:   # a copy is adapted; the next video starts from `encoder` again
+                    video_encoder, info = adapter.adapt(encoder, entry.frames_dir)
+                    t_adapt = info['seconds']
+                    adapted = ', ' + adapter.summary(info)
+                n = run_video(entry, video_encoder, bar)
+            except CRWError as e:
+                raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
+        dt = time.time() - t0 - t_adapt
+        print(f'video {entry.index} {entry.name}: {n} frames, {n / dt:.2f} frames/s, '
+              f'peak {"GPU" if device.type == "cuda" else "RSS"} memory '
+              f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB{adapted}', flush=True)
 
 
 if __name__ == '__main__':

@@ -17,18 +17,18 @@ import torch
 import torch.nn as nn
 
 import utils.dist as dist_utils
-from data.gpu_augment import BatchAugment
-from data.sampler import build_train_sampler, mix_seed
-from data.video_dataset import build_train_dataset
+from cli import parse_train_args
+from data.training.gpu_augment import BatchAugment
+from data.training.sampler import build_train_sampler, mix_seed
+from data.training.video_dataset import build_train_dataset
 from model import CRW
-from utils.arguments import train_args
 from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, is_release_scheduler,
                               load_checkpoint, load_state_strict, partial_load, release_scheduler_state, rng_state,
                               set_rng_state, unwrap_model)
 from utils.errors import CRWError, report
 from utils.logger import MetricLogger, append_json_line, truncate_json_lines
 from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
-from utils.visualize import Visualizer
+from vis.sinks import Visualizer
 
 # files written atomically into --output-dir (the temporary files of an interrupted write are removed at start)
 CHECKPOINT_FILES = ('checkpoint.pth', 'model_*.pth', 'train_log.jsonl', 'log.txt')
@@ -91,7 +91,8 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
     for clips in logger.log_every(loader, args.print_freq, header, total=total, start=start):
         step = state['global_step']
         clips = clips.to(device, non_blocking=True)
-        # Augmentation seed from (seed, step): the same batch gets the same crops after a resume.
+        # The model's input: jittered, normalised frames, or with --frame-aug grid the patches that are the walk's
+        # nodes (data/training/nodes.py). Seed from (seed, step): the same batch gets the same crops after a resume.
         video = aug(clips, mix_seed(args.seed, step, args.rank))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             q, loss, diags = model(video)
@@ -318,7 +319,7 @@ def _say(args, what, todo):
 
 def cli(argv=None):
     """Parse, train, and turn errors, Ctrl-C and SIGTERM into one line and an exit status."""
-    args = train_args(argv)
+    args = parse_train_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

@@ -15,13 +15,13 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.gpu_augment import BatchAugment  # noqa: E402
-from data.sampler import build_train_sampler  # noqa: E402
+from data.training.gpu_augment import BatchAugment  # noqa: E402
+from data.training.sampler import build_train_sampler  # noqa: E402
 from data.synthetic import smooth_texture  # noqa: E402
-from data.video_dataset import build_train_dataset  # noqa: E402
+from data.training.video_dataset import build_train_dataset  # noqa: E402
 from utils.arguments import train_args  # noqa: E402
 
 

@@ -24,7 +24,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 from bench.results import device_name, publish  # noqa: E402
 from eval.run_test import build_commands, resolve_model  # noqa: E402

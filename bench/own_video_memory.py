@@ -16,7 +16,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 

@@ -27,12 +27,16 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.vos import VideoEntry, VideoFrames, VOSVideo  # noqa: E402
+from data.inference.filelists import VideoEntry  # noqa: E402
+from data.inference.frames import VideoFrames  # noqa: E402
+from data.inference.vos import VOSVideo  # noqa: E402
+from data.labels import resize_nearest, soft_labels  # noqa: E402
 from propagation import (Protocol, ReferencePropagator, WindowedPropagator, encode_frames, load_encoder,  # noqa: E402
                          make_propagator, soft_to_index)
 from bench.results import device_name, publish  # noqa: E402
@@ -58,6 +62,12 @@ def sequences(data):
         names = [n.strip() for n in f if n.strip()]
     return [VideoEntry(i, os.path.join(data, 'JPEGImages', '480p', n), os.path.join(data, 'Annotations', '480p', n),
                        'davis', i + 1) for i, n in enumerate(names)]
+
+
+def first_labels(video):
+    """map size -> frame 0's soft labels [h, w, K] at it, as VideoPropagator computes them."""
+    values = np.unique(video.mask)
+    return lambda map_size: soft_labels(resize_nearest(video.mask, video.size), values, map_size)
 
 
 def encoder_for(a, device):
@@ -96,7 +106,7 @@ def phase_windowed(a, device):
     tot = [0, 0.0, 0.0]
     for e in sequences(a.data)[:a.seqs]:
         v = VOSVideo(e, -1)
-        n, tf, tp = stream(v.frames, v.first_labels, enc, device, v.size)
+        n, tf, tp = stream(v.frames, first_labels(v), enc, device, v.size)
         tot = [tot[0] + n, tot[1] + tf, tot[2] + tp]
     rss, gpu = peak_mb(device)
     return dict(frames=tot[0], t_feat=tot[1], t_prop=tot[2], rss=rss, gpu=gpu)
@@ -108,7 +118,7 @@ def phase_long(a, device):
     order = list(range(len(v))) + list(range(len(v) - 2, 0, -1))
     paths = [v.paths[order[i % len(order)]] for i in range(a.long_frames)]
     reset_peak_memory(device)
-    n, tf, tp = stream(VideoFrames(paths, -1), v.first_labels, enc, device, v.size)
+    n, tf, tp = stream(VideoFrames(paths, -1), first_labels(v), enc, device, v.size)
     rss, gpu = peak_mb(device)
     return dict(frames=n, t_feat=tf, t_prop=tp, rss=rss, gpu=gpu)
 
@@ -129,7 +139,7 @@ def phase_steady(a, device, which):
         sync(device)
         t_feat += time.perf_counter() - t0
     t_feat /= len(feats)
-    first = v.first_labels(feats[0].shape[-2:]).to(device)
+    first = first_labels(v)(feats[0].shape[-2:]).to(device)
     windowed = WindowedPropagator(feats[0], first, PROTOCOL)
     hist = [first]
     for t in range(1, L + 1):

@@ -22,8 +22,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'bench'))
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 KINETICS400_TRAIN = 240_000     # videos in Kinetics-400 train (about 246k listed, ~240k downloadable)
 CLASSES = 400
@@ -48,8 +48,8 @@ def child(a):
     import resource
 
     import torch
-    from data.sampler import build_train_sampler
-    from data.video_dataset import build_train_dataset
+    from data.training.sampler import build_train_sampler
+    from data.training.video_dataset import build_train_dataset
     from utils.arguments import train_args
     torch.set_num_threads(1)
     args = train_args(['--data-path', a.root, '--clip-len', '4', '--workers', str(a.workers[0]), '--cache-dataset'])
@@ -147,7 +147,7 @@ def main(argv=None):
                              if f.lower().endswith(VIDEO_EXTENSIONS))
             what = f'{len(sources)} real videos of {a.source}'
         else:
-            from data_pipeline import make_videos
+            from bench.data_pipeline import make_videos
             make_videos(os.path.join(work, 'src'), n=4)
             sources = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(work, 'src')) for f in fs)
             what = '4 synthetic 340x256 30 fps 10 s H.264 videos'

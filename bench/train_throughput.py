@@ -16,11 +16,12 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
-from data.gpu_augment import BatchAugment  # noqa: E402
-from data.sampler import build_train_sampler  # noqa: E402
-from data.video_dataset import build_train_dataset  # noqa: E402
+from data.training.gpu_augment import BatchAugment  # noqa: E402
+from data.training.sampler import build_train_sampler  # noqa: E402
+from data.training.video_dataset import build_train_dataset  # noqa: E402
 from model import CRW  # noqa: E402
 from tests.reference_walk import release_walks  # noqa: E402
 from utils.arguments import train_args  # noqa: E402

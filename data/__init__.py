@@ -1,2 +1,3 @@
-"""Data: training clips (video_io, scan, video_dataset, sampler, transforms, gpu_augment), test-time videos
-(vos, jhmdb), frames and label images on disk (images) and synthetic videos with exact masks (synthetic)."""
+"""Data: ``training/`` (training clips, their order and augmentation, the walk's nodes) and ``inference/``
+(test-time videos, filelists and the outputs propagation writes), and what both phases share: label images
+(labels), frames on disk (images), video decoding (video_io) and synthetic videos with exact masks (synthetic)."""

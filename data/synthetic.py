@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from data.images import save_indexed_png
+from data.labels import save_indexed_png
 from data.video_io import VideoWriter
 
 

@@ -37,13 +37,12 @@ import sys
 
 import numpy as np
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.images import (as_uint8_ids, colour_codes, image_size, palette_ids, read_label_image,  # noqa: E402
+from data.images import image_size  # noqa: E402
+from data.labels import (MaskReader, as_uint8_ids, colour_codes, decode_colours, load_label_image,  # noqa: E402
                          resize_nearest, save_indexed_png)
-from data.vos import read_annotation  # noqa: E402
 from eval.davis_io import annotation_frames, read_split, sequence_frames  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import default_workers, writable_folder  # noqa: E402
@@ -54,30 +53,22 @@ MASK_FORMATS = {
     'rgb': 'RGB DAVIS colours',
     'grey': "RGB grey levels R = G = B = id (the release's test.py, greyscale annotations)",
 }
-RGB_FORMATS = ('bgr', 'rgb', 'grey')   # the order of preference when candidates give the same ids
-
-
-def decode_colours(rgb, fmt):
-    """[..., 3] uint8 colours -> int64 ids under an RGB mask format, or None if some colour has no id."""
-    rgb = np.asarray(rgb)
-    if fmt == 'grey':
-        same = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
-        return rgb[..., 0].astype(np.int64) if same.all() else None
-    return palette_ids(colour_codes(rgb[..., ::-1] if fmt == 'bgr' else rgb))
+RGB_FORMATS = ('bgr', 'rgb', 'grey')   # data.labels.decode_colours' encodings, in the order of preference when
+                                       # candidates give the same ids
 
 
 def read_mask(path, fmt='ids'):
     """[H, W] uint8 object ids of one test.py mask in format ``fmt`` (see ``MASK_FORMATS``)."""
-    a = read_label_image(path)
-    if (a.ndim == 2) != (fmt == 'ids'):
-        kind = 'a single-channel' if a.ndim == 2 else 'an RGB'
+    stored = load_label_image(path)
+    if stored.is_colour == (fmt == 'ids'):
+        kind = 'an RGB' if stored.is_colour else 'a single-channel'
         raise CRWError(f'{path} is {kind} PNG, unlike the {MASK_FORMATS[fmt]} of the other masks of its sequence')
-    if a.ndim == 3:
-        ids = decode_colours(a, fmt)
+    ids = stored.values
+    if stored.is_colour:
+        ids = decode_colours(ids, fmt)
         if ids is None:
             raise CRWError(f'{path}: colours that are not {MASK_FORMATS[fmt]}, the format of its sequence')
-        a = ids
-    return as_uint8_ids(a, path)
+    return as_uint8_ids(ids, path)
 
 
 def _colour_examples(colours, n=3):
@@ -88,19 +79,21 @@ def detect_format(paths, gt_path, forced='auto'):
     """(format, how) for the masks ``paths`` (frame 0 first) of one sequence whose first ground-truth
     annotation is ``gt_path``; see the module docstring for the rule. Raises CRWError when no format fits or
     the masks cannot tell."""
-    first = read_label_image(paths[0])
+    first = load_label_image(paths[0])
     if forced != 'auto':
         return forced, 'forced by --mask-format'
-    if first.ndim == 2:
+    if not first.is_colour:
         return 'ids', 'single-channel'
+    first = first.values
     colours = []
     for p in paths:
-        a = read_label_image(p)
-        if a.ndim == 3:   # a single-channel one among them is refused when it is converted
-            colours.append(np.unique(colour_codes(a)))
+        a = load_label_image(p)
+        if a.is_colour:   # a single-channel one among them is refused when it is converted
+            colours.append(np.unique(colour_codes(a.values)))
     codes = np.unique(np.concatenate(colours))
     colours = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], -1).astype(np.uint8)   # [n, 3]
-    gt_ids, gt_values = read_annotation(gt_path)
+    gt_ids = MaskReader().read(gt_path)
+    gt_values = np.unique(gt_ids)
     decoded = {f: decode_colours(colours, f) for f in RGB_FORMATS}
     fits = {f: d for f, d in decoded.items() if d is not None}
     if not fits:

@@ -7,7 +7,8 @@
 import os
 
 
-from data.images import list_frames, read_label_image
+from data.images import list_frames
+from data.labels import read_ids
 from utils.errors import CRWError
 
 
@@ -53,9 +54,7 @@ def annotation_frames(davis_path, sequence, resolution='480p'):
 
 
 def read_label_png(path):
-    """[H, W] int64 label map of an indexed or greyscale PNG (palette indices, not colours)."""
-    a = read_label_image(path)
-    if a.ndim != 2:
-        raise CRWError(f'{path} is a colour image; label maps must be indexed (palette) or greyscale PNGs')
-    return a
+    """[H, W] int64 label map of an indexed or greyscale PNG as stored (palette indices, not colours; 255 stays
+    void)."""
+    return read_ids(path, 'label maps must be indexed (palette) or greyscale PNGs')
 

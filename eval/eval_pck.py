@@ -35,15 +35,14 @@ import csv
 import os
 import sys
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from data.images import image_size, list_frames  # noqa: E402
-from data.jhmdb import load_joints  # noqa: E402
-from data.vos import read_filelist  # noqa: E402
+from data.inference.filelists import read_filelist  # noqa: E402
+from data.inference.jhmdb import load_joints  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import atomic_write  # noqa: E402
 

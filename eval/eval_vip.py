@@ -32,13 +32,12 @@ import csv
 import os
 import sys
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from data.images import read_label_image, resize_nearest  # noqa: E402
+from data.labels import load_label_image, read_ids, resize_nearest  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import atomic_write  # noqa: E402
 
@@ -83,15 +82,12 @@ def scores(hist):
 
 def read_prediction(path):
     """[H, W] int64 label ids of a predicted PNG (single channel as stored; colour: the red channel)."""
-    arr = read_label_image(path)
-    return arr[..., 0].astype(np.int64) if arr.ndim == 3 else arr
+    stored = load_label_image(path)
+    return stored.values[..., 0].astype(np.int64) if stored.is_colour else stored.values
 
 
 def read_ground_truth(path):
-    arr = read_label_image(path)
-    if arr.ndim == 3:
-        raise CRWError(f'{path}: expected a single-channel class-id PNG (VIP_Fine/Annotations/Category_ids)')
-    return arr
+    return read_ids(path, 'expected a single-channel class-id PNG (VIP_Fine/Annotations/Category_ids)')
 
 
 def _pngs(folder):

@@ -17,11 +17,10 @@ import argparse
 import os
 import sys
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.vos import VIP_ANNOTATIONS, write_filelist  # noqa: E402
+from data.inference.filelists import VIP_ANNOTATIONS, write_filelist  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 
 

@@ -4,16 +4,17 @@ protocol   the settings (Protocol: context length, radius, k, temperature, long-
            both implementations share (context frames, radius offsets)
 reference  the release's algorithm, all affinities (``test.py --dense``)
 windowed   the default: the same results from the scores inside the radius only, bounded memory
-api        load_encoder, encode_frames, propagate_video: encoder, features, soft-map propagation
-video      VideoPropagator, propagate: frames and masks in, label ids out, annotations on any frames; what
-           test.py uses for --filelist and --video
+encoder    load_encoder, encode_frames: the encoder for propagation and its features
+video      the one loop: VideoPropagator (frames and masks in, PropagatedFrame out to sinks), propagate (a
+           generator for your own code), PropagationOptions (test.py's flags), make_propagator
+finetune   test-time adaptation (``test.py --finetune``)
 """
-from propagation.api import (STRIDE, encode_frames, load_encoder, make_propagator, propagate_video,
-                             soft_to_index)
+from propagation.encoder import STRIDE, encode_frames, load_encoder
 from propagation.protocol import Protocol
 from propagation.reference import ReferencePropagator
-from propagation.video import VideoPropagator, propagate
+from propagation.video import (PropagatedFrame, PropagationOptions, VideoPropagator, make_propagator, propagate,
+                               soft_to_index)
 from propagation.windowed import WindowedPropagator
 
-__all__ = ['STRIDE', 'Protocol', 'ReferencePropagator', 'VideoPropagator', 'WindowedPropagator', 'encode_frames',
-           'load_encoder', 'make_propagator', 'propagate', 'propagate_video', 'soft_to_index']
+__all__ = ['STRIDE', 'PropagatedFrame', 'PropagationOptions', 'Protocol', 'ReferencePropagator', 'VideoPropagator',
+           'WindowedPropagator', 'encode_frames', 'load_encoder', 'make_propagator', 'propagate', 'soft_to_index']

@@ -9,10 +9,11 @@ What a step does, as training does it (``train.py``):
 
 * clips: ``--finetune-batch`` clips of ``--finetune-clip-len`` frames of the video's frame folder, by the
   training rule for frame folders (frames ``s + i*g``, g = the training ``--frame-skip`` lowered until the
-  clip fits, s uniform; ``data.video_dataset.FrameFolderDataset``), each frame random-resized-cropped to the
-  training ``--img-size`` (``data.transforms.FrameTransform``);
-* augmentation and nodes on the device (``data.gpu_augment.BatchAugment``): dense nodes (every feature cell,
-  ``--frame-aug ''``) or the 7x7 grid of patches (``--frame-aug grid``), CIFAR normalisation;
+  clip fits, s uniform; ``data.training.video_dataset.FrameFolderDataset``), each frame random-resized-cropped
+  to the training ``--img-size`` (``data.training.transforms.FrameTransform``);
+* augmentation and nodes on the device (``data.training.gpu_augment.BatchAugment``): dense nodes (every
+  feature cell, ``--frame-aug ''``) or the 7x7 grid of patches (``--frame-aug grid``, data/training/nodes.py),
+  CIFAR normalisation;
 * the model: ``model.CRW`` around the copy of the encoder, with the checkpoint's training head
   (``selfsim_fc``) when it has one of the right shape, else a fresh head (seeded); edge dropout, temperature
   and the other walk settings of the checkpoint's training run; BatchNorm in training mode, as in training.
@@ -31,13 +32,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from data.gpu_augment import BatchAugment, parse_frame_aug
 from data.images import list_frames
-from data.sampler import mix_seed
-from data.transforms import FrameTransform, parse_frame_transforms
-from data.video_dataset import FrameFolderDataset
+from data.training.gpu_augment import BatchAugment
+from data.training.sampler import mix_seed
+from data.training.transforms import FrameTransform, parse_frame_transforms
+from data.training.video_dataset import FrameFolderDataset
 from model import CRW
-from utils.arguments import get_train_args_parser
+from utils.arguments import get_train_args_parser, parse_frame_aug
 from utils.checkpoint import checkpoint_args, clean_state_dict, load_checkpoint
 from utils.errors import CRWError
 
@@ -62,7 +63,8 @@ def training_settings(ckpt_args=None, temperature=0.07, head_depth=-1):
     """The training settings (TRAIN_KEYS) for the adaptation: the checkpoint's training args where it has
     them, else train.py's defaults with ``temperature`` as the walk temperature. ``head_depth`` >= 0
     (test.py's --head-depth) overrides the head's depth."""
-    defaults = vars(get_train_args_parser().parse_args([]))
+    parser = get_train_args_parser()
+    defaults = {k: parser.get_default(k) for k in TRAIN_KEYS}
     defaults['temp'] = temperature
     src = vars(ckpt_args) if ckpt_args is not None and not isinstance(ckpt_args, dict) else (ckpt_args or {})
     out = {k: src.get(k, defaults[k]) if src.get(k) is not None else defaults[k] for k in TRAIN_KEYS}

@@ -1,66 +1,84 @@
-"""Label propagation through one video, frame by frame, with annotations on any frames: what ``test.py`` uses
-for both ``--filelist`` and ``--video``, and the Python API for your own code.
+"""The propagation loop: ``VideoPropagator`` carries labels through one video, frame by frame; every path
+(test.py's DAVIS, VIP, JHMDB and --video runs, and ``propagate`` for your own code) runs it.
 
     from propagation import Protocol, VideoPropagator, load_encoder, propagate
     encoder = load_encoder('pretrained.pth', 'cpu')
-    protocol = Protocol(temperature=0.05)
-    for t, ids in propagate(encoder, frames, 'first.png', protocol):     # a generator: streams any length
+    for t, ids in propagate(encoder, frames, 'first.png', Protocol(temperature=0.05)):   # streams any length
         ...                                   # ids [H, W] uint8 label ids of frame t, at the frame's size
 
-    vp = VideoPropagator(encoder, protocol)
-    ids = vp.step(frame0, mask='first.png')   # an annotated frame: returns its mask
-    ids = vp.step(frame1)                     # propagated
-
-Frames: uint8 [H, W, 3] RGB arrays or tensors, or image paths. Masks: label ids [H, W] (integer array or
-tensor) or a label image path (palette PNG, or greyscale/RGB with a few flat colours; see
-``data.vos.AnnotationReader``), at the frame's size (another size with the same aspect ratio is resized
-with nearest neighbour, with one warning).
-
-Annotations after the first (``masks={0: ..., 40: ...}``, or ``step(frame, mask=...)`` later on):
-propagation starts at the first annotated frame (frame 0 of the protocol: long-term memory, padding of the
-short-term context); frames before it give None. In a later annotation, 0 means "not annotated here" and
-every other id it contains is taken as given from that frame on, whether it is new or already tracked:
-
-* a new id gets a new label channel (zero in every earlier frame);
-* on that frame, the pixels the annotation gives an id take that id; the other pixels keep the prediction
-  with the annotated ids removed (an annotated object is exactly where the annotation says, not also where
-  it was predicted), renormalised (background where nothing else is left);
-* what earlier frames in the context (frame 0 included) said about the annotated ids is withdrawn: their
-  soft labels for those ids become 0, so those nodes no longer vote for them. An annotated id is thus
-  propagated from its latest annotation only, exactly as an object first annotated on that frame would be;
-* the frame's corrected soft labels (at the feature map: the annotation's one-hot brought down bilinearly,
-  as for the first frame, plus the remaining prediction weighted by the part of each cell the annotation
-  leaves uncovered) replace its predicted labels in the context. Ids the annotation does not mention go on
-  as predicted.
-
-Shapes: features [C, h, w] with h, w = ceil(H'/8), ceil(W'/8) for frames propagated at H' x W'.
+Frames: uint8 [H, W, 3] RGB arrays or tensors, or image paths; masks: label ids [H, W] or label image paths
+(``data.labels.MaskReader``), on any frames (``{t: mask}``): propagation starts at the first one, and a later
+one corrects the ids it contains (see ``VideoPropagator._annotate``). ``VideoPropagator.run`` feeds each
+``PropagatedFrame`` (ids, soft maps, features) to sinks (``data.inference.outputs``). Shapes: features
+[C, h, w] with h, w = ceil(H'/8), ceil(W'/8) for frames propagated at H' x W'.
 """
-import os
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from data.images import davis_palette, read_image, resize_nearest
-from data.outputs import SequenceWriter
-from data.user_video import UserVideo, check_masks, mask_files
-from data.vos import AnnotationReader, downsample_labels, fit_mask, one_hot, prepare_frame, processing_size
-from propagation.api import encode_frames, make_propagator, soft_to_index
-from propagation.protocol import Protocol
+from data.inference.frames import as_frame, prepare_frame, processing_size
+from data.labels import MaskReader, downsample_labels, one_hot, resize_nearest, soft_labels
+from propagation.encoder import encode_frames
+from propagation.protocol import Protocol, min_max_normalize
+from propagation.reference import ReferencePropagator
+from propagation.windowed import WindowedPropagator
 from utils.errors import CRWError
 
 FEATURE_BATCH = 4   # frames per encoder call
 
 
-def as_frame(frame):
-    """A frame as uint8 [H, W, 3] numpy (RGB): from an array, a tensor or an image path."""
-    if isinstance(frame, (str, bytes)) or hasattr(frame, '__fspath__'):
-        return read_image(frame)
-    if torch.is_tensor(frame):
-        frame = frame.cpu().numpy()
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-        raise CRWError(f'a frame must be uint8 [H, W, 3] RGB, got {frame.dtype} {list(frame.shape)}')
-    return frame
+def make_propagator(first_feat, first_labels, protocol, reference=False, **windowed_opts):
+    """The windowed propagator (default) or the release's reference one (``reference=True``), on
+    first_feat's device and dtype. ``windowed_opts``: tile, mode, budget_bytes (see WindowedPropagator)."""
+    first_labels = first_labels.to(first_feat.device, first_feat.dtype)
+    if reference:
+        return ReferencePropagator(first_feat, first_labels, protocol, budget_bytes=windowed_opts.get('budget_bytes'))
+    return WindowedPropagator(first_feat, first_labels, protocol, **windowed_opts)
+
+
+def soft_to_index(soft, size, norm_mask=False):
+    """Soft map [h, w, K] -> label index map [H, W] (argmax after bilinear upsampling), on soft's device."""
+    if norm_mask:
+        soft = min_max_normalize(soft)
+    x = soft.permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
+    return x[0].argmax(0)
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    """How test.py propagates, from its flags (``from_args``, built once): the protocol, the size frames are
+    propagated at (--cropSize, --max-side), --no-l2, --norm_mask and --dense."""
+    protocol: Protocol = field(default_factory=Protocol)
+    crop_size: int = -1
+    max_side: Optional[int] = None
+    l2: bool = True
+    norm_mask: bool = False
+    reference: bool = False
+
+    @classmethod
+    def from_args(cls, args):
+        """From test.py's namespace; a protocol value out of range raises CRWError (``Protocol``)."""
+        return cls(Protocol.from_args(args), crop_size=args.cropSize, max_side=args.max_side, l2=not args.no_l2,
+                   norm_mask=args.norm_mask, reference=args.dense)
+
+    def propagator(self, encoder, device=None, note=None, **windowed_opts):
+        return VideoPropagator(encoder, self.protocol, device, crop_size=self.crop_size, max_side=self.max_side,
+                               l2=self.l2, norm_mask=self.norm_mask, reference=self.reference, note=note,
+                               **windowed_opts)
+
+
+@dataclass
+class PropagatedFrame:
+    """One frame's result, what sinks receive."""
+    t: int                          # the frame's index, as the batches numbered it
+    image: np.ndarray               # [H, W, 3] uint8: the frame as the batches gave it
+    ids: Optional[np.ndarray]       # [H', W'] uint8 label ids at the output size (None: started from soft labels)
+    soft: torch.Tensor              # [h, w, K] soft labels at the feature map, as later frames' context sees them
+    features: torch.Tensor          # [C, h, w]
 
 
 class VideoPropagator:
@@ -68,14 +86,12 @@ class VideoPropagator:
 
     encoder: from ``load_encoder``; protocol: ``Protocol`` (default: the release's test.py defaults);
     device: where to compute (default: the encoder's). crop_size / max_side: the size frames are propagated
-    at (``data.vos.processing_size``: S x S for crop_size S > 0, else the frame's own size, shrunk so that
-    its longer side is at most max_side); masks are returned at each frame's own size. l2: L2-normalise the
-    features; norm_mask: min-max normalise the soft maps before the argmax (``--norm_mask``); reference: the
-    release's algorithm (``--dense``) instead of the windowed one. ``note``: where one-line notes and warnings
-    go (default stderr).
-
-    After the first mask: ``values`` [K] are the label ids in channel order and ``palette`` [256, 3] the
-    colours to write them with (the first mask file's own palette, else the DAVIS palette).
+    at (``data.inference.frames.processing_size``); l2: L2-normalise the features; norm_mask: min-max
+    normalise the soft maps before the argmax (``--norm_mask``); reference: the release's algorithm
+    (``--dense``) instead of the windowed one; note: where one-line notes and warnings go (default stderr).
+    After the first mask: ``values`` [K] are the label ids in channel order, ``palette`` [256, 3] the colours
+    to write them with (the first mask file's own, else the DAVIS palette), ``start`` the first annotated
+    frame's index.
     """
 
     def __init__(self, encoder, protocol=None, device=None, *, crop_size=-1, max_side=None, l2=True,
@@ -85,45 +101,67 @@ class VideoPropagator:
         self.device = torch.device(device) if device is not None else next(encoder.parameters()).device
         self.crop_size, self.max_side = crop_size, max_side
         self.l2, self.norm_mask, self.reference, self.windowed_opts = l2, norm_mask, reference, windowed_opts
-        self.reader = AnnotationReader(note)
+        self.reader = MaskReader(note)
         self.note = self.reader.note
         self.values = None
         self.prop = None
         self.t = -1          # index of the last frame seen
         self.start = None    # index of the first annotated frame
-        self.last_features = None   # features [B', C, h, w] of the frames the last step_batch encoded
-        self._warned_size = False
 
     @property
     def palette(self):
-        return self.reader.palette if self.reader.palette is not None else davis_palette()
+        return self.reader.palette
 
     @property
     def started(self):
         return self.prop is not None
 
-    # -- masks ------------------------------------------------------------------------------------------
     def read_mask(self, mask, size=None):
         """Label ids [H, W] int64 of a mask (ids or a label image path), fitted to ``size`` if given."""
-        what = 'the mask'
-        if isinstance(mask, (str, bytes)) or hasattr(mask, '__fspath__'):
-            what = str(mask)
-            mask = self.reader.read(mask)
-        elif torch.is_tensor(mask):
-            mask = mask.cpu().numpy()
-        ids = np.asarray(mask)
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise CRWError(f'{what}: a mask must be integer label ids [H, W], got {ids.dtype} {list(ids.shape)}')
-        ids = ids.astype(np.int64, copy=False)
-        if size is not None:
-            ids = fit_mask(ids, size, what, None if self._warned_size else self._warn_size)
-        return ids
+        return self.reader.ids(mask, size)
 
-    def _warn_size(self, message):
-        self._warned_size = True
-        self.note(f'warning: {message}')
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run(self, batches, masks, sinks, out_size=None, progress=None):
+        """Propagate through a whole video (see ``stream``), handing every frame to each sink
+        (``write(frame)``), then ``close()`` them all; on an error each is ``abort(error)``ed instead.
+        ``progress``: a tqdm-like bar, advanced by one per frame."""
+        try:
+            for frame in self.stream(batches, masks, out_size):
+                for sink in sinks:
+                    sink.write(frame)
+                if progress is not None:
+                    progress.update(1)
+        except BaseException as e:
+            for sink in sinks:
+                sink.abort(e)
+            raise
+        error = None
+        for sink in sinks:
+            try:
+                sink.close()
+            except BaseException as e:  # noqa: BLE001 - close the others, then raise the first
+                error = error or e
+        if error is not None:
+            raise error
 
-    # -- frames -----------------------------------------------------------------------------------------
+    def stream(self, batches, masks, out_size=None):
+        """The one loop over a video's frames: yields a PropagatedFrame per frame from the first annotated one on.
+
+        batches: iterable of (prepared frames [B, 3, H', W'], the frames as they are to be written [B, H, W, 3]
+        uint8, their indices t [B]), consecutive and in order (``data.inference.frames.frame_loader``).
+        masks: {t: mask} (anything with ``get(t)``): label ids or label image paths, resized with nearest
+        neighbour to ``out_size`` (default: each batch's frame size), the size ids are returned at; or, for
+        the first annotated frame only, a function (h, w) -> soft labels [h, w, K] at the feature map (JHMDB's
+        joint heat maps), after which ``ids`` are None."""
+        for imgs, images, ts in batches:
+            ts = ts.tolist() if torch.is_tensor(ts) else list(ts)
+            size = tuple(out_size) if out_size is not None else tuple(images[0].shape[:2])
+            for t, image, out in zip(ts, images, self._batch(imgs, [masks.get(t) for t in ts], size)):
+                if out is not None:
+                    image = image.numpy() if torch.is_tensor(image) else image
+                    yield PropagatedFrame(t, image, *out)
+
+    # -- frames one at a time ---------------------------------------------------------------------------
     def step(self, frame, mask=None):
         """One frame (uint8 [H, W, 3] array/tensor or image path) and optionally its mask -> label ids [H, W]
         uint8 at the frame's size; None for a frame before the first mask."""
@@ -142,10 +180,13 @@ class VideoPropagator:
         self.t += 1
 
     def step_batch(self, imgs, masks, out_size):
-        """Consecutive prepared frames ``imgs`` [B, 3, H', W'] (``data.vos.prepare_frame``), their masks (B
-        entries: None, or label ids / paths, resized with nearest neighbour to out_size if needed) and the size
-        (H, W) to return label ids at -> list of B uint8 [H, W] arrays (None before the first mask). The
-        frames are encoded in one call."""
+        """Consecutive prepared frames ``imgs`` [B, 3, H', W'] (``data.inference.frames.prepare_frame``), their
+        masks (B entries: None, or label ids / paths) and the size (H, W) to return label ids at -> list of B
+        uint8 [H, W] arrays (None before the first mask). The frames are encoded in one call."""
+        return [None if out is None else out[0] for out in self._batch(imgs, masks, tuple(out_size))]
+
+    def _batch(self, imgs, masks, out_size):
+        """-> B entries: None before the first mask, else (ids or None, soft labels, features)."""
         if len(masks) != len(imgs):
             raise ValueError(f'{len(imgs)} frames but {len(masks)} masks')
         skip = 0
@@ -156,43 +197,54 @@ class VideoPropagator:
         if skip == len(masks):
             return out
         feats = encode_frames(self.encoder, imgs[skip:].to(self.device, non_blocking=True), l2=self.l2)
-        self.last_features = feats
+        proc_size = tuple(imgs.shape[-2:])
         for b in range(skip, len(masks)):
-            mask = values = None
-            if masks[b] is not None:
-                mask = self.read_mask(masks[b])
-                values = np.unique(mask)     # before resizing: an object too small to survive keeps its id
-                mask = resize_nearest(mask, out_size)
-            out.append(self._advance(feats[b - skip], mask, values, tuple(out_size), tuple(imgs.shape[-2:])))
+            ids, soft = self._advance(feats[b - skip], masks[b], out_size, proc_size)
+            out.append((ids, soft, feats[b - skip]))
         return out
 
-    def _advance(self, feat, mask, values, out_size, proc_size):
-        """One encoded frame feat [C, h, w] (and its mask: ids at out_size, the ids of the mask as given) ->
-        label ids at out_size."""
+    def _advance(self, feat, mask, out_size, proc_size):
+        """One encoded frame feat [C, h, w] and its mask (None, ids / a path, or a soft-labels function) ->
+        (label ids at out_size or None, soft labels [h, w, K])."""
         self.t += 1
-        if self.prop is None:
-            ann = resize_nearest(mask, proc_size)
-            if values.min() < 0 or values.max() > 255:
-                raise CRWError('label ids must lie in 0..255 to be written as 8-bit PNGs')
+        if callable(mask):
+            if self.started:
+                raise ValueError('soft labels can only start the propagation')
+            return None, self._start(feat, mask(tuple(feat.shape[-2:])).to(self.device))
+        values = None
+        if mask is not None:
+            mask = self.read_mask(mask)
+            values = np.unique(mask)     # before resizing: an object too small to survive keeps its id
+            mask = resize_nearest(mask, out_size)
+        if not self.started:
             self.values = values
-            first = downsample_labels(one_hot(np.searchsorted(values, ann), len(values)), feat.shape[-2:])
-            self.prop = make_propagator(feat, first.to(self.device), self.protocol, reference=self.reference,
-                                        **self.windowed_opts)
-            self.start = self.t
-            return mask.astype(np.uint8)
+            first = soft_labels(resize_nearest(mask, proc_size), values, feat.shape[-2:])
+            return mask.astype(np.uint8), self._start(feat, first.to(self.device))
         soft = self.prop.step(feat)
+        if self.values is None:
+            if mask is not None:
+                raise ValueError('a mask after soft labels: the propagation has no label ids')
+            return None, soft
         if mask is None:
             index = soft_to_index(soft, out_size, self.norm_mask)
-            return self.values[index.cpu().numpy()].astype(np.uint8)
+            return self.values[index.cpu().numpy()].astype(np.uint8), soft
         return self._annotate(soft, mask, values, out_size, proc_size)
 
-    def _annotate(self, soft, mask, values, out_size, proc_size):
-        """A later annotated frame: merge ``mask`` (ids at out_size) with the prediction ``soft`` [h, w, K]
-        (see the module's docstring), correct the propagator's labels, return the frame's label ids."""
+    def _start(self, feat, first):
+        self.prop = make_propagator(feat, first, self.protocol, reference=self.reference, **self.windowed_opts)
+        self.start = self.t
+        return first
+
+    def _annotate(self, soft, mask, given, out_size, proc_size):
+        """A later annotated frame: ``mask`` (ids at out_size; ``given`` its ids) merged with the prediction
+        ``soft`` [h, w, K]. 0 means "not annotated here"; every other id is taken as given from this frame on:
+        a new id gets a new channel (zero in earlier frames); the pixels the annotation gives an id take it,
+        the others keep the prediction without the annotated ids, renormalised (background where nothing is
+        left); earlier context frames' labels for the annotated ids become 0, so each is propagated from its
+        latest annotation only; the frame's corrected soft labels (the annotation's one-hot at the feature
+        map plus the rest of the prediction where it leaves a cell uncovered) replace its prediction in the
+        context. Returns (label ids at out_size, the corrected soft labels)."""
         ann = resize_nearest(mask, proc_size)
-        given = values
-        if given.min() < 0 or given.max() > 255:
-            raise CRWError('label ids must lie in 0..255 to be written as 8-bit PNGs')
         new = [int(v) for v in given if v != 0 and v not in self.values]
         if new:
             self.values = np.concatenate([self.values, np.array(new, self.values.dtype)])
@@ -217,12 +269,13 @@ class VideoPropagator:
                 table[int(v)] = channel[int(v)]
         given_onehot = downsample_labels(one_hot(table[ann], K + 1), soft.shape[:2])[..., :K].to(soft)
         cover = given_onehot.sum(-1, keepdim=True)
+        corrected = given_onehot + (1 - cover) * rest
         self.prop.drop_labels(annotated)
-        self.prop.set_labels(given_onehot + (1 - cover) * rest)
+        self.prop.set_labels(corrected)
         ids = self.values[soft_to_index(rest, out_size, self.norm_mask).cpu().numpy()].astype(np.uint8)
         annotated_pixels = mask != 0
         ids[annotated_pixels] = mask[annotated_pixels]
-        return ids
+        return ids, corrected
 
 
 def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEATURE_BATCH, **options):
@@ -237,77 +290,33 @@ def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEA
     masks = dict(masks) if isinstance(masks, dict) else {0: masks}
     if not masks:
         raise CRWError('no mask: give the first frame\'s mask, or {frame index: mask}')
-    batch, ts, batch_masks, size = [], [], [], None
-
-    def flush():
-        out = vp.step_batch(torch.stack(batch), batch_masks, size)
-        done = [(t, ids) for t, ids in zip(ts, out) if ids is not None]
-        batch.clear(), ts.clear(), batch_masks.clear()
-        return done
-
     first = min(masks)
-    for t, frame in enumerate(frames):
-        if t < first:
-            vp.skip()
-            continue
-        img = as_frame(frame)
-        if size is not None and img.shape[:2] != size:
-            raise CRWError(f'frame {t} is {img.shape[1]}x{img.shape[0]}, the first one {size[1]}x{size[0]}; all '
-                           'frames of a video must have one size')
-        size = img.shape[:2]
-        mask = masks.get(t)
-        batch_masks.append(None if mask is None else vp.read_mask(mask, size))
-        batch.append(prepare_frame(img, processing_size(size, vp.crop_size, vp.max_side)))
-        ts.append(t)
-        if len(batch) == batch_size:
-            yield from flush()
-    if batch:
-        yield from flush()
+    fitted = {}   # t -> the mask read and fitted to its frame, filled as the frames are read
+
+    def batches():
+        batch, images, ts, size = [], [], [], None
+        for t, frame in enumerate(frames):
+            if t < first:
+                vp.skip()
+                continue
+            img = as_frame(frame)
+            if size is not None and img.shape[:2] != size:
+                raise CRWError(f'frame {t} is {img.shape[1]}x{img.shape[0]}, the first one {size[1]}x{size[0]}; all '
+                               'frames of a video must have one size')
+            size = img.shape[:2]
+            if t in masks:
+                fitted[t] = vp.read_mask(masks[t], size)
+            batch.append(prepare_frame(img, processing_size(size, vp.crop_size, vp.max_side)))
+            images.append(img)
+            ts.append(t)
+            if len(batch) == batch_size:
+                yield torch.stack(batch), images, ts
+                batch, images, ts = [], [], []
+        if batch:
+            yield torch.stack(batch), images, ts
+
+    for frame in vp.stream(batches(), fitted):
+        yield frame.t, frame.ids
     missing = sorted(t for t in masks if t > vp.t)
     if missing:
         raise CRWError(f'masks given for frames {missing[:5]} but the video has {vp.t + 1} frames')
-
-
-def propagate_user_video(encoder, video_path, mask_path, save_path, protocol=None, device=None, *, crop_size=-1,
-                         max_side=None, l2=True, norm_mask=False, reference=False, save_blend=False, workers=1,
-                         progress=None):
-    """``test.py --video``: propagate ``mask_path`` (one label image: frame 0's; or a folder of them, named like
-    their frames) through ``video_path`` (a video file or a folder of frames) and write
-    ``{save_path}/<video>/<frame>.png``, ``{save_path}/<video>_overlay.mp4`` and, with save_blend,
-    ``{save_path}/<video>_blend/<frame>.jpg`` (``data.outputs.SequenceWriter``). Every input is checked before
-    anything is written. Frames are decoded as they are needed (``workers`` processes; one for a video file)
-    and encoded in batches of FEATURE_BATCH. ``progress``: a tqdm-like bar (reset to the number of frames).
-    Returns (frames written, first annotated frame's name)."""
-    video = UserVideo(video_path)
-    files = mask_files(mask_path, video)
-    palette = check_masks(files, video.size)
-    vp = VideoPropagator(encoder, protocol, device, crop_size=crop_size, max_side=max_side, l2=l2,
-                         norm_mask=norm_mask, reference=reference)
-    start = min(files)
-    if start > 0:
-        vp.note(f'{mask_path}: the first annotated frame is {video.frame_names[start]}; the {start} frame(s) before '
-                'it get no output')
-    proc_size = processing_size(video.size, crop_size, max_side)
-    dataset = video.dataset(proc_size, start)
-    workers = max(0, int(workers))
-    if isinstance(dataset, torch.utils.data.IterableDataset):
-        workers = min(workers, 1)     # one decoder streams the file; more would decode it twice
-    loader = torch.utils.data.DataLoader(dataset, batch_size=FEATURE_BATCH, shuffle=False, num_workers=workers,
-                                         pin_memory=vp.device.type == 'cuda')
-    os.makedirs(save_path, exist_ok=True)
-    out = SequenceWriter(save_path, video.name, palette, video.fps, save_blend)
-    if progress is not None:
-        progress.reset(total=len(video) - start)
-    try:
-        for imgs, frames, ts in loader:
-            ts = ts.tolist()
-            masks = [vp.read_mask(files[t], video.size) if t in files else None for t in ts]
-            for t, ids, frame in zip(ts, vp.step_batch(imgs, masks, video.size), frames):
-                out.write(video.frame_names[t], ids, frame.numpy())
-            if progress is not None:
-                progress.update(len(ts))
-    except BaseException as e:
-        out.abort(e)
-        raise
-    out.close()
-    return out.frames, video.frame_names[start]

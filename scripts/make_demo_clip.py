@@ -13,7 +13,8 @@ import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the repository, is on sys.path
+    sys.path.insert(0, ROOT)
 
 from data.images import list_frames, read_image  # noqa: E402
 from data.video_io import VideoWriter  # noqa: E402

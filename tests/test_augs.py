@@ -1,4 +1,5 @@
-"""BatchAugment (data/gpu_augment.py) and the frame-level transform (data/transforms.py)."""
+"""BatchAugment (data/training/gpu_augment.py), the grid of patches that are the walk's nodes
+(data/training/nodes.py) and the frame-level transform (data/training/transforms.py)."""
 import types
 
 import numpy as np
@@ -6,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter, color_jitter_params, grid_positions
-from data.transforms import FrameTransform, random_crop_box, random_crop_boxes
+from data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter, color_jitter_params
+from data.training.nodes import crop_patches, grid_positions
+from data.training.transforms import FrameTransform, random_crop_box, random_crop_boxes
 
 
 def _args(**kw):
@@ -52,28 +54,26 @@ def test_grid_patches_are_the_windows():
 
 
 def test_identity_crop_reproduces_the_windows():
-    aug = BatchAugment(_args())
     x = _position_frames(2)
     m = 2 * 49
     box = (torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.long),
            torch.full((m,), 64, dtype=torch.long), torch.full((m,), 64, dtype=torch.long))
-    out = aug.crop_patches(x, box)
+    out = crop_patches(x, box, 64)
     assert torch.allclose(out, grid_patches(x, 64), atol=1e-3)
     # scale 1 / ratio 1 through the random parameter path gives the same identity crop
     aug1 = BatchAugment(_args(), patch_scale=(1.0, 1.0), patch_ratio=(1.0, 1.0))
     params = aug1.sample_params(1, 2, 256, 256, seed=3)
     top, left, h, w = params['patch_box']
     assert (top == 0).all() and (left == 0).all() and (h == 64).all() and (w == 64).all()
-    assert torch.allclose(aug1.crop_patches(x, params['patch_box']), grid_patches(x, 64), atol=1e-3)
+    assert torch.allclose(crop_patches(x, params['patch_box'], aug1.patch), grid_patches(x, 64), atol=1e-3)
 
 
 def test_patch_crop_matches_crop_then_bilinear_resize():
     """A patch is its box cut out of the window, resized bilinearly (half-pixel centres, edge clamped)."""
-    aug = BatchAugment(_args())
     g = torch.Generator().manual_seed(0)
     frame = torch.rand(1, 3, 256, 256, generator=g)
     box = random_crop_boxes(49, 64, 64, (0.7, 0.9), (3 / 4, 4 / 3), g)
-    out = aug.crop_patches(frame, box)[0]
+    out = crop_patches(frame, box, 64)[0]
     for n in (0, 9, 48):
         y0, x0 = grid_positions(256, 256, 64)[n]
         t, l, h, w = (int(b[n]) for b in box)

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import cli
 import train
 import utils.dist as dist_utils
 from conftest import load_script
-from data.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter
-from data.images import davis_palette
+from data.labels import davis_palette
+from data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter
 from data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
 from eval import convert_davis, evaluate_davis
 from model import CRW
@@ -309,7 +310,7 @@ def test_resume_with_foreign_weights_is_refused(davis, tmp_path, capsys):
     (['--frame-aug', 'grid', '--patch-size', '8', '8', '--img-size', '64'], '--patch-size 8')])
 def test_training_values_that_cannot_train_are_refused(frame_list, tmp_path, capsys, extra, needle):
     with pytest.raises(SystemExit) as e:
-        arguments.train_args(train_argv(frame_list, tmp_path, *extra))
+        cli.parse_train_args(train_argv(frame_list, tmp_path, *extra))
     assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
 
 
@@ -320,7 +321,7 @@ def test_smallest_sizes_run_and_test_crop_size_is_checked(davis, capsys):
     with pytest.raises(RuntimeError):
         model.encoder.model(torch.zeros(2, 3, 8, 8))                             # 8: reflect padding fails
     with pytest.raises(SystemExit):
-        arguments.test_args(['--filelist', davis[1], '--cropSize', '8'])
+        cli.parse_test_args(['--filelist', davis[1], '--cropSize', '8'])
     assert '--cropSize 8' in one_line(capsys.readouterr().err)
 
 
@@ -520,7 +521,7 @@ def test_frame_list_summary_counts_existing_folders(frame_list, tmp_path, capsys
     lst = tmp_path / 'list.txt'
     lst.write_text(open(frame_list).read() + f'{tmp_path}/gone 6\n')
     args = arguments.train_args(train_argv(str(lst), tmp_path / 'out'))
-    from data.video_dataset import build_train_dataset
+    from data.training.video_dataset import build_train_dataset
     ds = build_train_dataset(args)
     captured = capsys.readouterr()
     assert len(ds) == 4 and '4 videos' in captured.out

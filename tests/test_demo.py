@@ -8,12 +8,13 @@ import torch
 from PIL import Image
 
 import demo
-from data.images import save_indexed_png
+from data.labels import save_indexed_png
 from data.synthetic import make_sequence, write_video
 from model import CRW
 from utils.arguments import train_args
 
 
+@pytest.mark.slow
 def test_demo_writes_scores_and_pictures(tmp_path, repo_root, capsys):
     sample = tmp_path / 'sample'
     seq = make_sequence(num_frames=6, height=64, width=96, num_objects=2, seed=4)

@@ -16,7 +16,7 @@ import train
 from conftest import load_script
 from data.synthetic import make_sequence, write_davis_layout, write_frame_folder
 from model import MODEL_TYPES, PRETRAINED_TYPES
-from propagation import Protocol, encode_frames, load_encoder, propagate_video
+from propagation import Protocol, encode_frames, load_encoder, make_propagator
 from utils.arguments import train_args
 from utils.encoder_weights import SOURCES, find_weights
 from utils.errors import CRWError
@@ -127,9 +127,10 @@ def test_published_layout_loads_and_propagates(model_type, nets, sources, files,
     ref = reference_features(nets[arch], frames)                 # equal up to float32 rounding
     torch.testing.assert_close(feats / ref.abs().max(), ref / ref.abs().max(), rtol=0, atol=1e-5)
     first = torch.nn.functional.one_hot(torch.from_numpy(seq['masks'][0][4::8, 4::8]).long(), 3).float()
-    out = list(propagate_video(F.normalize(feats, dim=1), first, Protocol(topk=5, radius=3, temperature=0.05)))
-    assert [t for t, _ in out] == list(range(len(frames)))
-    for _, soft in out:
+    feats = F.normalize(feats, dim=1)
+    prop = make_propagator(feats[0], first, Protocol(topk=5, radius=3, temperature=0.05))
+    for f in feats[1:]:
+        soft = prop.step(f)
         assert soft.shape == (4, 4, 3) and torch.allclose(soft.sum(-1), torch.ones(4, 4), atol=1e-5)
 
 

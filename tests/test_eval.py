@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from data.synthetic import make_sequence, write_davis_layout  # noqa: E402
-from eval import davis_metrics as dm  # noqa: E402
-from eval import evaluate_davis as ed  # noqa: E402
-from eval import run_test as rt  # noqa: E402
-from data.images import davis_palette, save_indexed_png  # noqa: E402
-from utils.errors import CRWError  # noqa: E402
+from conftest import ROOT as REPO
+from data.labels import davis_palette, save_indexed_png
+from data.synthetic import make_sequence, write_davis_layout
+from eval import davis_metrics as dm
+from eval import evaluate_davis as ed
+from eval import run_test as rt
+from utils.errors import CRWError
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 ENV.pop('DAVIS_ROOT', None)
@@ -245,6 +242,7 @@ def test_void_in_ground_truth(tmp_path):
     assert g['J-Mean'] == pytest.approx(96 / 144)
 
 
+@pytest.mark.slow
 def test_cli_writes_csvs_and_reuses_them(layout, tmp_path):
     davis, seqs, _ = layout
     res = str(tmp_path / 'res')
@@ -282,6 +280,7 @@ def test_cli_writes_csvs_and_reuses_them(layout, tmp_path):
     assert p.returncode == 0 and os.path.isfile(os.path.join(res, 'global_results-only_rects.csv'))
 
 
+@pytest.mark.slow
 def test_missing_result_frame_and_unknown_object(layout, tmp_path):
     davis, seqs, _ = layout
     res = str(tmp_path / 'res')
@@ -322,6 +321,7 @@ def write_raw(raw, seqs, size=None, skip=()):
             im.save(os.path.join(raw, f'{i}_{t}_mask.png'))
 
 
+@pytest.mark.slow
 def test_convert_resizes_to_gt_size_with_palette(layout, tmp_path):
     davis, seqs, _ = layout
     raw, out = str(tmp_path / 'raw'), str(tmp_path / 'converted')
@@ -363,6 +363,7 @@ def test_convert_native_size_round_trip_and_colour_masks(layout, tmp_path):
     assert g['J&F-Mean'] == 1.0
 
 
+@pytest.mark.slow
 def test_convert_missing_frame_is_one_line_error(layout, tmp_path):
     davis, seqs, _ = layout
     raw, out = str(tmp_path / 'raw'), str(tmp_path / 'converted')
@@ -384,6 +385,7 @@ def test_davis_vallist():
     assert lines == [f'JPEGImages/480p/{n} Annotations/480p/{n}' for n in names]
 
 
+@pytest.mark.slow
 def test_dryrun_prints_the_product_and_runs_nothing(tmp_path):
     marker = tmp_path / 'ran'
     fake = tmp_path / 'fake_test.py'
@@ -415,6 +417,7 @@ def test_dryrun_prints_the_product_and_runs_nothing(tmp_path):
     assert not marker.exists() and not out.exists()
 
 
+@pytest.mark.slow
 def test_folder_model_path_picks_newest(tmp_path):
     ckdir = tmp_path / 'run'
     ckdir.mkdir()
@@ -433,6 +436,7 @@ def test_folder_model_path_picks_newest(tmp_path):
         rt.newest_checkpoint(str(empty))
 
 
+@pytest.mark.slow
 def test_run_test_missing_dataset_is_one_line_error(tmp_path):
     model = tmp_path / 'm.pth'
     model.write_bytes(b'')
@@ -462,6 +466,7 @@ FAKE_TEST = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_run_test_full_chain_then_skip(layout, tmp_path):
     davis, seqs, filelist = layout
     fake = tmp_path / 'fake_test.py'

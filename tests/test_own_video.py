@@ -12,12 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import load_script
-from data import vos
-from data.images import davis_palette, save_indexed_png
+from data.labels import davis_palette, save_indexed_png
 from data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
 from data.video_io import iter_frames, probe_video
 from propagation import Protocol, VideoPropagator, load_encoder, propagate
-from utils.errors import CRWError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = ['--topk', '10', '--videoLen', '20', '--radius', '12', '--temperature', '0.05', '--cropSize', '-1',
@@ -145,8 +143,6 @@ def test_max_side_propagates_smaller_and_writes_full_size(clip, ckpt, tmp_path):
                      str(tmp_path), '--max-side', '40'] + PROTOCOL) == 0
     ids = ids_of(tmp_path / 'clip' / '00003.png')
     assert ids.shape == (48, 80) and set(np.unique(ids)) <= {0, 1, 2, 3}
-    assert vos.processing_size((480, 854), -1, 480) == (270, 480)
-    assert vos.processing_size((480, 854), 320, None) == (320, 320)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -330,6 +326,7 @@ def test_mask_size(clip, ckpt, tmp_path, capsys):
     assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_bad_video_and_mask_folder_are_one_line(clip, ckpt, tmp_path, capsys):
     root, _, seq = clip
     bad = tmp_path / 'broken.mp4'
@@ -355,19 +352,16 @@ def test_bad_video_and_mask_folder_are_one_line(clip, ckpt, tmp_path, capsys):
     assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').rglob('*.png'))
 
 
-def test_annotation_reader_colours(tmp_path):
-    # RGB masks outside the DAVIS palette: one numbering for all masks of a video, new colours appended
-    a = np.zeros((8, 8, 3), np.uint8)
-    a[:4] = (200, 10, 10)
-    b = a.copy()
-    b[6:, :2] = (10, 10, 200)
-    Image.fromarray(a).save(tmp_path / 'a.png')
-    Image.fromarray(b).save(tmp_path / 'b.png')
-    reader = vos.AnnotationReader()
-    assert np.unique(reader.read(str(tmp_path / 'a.png'))).tolist() == [0, 1]
-    ids_b = reader.read(str(tmp_path / 'b.png'))
-    assert ids_b[0, 0] == 1 and ids_b[7, 0] == 2
-    assert reader.palette[1].tolist() == [200, 10, 10] and reader.palette[2].tolist() == [10, 10, 200]
-    with pytest.raises(CRWError, match='35 distinct grey levels'):
-        Image.fromarray(np.arange(35, dtype=np.uint8).repeat(2).reshape(10, 7), mode='L').save(tmp_path / 'g.png')
-        vos.AnnotationReader().read(str(tmp_path / 'g.png'))
+def test_later_mask_with_wide_ids_refused_before_anything_is_written(clip, ckpt, tmp_path, capsys):
+    # every mask of the folder is read before the first frame: an id an 8-bit PNG cannot hold, in frame 4's
+    # 16-bit mask, is one line naming that file, and nothing is written
+    root, _, seq = clip
+    md = tmp_path / 'masks'
+    md.mkdir()
+    save_indexed_png(str(md / '00000.png'), seq['masks'][0])
+    Image.fromarray(seq['masks'][4].astype(np.uint16) * 100).save(md / '00004.png')    # ids 0, 100, 200, 300
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(md), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert '00004.png' in line and '0..255' in line
+    assert not (tmp_path / 'o').exists()

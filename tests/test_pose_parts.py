@@ -328,16 +328,6 @@ def test_eval_vip_cli_and_errors(tmp_path, capsys):
     assert 'no such folder' in capsys.readouterr().err
 
 
-def test_vip_nearest_resize_matches_pil():
-    # the release resized predictions with PIL's NEAREST; ours must pick the same pixels
-    from data.images import resize_nearest
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 20, (7, 11)).astype(np.uint8)
-    for size in [(16, 23), (5, 9), (31, 40)]:
-        ref = np.asarray(Image.fromarray(small).resize((size[1], size[0]), Image.NEAREST))
-        assert (resize_nearest(small, size) == ref).all()
-
-
 class FlatColourEncoder(torch.nn.Module):
     """'Features' = the mean colour of each 8x8 cell: flat-coloured regions are matched by colour."""
 
@@ -388,14 +378,3 @@ def test_vip_filelist_builder_errors(tmp_path):
         vip_filelist.build(str(vip))
     with pytest.raises(Exception, match='no such video list'):
         vip_filelist.build(str(vip), str(vip / 'lists' / 'other.txt'))
-
-
-def test_vip_filelist_detection(tmp_path):
-    from data.vos import read_filelist
-    for d in ('Images/v', 'Annotations/Category_ids/v', 'JPEGImages/v', 'Annotations/480p/v'):
-        (tmp_path / d).mkdir(parents=True)
-    fl = tmp_path / 'list.txt'
-    fl.write_text(f'{tmp_path}/Images/v {tmp_path}/Annotations/Category_ids/v\n'
-                  f'{tmp_path}/JPEGImages/v {tmp_path}/Annotations/480p/v\n')
-    assert [e.kind for e in read_filelist(str(fl))] == ['vip', 'davis']
-    assert [e.kind for e in read_filelist(str(fl), vip=True)] == ['vip', 'vip']

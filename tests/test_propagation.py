@@ -1,5 +1,5 @@
 """Label propagation: the windowed path == the release's reference algorithm, known-answer propagation, the
-test.py pipeline end to end, label-map handling. Synthetic data only, tiny sizes."""
+test.py pipeline end to end. Synthetic data only, tiny sizes."""
 import argparse
 import os
 import subprocess
@@ -12,12 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import load_script
-from data import vos
-from data.images import davis_palette, list_frames, save_indexed_png
 from data.synthetic import make_sequence, write_davis_layout
-from propagation import Protocol, WindowedPropagator, propagate_video
+from propagation import Protocol, WindowedPropagator, make_propagator
 from propagation.protocol import context_frames, min_max_normalize, radius_offsets
-from utils.errors import CRWError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +41,16 @@ def clip_video(T, seed=0, C=16):
     m = F.interpolate(F.one_hot(torch.from_numpy(seq['masks'][:1]).long(), 4).permute(0, 3, 1, 2).float(),
                       size=f.shape[-2:], mode='bilinear', align_corners=False)[0].permute(1, 2, 0)
     return F.normalize(f, dim=1), m
+
+
+def propagate_features(feats, first, protocol, reference=False, return_topk=False, **windowed_opts):
+    """(t, soft labels[, top-k info]) for every frame of precomputed features [T, C, h, w] (the propagators
+    alone, no encoder); frame 0's are the given labels (top-k info None)."""
+    prop = make_propagator(feats[0], first, protocol, reference=reference, **windowed_opts)
+    yield (0, first, None) if return_topk else (0, first)
+    for t in range(1, len(feats)):
+        out = prop.step(feats[t], return_topk=return_topk)
+        yield (t, *out) if return_topk else (t, out)
 
 
 def entries(info, rows=None):
@@ -81,8 +88,8 @@ def same_topk_up_to_ties(d, f, tol=1e-4):
 def compare_runs(feats, labels, soft_tol=1e-4, tile=(8, 8), mode='auto', **protocol):
     """Run the reference and the windowed path; assert same top-k multisets (ties aside), soft maps, argmax."""
     protocol = Protocol(**protocol)
-    dense = list(propagate_video(feats, labels, protocol, reference=True, return_topk=True))
-    fast = list(propagate_video(feats, labels, protocol, return_topk=True, tile=tile, mode=mode))
+    dense = list(propagate_features(feats, labels, protocol, reference=True, return_topk=True))
+    fast = list(propagate_features(feats, labels, protocol, return_topk=True, tile=tile, mode=mode))
     assert len(dense) == len(fast) == len(feats)
     worst, mismatched = 0.0, 0
     for (t, pd, idd), (_, pf, idf) in zip(dense, fast):
@@ -157,7 +164,7 @@ def test_masked_fill_ins_have_zero_weight():
     # radius 1 keeps only the same position; one short-term frame, no long-term memory, k=5: the release's
     # top-5 holds 1 real entry and 4 masked ones of weight exactly 0 -> prediction = previous label
     feats, labels = random_video(4, 8, 5, 6, 3, seed=1)
-    out = list(propagate_video(feats, labels, Protocol(topk=5, radius=1, temperature=0.05, video_len=1,
+    out = list(propagate_features(feats, labels, Protocol(topk=5, radius=1, temperature=0.05, video_len=1,
                                                        long_mem=[])))
     for t, pred in out:
         assert torch.allclose(pred, labels, atol=1e-6)
@@ -234,7 +241,7 @@ def test_known_answer_propagation(reference):
     feats = perfect_features(seq)
     first = F.one_hot(torch.from_numpy(seq['masks'][0]).long(), 4).to(torch.float64)
     protocol = Protocol(topk=10, radius=3, temperature=0.05, video_len=5, long_mem=[0])
-    for t, pred in propagate_video(feats, first, protocol, reference=reference):
+    for t, pred in propagate_features(feats, first, protocol, reference=reference):
         lab = pred.argmax(-1).numpy()
         gt = seq['masks'][t]
         for k in (1, 2, 3):
@@ -288,6 +295,7 @@ def test_end_to_end(davis, tmp_path, crop):
             assert np.array_equal(_mask_ids(out / f'{i}_0_mask.png'), first)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_and_dense(davis, tmp_path):
     root, filelist, ckpt, seqs = davis
     cmd = [sys.executable, 'test.py', '--filelist', filelist, '--model-type', 'scratch', '--resume', ckpt,
@@ -307,6 +315,20 @@ def test_missing_resume_is_one_line_error(davis, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'nope.pth' in err
+
+
+@pytest.mark.parametrize('flags, needle', [(['--topk', '0'], '--topk must be >= 1'),
+                                           (['--temperature', '-1'], '--temperature must be > 0'),
+                                           (['--videoLen', '0', '--long-mem'], 'no context')])
+def test_protocol_values_are_one_line_parse_errors(davis, tmp_path, capsys, flags, needle):
+    # the protocol's range checks (propagation.Protocol) are test.py's parse errors: exit 2, one line
+    root, filelist, ckpt, seqs = davis
+    with pytest.raises(SystemExit) as e:
+        run_main(['--filelist', filelist, '--save-path', str(tmp_path / 'o')] + flags)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and err[0].endswith('(see --help)'), err
+    assert not (tmp_path / 'o').exists()
 
 
 def test_missing_frames_folder_is_one_line_error(davis, tmp_path, capsys):
@@ -353,74 +375,24 @@ def test_pipeline_known_answer(tmp_path, monkeypatch):
             assert iou > 0.95, (t, k, iou)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# 4. label maps, filelists, frames
-# ----------------------------------------------------------------------------------------------------------
-
-def test_label_set_nearest_and_order(tmp_path):
-    rng = np.random.default_rng(0)
-    lab = np.zeros((37, 53), np.uint8)
-    lab[5:20, 4:30] = 7
-    lab[22:35, 30:50] = 3
-    lab[rng.random(lab.shape) < 0.05] = 12
-    p = str(tmp_path / 'a.png')
-    save_indexed_png(p, lab)
-    for size in [(37, 53), (64, 64), (19, 31), (320, 320)]:
-        ls = vos.load_label_set(p, size)
-        assert ls.values.tolist() == [0, 3, 7, 12]          # sorted, background first, K = 4
-        assert ls.label_map.shape == size
-        assert set(np.unique(ls.values[ls.label_map])) <= {0, 3, 7, 12}   # nearest: no blended ids
-    # RGB annotation in DAVIS colours -> palette ids; colours outside the palette -> 0..K-1, black first
-    Image.fromarray(davis_palette()[lab]).save(tmp_path / 'rgb.png')
-    ids, values = vos.read_annotation(str(tmp_path / 'rgb.png'))
-    assert values.tolist() == [0, 3, 7, 12] and np.array_equal(ids, lab)
-    odd = np.zeros((8, 8, 3), np.uint8)
-    odd[:4] = (10, 20, 30)
-    odd[:, 6:] = (200, 1, 2)
-    Image.fromarray(odd).save(tmp_path / 'odd.png')
-    ids, values = vos.read_annotation(str(tmp_path / 'odd.png'))
-    assert values.tolist() == [0, 1, 2] and ids[7, 0] == 0
-
-
-def test_first_labels_downsampling():
-    lab = np.zeros((20, 30), np.int64)
-    lab[:, 15:] = 1
-    oh = vos.downsample_labels(vos.one_hot(lab, 2), (3, 4))     # ceil(20 / 8) x ceil(30 / 8)
-    assert oh.shape == (3, 4, 2)
-    assert torch.allclose(oh.sum(-1), torch.ones(3, 4))
-
-
-def test_filelist_resolution_and_frame_order(tmp_path, monkeypatch):
-    vid = tmp_path / 'root' / 'JPEGImages' / 'v'
-    ann = tmp_path / 'root' / 'Annotations' / 'v'
-    vid.mkdir(parents=True)
-    ann.mkdir(parents=True)
-    for n in (10, 9, 100, 0):
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(vid / f'{n}.jpg')
-    save_indexed_png(str(ann / '0.png'), np.zeros((8, 8), np.uint8))
-    fl = tmp_path / 'root' / 'list.txt'
-    fl.write_text('JPEGImages/v Annotations/v\n')
-    monkeypatch.chdir(tmp_path)
-    (e,) = vos.read_filelist(str(fl))                            # relative to the filelist's folder
-    assert e.frames_dir == str(vid) and e.kind == 'davis'
-    (e,) = vos.read_filelist(str(fl), data_root=str(tmp_path / 'root'))
-    assert [os.path.basename(p) for p in list_frames(e.frames_dir)] == ['0.jpg', '9.jpg', '10.jpg', '100.jpg']
-    fl.write_text('JPEGImages/v\n')
-    with pytest.raises(CRWError, match=':1:'):
-        vos.read_filelist(str(fl))
-
-
-def test_pose_helpers():
-    from data.jhmdb import joint_heatmaps, pose_from_soft_map
-    coords = np.array([[3.0, 10.2, 0.4], [5.0, 2.0, 7.0]])
-    maps = joint_heatmaps(coords, (12, 16))
-    assert maps.shape == (12, 16, 4)
-    xy = pose_from_soft_map(maps)
-    assert torch.allclose(xy[:, 0], torch.tensor([3.0, 5.0], dtype=xy.dtype), atol=0.3)
-    assert torch.allclose(xy[:, 1], torch.tensor([10.0, 2.0], dtype=xy.dtype), atol=0.3)
-    empty = maps.clone()
-    empty[..., 2] = 0
-    assert pose_from_soft_map(empty)[:, 1].tolist() == [-1.0, -1.0]
+def test_soft_labels_start_the_loop_and_come_out_per_frame():
+    # JHMDB's start: soft labels at the feature map (heat maps), not a mask; every frame then comes out as soft
+    # maps (ids None), through the same loop that writes masks
+    from data.inference.jhmdb import joint_heatmaps, pose_from_soft_map
+    from propagation import VideoPropagator
+    T, H, W = 5, 64, 96
+    frames = np.zeros((T, H, W, 3), np.uint8)
+    for t in range(T):
+        frames[t, 16:40, 8 + 8 * t:32 + 8 * t] = (230, 30, 30)      # one block moving right by a cell a frame
+    x = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() - 128) / 64
+    heat = joint_heatmaps(np.array([[2.0], [3.0]]), (8, 12))          # one joint at cell (x 2, y 3)
+    vp = VideoPropagator(FlatColourEncoder(), Protocol(topk=5, video_len=2, radius=4, temperature=0.05), 'cpu')
+    out = list(vp.stream([(x[:3], frames[:3], [0, 1, 2]), (x[3:], frames[3:], [3, 4])],
+                         {0: lambda map_size: heat if tuple(map_size) == (8, 12) else None}))
+    assert [f.t for f in out] == list(range(T)) and all(f.ids is None for f in out)
+    assert torch.equal(out[0].soft, heat) and out[0].features.shape[-2:] == (8, 12)
+    xs = [pose_from_soft_map(f.soft)[0, 0].item() for f in out]
+    assert xs[0] == pytest.approx(2.0, abs=0.3) and all(b > a for a, b in zip(xs, xs[1:]))   # the joint moves right
 
 
 def test_jhmdb_pose_end_to_end(davis, tmp_path):

@@ -7,32 +7,8 @@ import pytest
 import torch
 
 import train
+from conftest import ROOT, small_train_args
 from model import CRW
-from data.synthetic import make_sequence, write_frame_folder
-from utils.arguments import train_args
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def frame_list(tmp_path_factory):
-    d = tmp_path_factory.mktemp('frames')
-    lines = []
-    for v in range(8):  # frame folders give one clip per video per epoch: 4 steps of 2
-        seq = make_sequence(num_frames=12, height=72, width=88, num_objects=2, seed=v)
-        folder = d / f'vid{v}'
-        write_frame_folder(str(folder), seq['frames'])
-        lines.append(f'{folder} 12')
-    path = d / 'list.txt'
-    path.write_text('\n'.join(lines) + '\n')
-    return str(path)
-
-
-def small_args(frame_list, out, *extra):
-    return train_args(['--data-path', frame_list, '--frame-aug', 'grid', '--img-size', '64', '--patch-size', '32', '32',
-                       '--clip-len', '3', '--frame-skip', '1', '--batch-size', '2', '--workers', '0', '--temp', '0.05',
-                       '--dropout', '0.1', '--device', 'cpu', '--output-dir', str(out), '--print-freq', '1',
-                       '--seed', '3', '--remove-layers', 'layer4', *extra])   # layer4 only slows the tests
 
 
 def weights(path):
@@ -45,9 +21,9 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_checkpoint_contents_and_epoch_resume(frame_list, tmp_path):
+def test_checkpoint_contents_and_epoch_resume(train_frame_list, tmp_path):
     out = tmp_path / 'run'
-    train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '2'))
+    train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '2'))
     ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
     assert {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'} <= set(ckpt)
     assert ckpt['epoch'] == 0 and ckpt['args']['clip_len'] == 3
@@ -55,9 +31,9 @@ def test_checkpoint_contents_and_epoch_resume(frame_list, tmp_path):
     assert not any(k.startswith('module.') for k in ckpt['model'])
     assert (out / 'model_0.pth').is_file() and (out / 'log.txt').is_file()
     # same command with more epochs continues from epoch 1 and matches an uninterrupted 2-epoch run
-    train.main(small_args(frame_list, out, '--epochs', '2', '--steps-per-epoch', '2'))
+    train.main(small_train_args(train_frame_list, out, '--epochs', '2', '--steps-per-epoch', '2'))
     ref = tmp_path / 'ref'
-    train.main(small_args(frame_list, ref, '--epochs', '2', '--steps-per-epoch', '2'))
+    train.main(small_train_args(train_frame_list, ref, '--epochs', '2', '--steps-per-epoch', '2'))
     assert_same_weights(weights(out / 'model_1.pth'), weights(ref / 'model_1.pth'))
 
 
@@ -65,9 +41,9 @@ class _Crash(Exception):
     pass
 
 
-def test_mid_epoch_resume_is_bit_identical(frame_list, tmp_path, monkeypatch):
+def test_mid_epoch_resume_is_bit_identical(train_frame_list, tmp_path, monkeypatch):
     ref = tmp_path / 'ref'
-    train.main(small_args(frame_list, ref, '--epochs', '1', '--steps-per-epoch', '4'))
+    train.main(small_train_args(train_frame_list, ref, '--epochs', '1', '--steps-per-epoch', '4'))
 
     out = tmp_path / 'run'
     real_save = train.save_state
@@ -77,28 +53,29 @@ def test_mid_epoch_resume_is_bit_identical(frame_list, tmp_path, monkeypatch):
         raise _Crash
     monkeypatch.setattr(train, 'save_state', save_then_crash)
     with pytest.raises(_Crash):
-        train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '4', '--save-every', '2'))
+        train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '4',
+                                    '--save-every', '2'))
     monkeypatch.setattr(train, 'save_state', real_save)
     mid = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
     assert mid['iteration'] == 2 and not mid['epoch_complete']
-    train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '4', '--save-every', '2'))
+    train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '4', '--save-every', '2'))
     assert_same_weights(weights(out / 'model_0.pth'), weights(ref / 'model_0.pth'))
     # and the resumed run really trained: weights differ from the step-2 snapshot
     assert any(not torch.equal(v, mid['model'][k]) for k, v in weights(out / 'model_0.pth').items()
                if v.dtype.is_floating_point)
 
 
-def test_each_rank_resumes_its_own_random_stream(frame_list, tmp_path):
+def test_each_rank_resumes_its_own_random_stream(train_frame_list, tmp_path):
     """A torchrun checkpoint holds every rank's RNG state (edge dropout draws from it); rank r resumes its
     own, and falls back to rank 0's when the number of processes changed."""
     out = tmp_path / 'run'
-    train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
+    train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
     ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
     streams = [torch.Generator().manual_seed(s).get_state() for s in (10, 11)]
     ckpt['rng_ranks'] = [{'torch': streams[0]}, {'torch': streams[1]}]
     ckpt['rng'] = ckpt['rng_ranks'][0]
     for rank, world, expected in ((1, 2, streams[1]), (0, 2, streams[0]), (1, 3, streams[0])):
-        args = small_args(frame_list, out, '--epochs', '2')
+        args = small_train_args(train_frame_list, out, '--epochs', '2')
         args.rank, args.world_size = rank, world
         model = CRW(args)
         optimizer = train.build_optimizer(model, args)
@@ -107,7 +84,7 @@ def test_each_rank_resumes_its_own_random_stream(frame_list, tmp_path):
         assert torch.equal(torch.get_rng_state(), expected)
 
 
-def test_sigterm_is_one_line_and_keeps_the_checkpoint(frame_list, tmp_path, monkeypatch, capsys):
+def test_sigterm_is_one_line_and_keeps_the_checkpoint(train_frame_list, tmp_path, monkeypatch, capsys):
     """SIGTERM (torchrun stopping its workers after losing a node, SLURM at the time limit) mid-run: one line
     naming the intact checkpoint, exit status 143; the same command resumes from it."""
     import signal
@@ -119,7 +96,7 @@ def test_sigterm_is_one_line_and_keeps_the_checkpoint(frame_list, tmp_path, monk
             os.kill(os.getpid(), signal.SIGTERM)
         return real_mix(seed, step, rank)
     monkeypatch.setattr(train, 'mix_seed', term_at_step_2)
-    argv = ['--data-path', frame_list, '--frame-aug', 'grid', '--img-size', '64', '--patch-size', '32', '32',
+    argv = ['--data-path', train_frame_list, '--frame-aug', 'grid', '--img-size', '64', '--patch-size', '32', '32',
             '--clip-len', '3', '--frame-skip', '1', '--batch-size', '2', '--workers', '0', '--device', 'cpu',
             '--output-dir', str(out), '--remove-layers', 'layer4', '--epochs', '1', '--steps-per-epoch', '3',
             '--save-every', '1']
@@ -134,9 +111,9 @@ def test_sigterm_is_one_line_and_keeps_the_checkpoint(frame_list, tmp_path, monk
     assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['global_step'] == 3
 
 
-def test_crash_during_checkpoint_write_keeps_previous(frame_list, tmp_path, monkeypatch):
+def test_crash_during_checkpoint_write_keeps_previous(train_frame_list, tmp_path, monkeypatch):
     out = tmp_path / 'run'
-    train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
+    train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
     before = weights(out / 'checkpoint.pth')
     real_save = torch.save
 
@@ -145,13 +122,13 @@ def test_crash_during_checkpoint_write_keeps_previous(frame_list, tmp_path, monk
         raise OSError('disk full (simulated)')
     monkeypatch.setattr(torch, 'save', dying_save)
     with pytest.raises(OSError):
-        train.main(small_args(frame_list, out, '--epochs', '2', '--steps-per-epoch', '1'))
+        train.main(small_train_args(train_frame_list, out, '--epochs', '2', '--steps-per-epoch', '1'))
     monkeypatch.setattr(torch, 'save', real_save)
     assert_same_weights(weights(out / 'checkpoint.pth'), before)
     assert not [p for p in os.listdir(out) if p.endswith('.tmp')]
 
 
-def test_non_finite_loss_stops_naming_iteration(frame_list, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_naming_iteration(train_frame_list, tmp_path, monkeypatch):
     import model as model_mod
     real_forward = model_mod.CRW.forward
     calls = {'n': 0}
@@ -163,10 +140,11 @@ def test_non_finite_loss_stops_naming_iteration(frame_list, tmp_path, monkeypatc
     monkeypatch.setattr(model_mod.CRW, 'forward', nan_on_second)
     out = tmp_path / 'run'
     with pytest.raises(FloatingPointError, match='iteration 1'):
-        train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '3'))
+        train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '3'))
     assert not (out / 'model_0.pth').exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('argv, needle', [
     ([], '--data-path'),
     (['--data-path', '/no/such/dir'], '/no/such/dir'),
@@ -179,10 +157,11 @@ def test_bad_arguments_one_line_error(argv, needle):
     assert len(lines) == 1 and needle in lines[0] and 'Traceback' not in r.stderr
 
 
-def test_torchrun_two_cpu_processes(frame_list, tmp_path):
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(train_frame_list, tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29531',
-           'train.py', '--data-path', frame_list, '--frame-aug', 'grid', '--img-size', '64',
+           'train.py', '--data-path', train_frame_list, '--frame-aug', 'grid', '--img-size', '64',
            '--patch-size', '32', '32', '--clip-len', '3', '--frame-skip', '1', '--batch-size', '1',
            '--workers', '0', '--device', 'cpu', '--epochs', '1', '--steps-per-epoch', '2',
            '--output-dir', str(out)]
@@ -194,14 +173,14 @@ def test_torchrun_two_cpu_processes(frame_list, tmp_path):
     assert sorted(p for p in os.listdir(out) if p.endswith('.pth')) == ['checkpoint.pth', 'model_0.pth']
 
 
-def test_visualize_without_wandb_or_visdom_server_warns_and_trains(frame_list, tmp_path, monkeypatch):
+def test_visualize_without_wandb_or_visdom_server_warns_and_trains(train_frame_list, tmp_path, monkeypatch):
     import warnings
     # pick a port nothing listens on; wandb may or may not be installed: both paths must only warn
     monkeypatch.setenv('WANDB_MODE', 'offline')
     out = tmp_path / 'vis'
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '1', '--visualize',
+        train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1', '--visualize',
                               '--port', '1', '--vis-every', '1'))
     assert any('visdom' in str(w.message) for w in caught)
     assert (out / 'checkpoint.pth').is_file()

@@ -1,4 +1,4 @@
-"""--visualize pictures (utils/visualize.py): known answers for the PCA and flow views, CRW.walk_details, the
+"""--visualize pictures (vis/draw.py, vis/sinks.py): known answers for the PCA and flow views, CRW.walk_details, the
 PNG files, and a real visdom server receiving train.py's and test.py's pictures."""
 import base64
 import io
@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 import train
-from conftest import load_script
-from data.gpu_augment import BatchAugment
-from data.synthetic import make_sequence, smooth_texture, write_davis_layout
+from conftest import load_script, small_train_args
+from data.synthetic import make_sequence, smooth_texture, write_davis_layout, write_frame_folder
+from data.training.gpu_augment import BatchAugment
 from model import CRW
-from test_train import frame_list, small_args  # noqa: F401 - frame_list is a fixture
-from utils.visualize import (DISPLAY, TEST_ENVS, WINDOWS, PCAColours, batch_views, connect_visdom, draw_pca,
-                             flow_field, free_port, local_visdom_server, mutual_matches, node_layout, prune_pngs)
+from vis.draw import DISPLAY, PCAColours, batch_views, draw_pca, flow_field, mutual_matches, node_layout
+from vis.sinks import TEST_ENVS, WINDOWS, connect_visdom, prune_pngs
+from visdom_server import free_port, local_visdom_server
 
 VIEWS = ('pca', 'flow', 'matches', 'neighbours', 'loss')
 
@@ -145,11 +145,11 @@ def window_image(record):
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(',', 1)[1]))).convert('RGB'))
 
 
-def test_training_pictures_reach_visdom(frame_list, tmp_path, visdom_port, monkeypatch):  # noqa: F811
+def test_training_pictures_reach_visdom(train_frame_list, tmp_path, visdom_port, monkeypatch):
     monkeypatch.setitem(sys.modules, 'wandb', None)                # as if not installed: tested in test_train.py
     out = tmp_path / 'run'
     with pytest.warns(UserWarning, match='wandb unavailable'):
-        train.main(small_args(frame_list, out, '--epochs', '1', '--steps-per-epoch', '2', '--visualize',
+        train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '2', '--visualize',
                               '--vis-every', '1', '--port', str(visdom_port), '--name', 'crwtest'))
     wins = windows(visdom_port, 'crwtest')
     assert set(WINDOWS.values()) <= set(wins)
@@ -187,6 +187,22 @@ def test_propagation_pictures_reach_visdom(tmp_path, visdom_port):
                                     str(tmp_path / 'out2')]) == 0
     assert len([w for w in caught if '--visdom' in str(w.message)]) == 1
     assert (tmp_path / 'out2' / '0_3_blend.jpg').exists()
+
+
+def test_own_video_pictures_reach_visdom(tmp_path, visdom_port):
+    # --video runs the same loop, so the viewer is one more sink there too
+    seq = make_sequence(num_frames=4, height=40, width=48, num_objects=2, seed=3)
+    frames = tmp_path / 'mine'
+    write_frame_folder(str(frames), seq['frames'], ext='png')
+    Image.fromarray(seq['masks'][0], mode='L').save(tmp_path / 'first.png')
+    argv = ['--video', str(frames), '--mask', str(tmp_path / 'first.png'), '--save-path', str(tmp_path / 'out'),
+            '--cropSize', '-1', '--workers', '0', '--device', 'cpu', '--videoLen', '2', '--radius', '4', '--topk', '3',
+            '--visdom', '--port', str(visdom_port)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert load_script('test.py').main(argv) == 0
+    blend = windows(visdom_port, TEST_ENVS['blend'])['blend_0']
+    assert blend['title'] == '0 mine: frame 3' and window_image(blend).shape == (40, 48, 3)
 
 
 def test_visdom_not_installed_says_how_to_install(monkeypatch):

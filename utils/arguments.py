@@ -1,15 +1,18 @@
-"""Command-line arguments of the training and test entry points.
+"""Command-line arguments of the training and test entry points: one parser each, the grammar of their flags
+(``parse_frame_aug``) and every check that needs only the values.
 
 The flags, their spellings and their defaults are the ones of the videowalk release, so that its commands
 keep working. ``train_args(argv)`` / ``test_args(argv)`` parse a list (default: the command line) and
-return the namespace, exactly like the release's functions of the same name.
+return the namespace, exactly like the release's functions of the same name. The checks that need the model
+(the encoder's smallest input) are in ``cli.py``, which train.py and test.py parse with: utils/ imports nothing
+above it.
 """
 import argparse
 import os
+import re
 import sys
 
-from data.gpu_augment import parse_frame_aug
-from model import PRETRAINED_TYPES, min_input_size
+from utils.encoder_weights import PRETRAINED_TYPES
 from utils.errors import CRWError
 
 
@@ -26,6 +29,31 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+FRAME_AUG_WORDS = ('grid', 'cj', 'flip', 'none')
+
+
+def parse_frame_aug(spec):
+    """``--frame-aug`` -> ``(grid, cj, flip)`` booleans.
+
+    The release looked for the substrings ``grid``, ``cj`` and ``flip`` anywhere in the string, so ``grid``,
+    ``gridcj``, ``grid+flip``, ``grid_cj_flip``, ``cj``, ``flip`` all had a meaning, and ``''`` or ``none``
+    (its documented value) meant whole frames. The same spellings are accepted here; anything else left after
+    removing those words and the separators ``+ - _ , /`` and spaces (a typo such as ``gird``) is refused
+    with CRWError instead of silently training on whole frames.
+    """
+    spec = spec or ''
+    rest = spec.lower()
+    for word in FRAME_AUG_WORDS:
+        rest = rest.replace(word, ' ')
+    rest = re.sub(r'[+\-_,/\s]+', ' ', rest).strip()
+    if rest:
+        extra = 'randcrop was never finished in the release; ' if 'randcrop' in spec.lower() else ''
+        raise CRWError(f"--frame-aug {spec!r}: unknown part {rest.split()[0]!r}; {extra}combine grid, cj and flip "
+                       "(e.g. grid, gridcj, grid+flip, cj) or use none/'' for whole frames")
+    low = spec.lower()
+    return 'grid' in low, 'cj' in low, 'flip' in low
 
 
 def _positive_clip_len(value):
@@ -183,18 +211,10 @@ def _finish_train_args(p, args):
     if args.weight_decay < 0:
         p.error(f'--wd {args.weight_decay:g}: weight decay must be >= 0')
     _check_weights_flag(p, args)
-    smallest = min_input_size(args.model_type)
-    if grid:
-        P = args.patch_size[0]
-        if P < smallest:
-            p.error(f'--patch-size {P}: the {args.model_type} encoder needs patches of at least {smallest}x{smallest} '
-                    'pixels (README: 64)')
-        if args.img_size < P:
-            p.error(f'--img-size {args.img_size} is smaller than --patch-size {P}: the grid needs frames of at least '
-                    f'one patch; use --img-size >= {P} (README: 256 with 64)')
-    elif args.img_size < smallest:
-        p.error(f'--img-size {args.img_size}: the {args.model_type} encoder needs frames of at least '
-                f'{smallest}x{smallest} pixels (stride 8; use 64 or more for a useful graph)')
+    P = args.patch_size[0]
+    if grid and args.img_size < P:   # the encoder's smallest input is checked by cli.py (it needs the model)
+        p.error(f'--img-size {args.img_size} is smaller than --patch-size {P}: the grid needs frames of at least '
+                f'one patch; use --img-size >= {P} (README: 256 with 64)')
     if not args.dist_timeout > 0:
         p.error('--dist-timeout must be a positive number of seconds')
     if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
@@ -333,15 +353,10 @@ def _finish_test_args(p, args):
     for flag in ('texture', 'round'):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')}: this release flag did nothing useful and is not implemented")
-    if args.topk <= 0 or args.videoLen < 0 or args.radius <= 0 or args.temperature <= 0:
-        p.error('--topk, --radius and --temperature must be positive, --videoLen >= 0')
     if args.cropSize == 0 or args.cropSize < -1:
         p.error('--cropSize takes a positive size or -1 (native)')
     _check_weights_flag(p, args)
-    smallest = min_input_size(args.model_type)
-    if 0 < args.cropSize < smallest:
-        p.error(f'--cropSize {args.cropSize}: the {args.model_type} encoder needs frames of at least '
-                f'{smallest}x{smallest} pixels (stride 8); the release used 320, or -1 for the native size')
+    # the encoder's smallest input is checked by cli.py (it needs the model)
     args.imgSize = args.cropSize
     args.visdom_server = args.server  # the release's attribute name
     return args

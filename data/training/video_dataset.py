@@ -8,9 +8,10 @@
 * ``frame_list``    – ``X`` is a text file, one video a line: ``<frames folder> <number of frames>``
 * ``frame_folders`` – ``X/<video>/<frame images>`` (a folder of frame folders)
 
-Items are indexed by ``(clip_index, sample_seed)`` tuples (see ``data.sampler``); every random choice of an
-item (frame-folder start, per-frame crops and flips, the replacement of an undecodable clip) is drawn from
-``numpy.random.default_rng(sample_seed)``, so an item is a pure function of its index tuple.
+Items are indexed by ``(clip_index, sample_seed)`` tuples (see ``data.training.sampler``); every random choice of
+an item (frame-folder start, per-frame crops and flips, the replacement of an undecodable clip) is drawn from
+``numpy.random.default_rng(sample_seed)``, so an item is a pure function of its index tuple. An item is a uint8
+clip [T, 3, S, S]; the walk's nodes are made from it on the device (``data/training/nodes.py``).
 """
 import os
 
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 
 from data.images import IMAGE_EXTENSIONS, list_frames, read_image
-from data.scan import list_files, list_subfolders, log, scan
-from data.transforms import FrameTransform
+from data.training.scan import list_files, list_subfolders, log, scan
+from data.training.transforms import FrameTransform
 from data.video_io import (VIDEO_EXTENSIONS, decode_frames, num_resampled_frames, probe_video,
                            resampled_frame_indices, warn)
 from utils.errors import CRWError, DecodeError

@@ -1,9 +1,9 @@
 """Frame-level CPU transform of the training clips, done in the dataset, and the crop-box rule shared with
-``data.gpu_augment``.
+``data.training.gpu_augment``.
 
 Each frame gets its own random resized crop (or a plain resize) to ``img_size`` and, with ``flip`` in
 ``--frame-transforms``, its own horizontal flip with probability 1/2. Colour jitter (``cj``) is left to
-``data.gpu_augment.BatchAugment`` on the device (it is per-pixel and commutes with the flip in distribution).
+``data.training.gpu_augment.BatchAugment`` on the device (it is per-pixel and commutes with the flip in distribution).
 
 Resizing is bilinear with antialiasing on uint8 tensors (``torch.nn.functional.interpolate(...,
 antialias=True)``), which reproduces PIL's bilinear resize (the release's) to within one grey level.

@@ -1,12 +1,17 @@
-"""JHMDB pose propagation data: joint files, joints -> heat maps for frame 0, soft maps -> joints, drawing.
+"""JHMDB pose propagation data: a video's frames and joints, joints -> heat maps for frame 0, soft maps ->
+joints, drawing.
 
-Coordinates are (x, y) in feature cells (pixel / 8 after resizing), as the release saved them for PCK.
+Coordinates are (x, y) in feature cells (pixels after resizing / the encoder's stride), as the release saved
+them for PCK. The 15 joints of frame 0 start the propagation as heat maps (one channel per joint plus
+background); every frame's joints are decoded from its propagated soft maps (``pose_from_soft_map``).
 """
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from scipy.io import loadmat
 
+from data.images import list_frames
+from data.inference.frames import VideoFrames, frame_size
 from utils.errors import CRWError
 
 SIGMA = 0.5   # Gaussian width in feature cells
@@ -26,6 +31,31 @@ def load_joints(mat_path):
     if 'pos_img' not in m:
         raise CRWError(f"{mat_path}: no 'pos_img' array (expected a JHMDB joint_positions.mat)")
     return np.asarray(m['pos_img'], dtype=np.float64) - 1
+
+
+class JhmdbVideo:
+    """One JHMDB video of a filelist: ``paths``, ``frames`` (VideoFrames at ``crop_size``), ``joints``
+    [2, J, T] pixels (0-based) of its joint_positions.mat, ``native_size`` and ``size`` (H, W) of its frames
+    on disk and as loaded."""
+
+    def __init__(self, entry, crop_size):
+        self.paths = list_frames(entry.frames_dir)
+        if not self.paths:
+            raise CRWError(f'{entry.frames_dir}: no frames')
+        self.native_size = frame_size(self.paths[0], -1)
+        self.size = frame_size(self.paths[0], crop_size)
+        self.joints = load_joints(entry.target)
+        self.frames = VideoFrames(self.paths, crop_size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def first_heatmaps(self, map_size, stride):
+        """Frame 0's joints as labels [h, w, J+1] at the feature map ``map_size``: pixels -> feature cells as the
+        release, x * (W / W0) / stride and y * (H / H0) / stride."""
+        (H0, W0), (H, W) = self.native_size, self.size
+        scale = np.array([W / W0 / stride, H / H0 / stride])[:, None]
+        return joint_heatmaps(self.joints[:, :, 0] * scale, map_size)
 
 
 def _draw_gaussian(img, x, y, sigma=SIGMA):

@@ -8,15 +8,17 @@ each named by its file name without the extension; all frames must have the firs
 Masks: one label image is frame 0's annotation; a folder holds annotations named like the frames they belong
 to (matched by the frame number in the names: ``00012.png`` or ``frame_12.png`` is frame 12 of a video file,
 or the frame whose file name carries the number 12 in a folder). Label images are read by
-``data.vos.AnnotationReader`` (palette PNG, greyscale or RGB with a few flat colours).
+``data.labels.MaskReader`` (palette PNG, greyscale or RGB with a few flat colours); ``VideoMasks`` reads
+every one of them once up front, then again as their frames come.
 """
 import os
 
 import torch
 
 from data.images import IMAGE_EXTENSIONS, frame_number, image_size, list_frames, read_image
+from data.inference.frames import prepare_frame
+from data.labels import MaskReader
 from data.video_io import VIDEO_EXTENSIONS, iter_frames, probe_video, warn
-from data.vos import AnnotationReader, fit_mask, prepare_frame
 from utils.errors import CRWError, DecodeError
 
 FOLDER_FPS = 24   # frame rate of the overlay video for a folder of frames (DAVIS's)
@@ -119,11 +121,19 @@ def mask_files(mask, video):
     return dict(sorted(found.items()))
 
 
-def check_masks(files, size):
-    """Read every mask once (colours, values, size; see ``AnnotationReader`` and
-    ``data.vos.fit_mask``) so that bad input stops the run before anything is written. Returns the
-    palette the outputs are written with."""
-    reader = AnnotationReader(note=lambda msg: None)
-    for path in files.values():
-        fit_mask(reader.read(path), size, path)
-    return reader.palette
+class VideoMasks:
+    """``--mask`` for a UserVideo: ``files`` {frame index t: label image path} (see ``mask_files``), ``start``
+    (the first annotated frame) and ``palette`` (the colours outputs are written with). Every file is read
+    once when this is made, so that bad input stops the run before anything is written. ``get(t)``: frame t's
+    label ids fitted to the video's size (read again; notes and the size warning once, to ``note``), or None."""
+
+    def __init__(self, mask, video, note=None):
+        self.files = mask_files(mask, video)
+        self.start = min(self.files)
+        self.size = video.size
+        self.palette = MaskReader(note=lambda msg: None).check_all(self.files.values(), video.size)
+        self.reader = MaskReader(note)
+
+    def get(self, t, default=None):
+        path = self.files.get(t)
+        return default if path is None else self.reader.ids(path, self.size)

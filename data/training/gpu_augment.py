@@ -1,31 +1,26 @@
-"""Batch augmentation of training clips on the device: colour jitter, the grid of patches, normalisation.
+"""Batch augmentation of training clips on the device: colour jitter, the grid of patches (nodes), normalisation.
 
 The dataset delivers uint8 clips [B, T, 3, S, S] already cropped/resized (and flipped) per frame. Here, on
 whatever device the clips are on:
 
 1. ``cj`` in ``--frame-transforms``: colour jitter per frame (brightness, contrast, saturation factors
    uniform in [0.9, 1.1], applied in a random order per frame, hue untouched), as ColorJitter(0.1, 0.1, 0.1, 0).
-2. ``--frame-aug`` (parsed by ``parse_frame_aug``; the release tested the substrings ``grid``, ``cj``, ``flip``):
-   with ``grid`` the frame is cut into the row-major grid of P×P windows at stride P/2 (7×7 of 64×64
-   for 256×256; window (r, c) covers rows rP/2 : rP/2+P, cols cP/2 : cP/2+P); every window gets its own
-   random resized crop back to P×P (area scale (0.7, 0.9), aspect ratio (3/4, 4/3), bilinear), then — when
-   ``--frame-aug`` also names them — its own colour jitter and horizontal flip. All crops are one batched
-   bilinear resample (``grid_sample``); sample positions are clamped to the crop box, so the result equals
-   cropping first and resizing the crop (PIL's behaviour at the crop border). Without ``grid``, ``cj`` and
-   ``flip`` act on the whole frame (a second per-frame colour jitter after 1., a horizontal flip with
-   probability 1/2), as the release's per-frame transform did; ``''`` and ``none`` are whole frames as they are.
+2. ``--frame-aug`` (``utils.arguments.parse_frame_aug``): with ``grid`` every frame is cut into the walk's
+   nodes, the grid of P×P patches (``data/training/nodes.py``), each window random-resized-cropped back to P×P
+   (area scale (0.7, 0.9), aspect ratio (3/4, 4/3), bilinear) and, when ``--frame-aug`` also names them,
+   colour-jittered and flipped on its own. Without ``grid``, ``cj`` and ``flip`` act on the whole frame (a
+   second per-frame colour jitter after 1., a horizontal flip with probability 1/2); ``''`` and ``none``
+   leave whole frames as they are.
 3. Normalisation with the CIFAR statistics the release trained with.
 
 Random parameters are drawn on a CPU ``torch.Generator`` seeded with the ``seed`` argument, then moved to
 the device: CPU and GPU runs draw identical parameters.
 """
-import re
-
 import torch
-import torch.nn.functional as F
 
-from data.transforms import random_crop_boxes
-from utils.errors import CRWError
+from data.training.nodes import crop_patches, grid_positions
+from data.training.transforms import random_crop_boxes
+from utils.arguments import parse_frame_aug
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -33,38 +28,6 @@ PATCH_SCALE = (0.7, 0.9)
 PATCH_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CJ = (0.1, 0.1, 0.1)
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, PIL's 'L' conversion
-
-
-FRAME_AUG_WORDS = ('grid', 'cj', 'flip', 'none')
-
-
-def parse_frame_aug(spec):
-    """``--frame-aug`` -> ``(grid, cj, flip)`` booleans.
-
-    The release looked for the substrings ``grid``, ``cj`` and ``flip`` anywhere in the string, so ``grid``,
-    ``gridcj``, ``grid+flip``, ``grid_cj_flip``, ``cj``, ``flip`` all had a meaning, and ``''`` or ``none``
-    (its documented value) meant whole frames. The same spellings are accepted here; anything else left after
-    removing those words and the separators ``+ - _ , /`` and spaces (a typo such as ``gird``) is refused
-    with CRWError instead of silently training on whole frames.
-    """
-    spec = spec or ''
-    rest = spec.lower()
-    for word in FRAME_AUG_WORDS:
-        rest = rest.replace(word, ' ')
-    rest = re.sub(r'[+\-_,/\s]+', ' ', rest).strip()
-    if rest:
-        extra = 'randcrop was never finished in the release; ' if 'randcrop' in spec.lower() else ''
-        raise CRWError(f"--frame-aug {spec!r}: unknown part {rest.split()[0]!r}; {extra}combine grid, cj and flip "
-                       "(e.g. grid, gridcj, grid+flip, cj) or use none/'' for whole frames")
-    low = spec.lower()
-    return 'grid' in low, 'cj' in low, 'flip' in low
-
-
-def grid_positions(height, width, patch, stride=None):
-    """Top-left corners ``[(y, x)]`` of the grid windows, row-major."""
-    stride = stride or patch // 2
-    ny, nx = (height - patch) // stride + 1, (width - patch) // stride + 1
-    return [(r * stride, c * stride) for r in range(ny) for c in range(nx)]
 
 
 def color_jitter_params(n, strengths, generator):
@@ -160,31 +123,6 @@ class BatchAugment:
                                  torch.tensor(STD, device=device).view(3, 1, 1))
         return self._consts[key]
 
-    def crop_patches(self, x, box, flip=None, layout='patches'):
-        """Random-resized-crop every grid window of ``x`` [n, C, H, W] (float) to P×P. ``box`` = (top, left, h,
-        w) tensors [n·N] in window coordinates; ``flip`` optional bool [n·N]. Returns [n, N, C, P, P]
-        (``layout='patches'``) or grid_sample's raw [n, C, N·P, P] (``layout='raw'``)."""
-        n, C, H, W = x.shape
-        P = self.patch
-        pos = torch.tensor(grid_positions(H, W, P), dtype=torch.float32, device=x.device)  # [N, 2]
-        N = pos.shape[0]
-        top, left, h, w = (t.to(device=x.device, dtype=torch.float32).view(n, N, 1) for t in box)
-        o = (torch.arange(P, device=x.device, dtype=torch.float32) + 0.5) / P                # [P]
-        y0 = pos[:, 0].view(1, N, 1) + top
-        x0 = pos[:, 1].view(1, N, 1) + left
-        ys = torch.minimum(torch.maximum(y0 + o * h - 0.5, y0), y0 + h - 1)                # [n, N, P]
-        xs = torch.minimum(torch.maximum(x0 + o * w - 0.5, x0), x0 + w - 1)
-        if flip is not None:
-            xs = torch.where(flip.to(x.device).view(n, N, 1), xs.flip(-1), xs)
-        gy = (2 * ys + 1) / H - 1
-        gx = (2 * xs + 1) / W - 1
-        grid = torch.stack(torch.broadcast_tensors(gx[:, :, None, :], gy[:, :, :, None]), dim=-1)  # [n,N,P,P,2]
-        out = F.grid_sample(x, grid.view(n, N * P, P, 2), mode='bilinear', padding_mode='border',
-                            align_corners=False)                                           # [n, C, N*P, P]
-        if layout == 'raw':
-            return out
-        return out.view(n, C, N, P, P).transpose(1, 2)
-
     def __call__(self, clips, seed):
         if clips.dim() != 5 or clips.shape[2] != 3:
             raise ValueError(f'expected clips [B, T, 3, H, W], got {tuple(clips.shape)}')
@@ -203,7 +141,7 @@ class BatchAugment:
         if not self.grid:
             return x.sub_(mean).div_(std).view(B, T, C, H, W)
         P = self.patch
-        raw = self.crop_patches(x, params['patch_box'], params.get('patch_flip'), layout='raw')  # [BT, C, N*P, P]
+        raw = crop_patches(x, params['patch_box'], P, params.get('patch_flip'), layout='raw')  # [BT, C, N*P, P]
         N = raw.shape[2] // P
         if self.patch_cj:
             f, o = params['patch_cj']
