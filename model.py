@@ -1,4 +1,4 @@
-"""Contrastive Random Walk (CRW) model: ResNet-18 encoder, node embeddings and the palindrome walk loss.
+"""Contrastive Random Walk (CRW) model: ResNet encoder, node embeddings and the palindrome walk loss.
 
 Behaviour follows the videowalk release (README, "Differences from the release", lists where it does not);
 the computation is reorganised for speed:
@@ -10,21 +10,22 @@ the computation is reorganised for speed:
 * the node embedding (patch mean, head, L2 norm) and the walk part (affinities, softmax, products, log,
   cross-entropy) always run in float32, also under autocast; the encoder is channels_last- and bf16-friendly.
 
-Shapes: B batch, T frames, N nodes per frame, C channels, H×W input patch/frame, h×w feature map (stride 8).
+Shapes: B batch, T frames, N nodes per frame, C channels (ResNet-18: 256 at layer3, 512 at layer4; ResNet-50:
+1024, 2048), H×W input patch/frame, h×w feature map (stride 8).
 The state-dict keys are the release's: ``encoder.model.<torchvision ResNet keys>`` and
 ``selfsim_fc.<i>.weight|bias``, so checkpoints move between the two implementations.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from utils.checkpoint import load_imagenet18_weights
+from utils.encoder_weights import PRETRAINED_TYPES, SOURCES, encoder_state_dict
 from utils.errors import CRWError
 
 EPS = 1e-20          # added to walk probabilities before the log (release value)
 MASKED_LOGIT = -1e20  # value of a dropped edge's affinity (release value)
-MODEL_TYPES = ('scratch', 'scratch_zeropad', 'imagenet18')
+MODEL_TYPES = ('scratch', 'scratch_zeropad') + PRETRAINED_TYPES   # the release's seven
 
 
 def min_input_size(model_type='scratch'):
@@ -51,19 +52,23 @@ class ResNetTrunk(ResNet):
         return x
 
 
-def make_resnet18(model_type='scratch', remove_layers=(), imagenet_weights=''):
-    """ResNet-18 trunk modified as the release: stride 1 in layer3/layer4 (output stride 8), no fc/avgpool.
+def make_resnet(model_type='scratch', remove_layers=(), weights='', trust=False):
+    """ResNet trunk modified as the release: stride 1 in layer3/layer4 (output stride 8), no fc/avgpool.
 
-    model_type: 'scratch' (random init, reflect padding in every padded conv), 'scratch_zeropad' (zero
-    padding), 'imagenet18' (ImageNet weights from a local file, zero padding as torchvision).
-    remove_layers: further layers to drop (e.g. ['layer4'] at test time).
+    model_type: 'scratch' (ResNet-18, random init, reflect padding in every padded conv), 'scratch_zeropad'
+    (zero padding), or a pretrained type (``utils.encoder_weights``: imagenet18, uvc are ResNet-18;
+    imagenet50, moco50, timecycle ResNet-50), whose weights come from the local file ``weights`` (default
+    places when empty), zero padding as torchvision. remove_layers: further layers to drop (e.g. ['layer4']
+    at test time). ``trust``: see ``utils.checkpoint.load_checkpoint``.
     """
     if model_type not in MODEL_TYPES:
         raise CRWError(f"--model-type {model_type!r}: choose one of {', '.join(MODEL_TYPES)}")
-    # Same construction (and RNG consumption) as torchvision.models.resnet18(weights=None).
-    net = ResNetTrunk(BasicBlock, [2, 2, 2, 2])
-    if model_type == 'imagenet18':
-        net.load_state_dict(load_imagenet18_weights(imagenet_weights))
+    # Same construction (and RNG consumption) as torchvision.models.resnet18/50(weights=None).
+    arch = SOURCES[model_type].arch if model_type in SOURCES else 'resnet18'
+    net = ResNetTrunk(Bottleneck, [3, 4, 6, 3]) if arch == 'resnet50' else ResNetTrunk(BasicBlock, [2, 2, 2, 2])
+    if model_type in PRETRAINED_TYPES:
+        expected = {k: v.shape for k, v in net.state_dict().items() if not k.startswith('fc.')}
+        net.load_state_dict(encoder_state_dict(model_type, weights, expected, trust), strict=False)
 
     # Stride 1 for every conv of layer3/layer4 (3x3 and the 1x1 downsample), no dilation: stride 8 overall.
     for name in ('layer3', 'layer4'):
@@ -78,7 +83,7 @@ def make_resnet18(model_type='scratch', remove_layers=(), imagenet_weights=''):
 
     for name in ['fc', 'avgpool'] + [l for l in (remove_layers or []) if l not in ('fc', 'avgpool')]:
         if not hasattr(net, name):
-            raise CRWError(f"--remove-layers {name!r}: ResNet-18 has no such layer "
+            raise CRWError(f"--remove-layers {name!r}: the ResNet has no such layer "
                              f"(choose from {', '.join(ResNetTrunk.LAYERS[4:])})")
         setattr(net, name, None)  # a None child vanishes from the state dict and is skipped in forward
     return net
@@ -126,7 +131,8 @@ class CRW(nn.Module):
     """Contrastive Random Walk.
 
     ``CRW(args)`` reads (with defaults, so train and test namespaces both work): model_type ('scratch'),
-    imagenet_weights (''), remove_layers ([]), head_depth (0), temp / temperature (0.07), dropout (edge
+    imagenet_weights ('': the weight file of a pretrained type, ``--encoder-weights``), trust_checkpoint
+    (False), remove_layers ([]), head_depth (0), temp / temperature (0.07), dropout (edge
     dropout, 0), featdrop (0), flip (False), zero_diagonal (False). Nothing is device specific: the model
     follows its input's device.
 
@@ -151,17 +157,18 @@ class CRW(nn.Module):
         self.vis = vis  # accepted for the release's signature; the model draws nothing itself
 
         # ``encoder``: an existing Encoder to train (test-time adaptation); no trunk is built then
-        self.encoder = encoder if encoder is not None else Encoder(make_resnet18(
+        self.encoder = encoder if encoder is not None else Encoder(make_resnet(
             _arg(args, 'model_type', 'scratch'), list(_arg(args, 'remove_layers', [])),
-            _arg(args, 'imagenet_weights', '')))
+            _arg(args, 'imagenet_weights', ''), bool(_arg(args, 'trust_checkpoint', False))))
         self.enc_hid_dim, self.map_scale = self._infer_dims()
         self.selfsim_fc = self._make_head(int(_arg(args, 'head_depth', 0)))
         self.featdrop = nn.Dropout(p=self.featdrop_rate)
 
     @torch.no_grad()
-    def _infer_dims(self, size=64):
+    def _infer_dims(self, size=16):
         """Encoder width and stride from a dummy forward in eval mode (the release ran it in training
-        mode, which nudged the BatchNorm running statistics; here nothing changes)."""
+        mode, which nudged the BatchNorm running statistics; here nothing changes). 16 pixels: a 2x2 map
+        at stride 8, the smallest the reflect-padded trunk takes, and cheap for ResNet-50."""
         was_training = self.encoder.training
         self.encoder.eval()
         w = self.encoder.model.conv1.weight

@@ -32,6 +32,7 @@ from data.inference.jhmdb import JhmdbVideo
 from data.inference.outputs import DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, label_picture
 from data.inference.user_video import UserVideo, VideoMasks
 from data.inference.vos import VOSVideo
+from model import PRETRAINED_TYPES
 from propagation import STRIDE, PropagationOptions, load_encoder
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH
@@ -45,7 +46,7 @@ from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writa
 
 def build_encoder(args, device):
     """The encoder for ``args`` (layer4 removed by default), weights from --resume."""
-    if not args.resume and args.model_type != 'imagenet18':
+    if not args.resume and args.model_type not in PRETRAINED_TYPES:
         warnings.warn(f'no --resume: the {args.model_type} encoder has random weights (seed {args.manualSeed})',
                       stacklevel=2)
     encoder = load_encoder(args.resume or None, device, args.model_type, args.remove_layers, args.imagenet_weights,

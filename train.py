@@ -3,12 +3,15 @@
     python train.py --data-path /path/to/kinetics/ --frame-aug grid --dropout 0.1 --clip-len 4 --temp 0.05 \
         --model-type scratch --workers 16 --batch-size 20 --cache-dataset --data-parallel --lr 0.0001
     torchrun --nproc_per_node 8 train.py ...        # DistributedDataParallel, one process per GPU (or CPU: --device cpu)
+    torchrun --nnodes 2 --node_rank N --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT train.py ...
 
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
 import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -66,13 +69,18 @@ def build_scheduler(optimizer, args, iters_per_epoch):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule(warmup, milestones, args.lr_gamma))
 
 
-def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step):
+def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step,
+               rng_ranks=None):
+    """``rng_ranks``: every process's RNG state (``dist_utils.all_rng_states``), so that each rank of a
+    torchrun job resumes its own edge-dropout stream; ``rng`` stays rank 0's (the single-process format)."""
     state = {
         'model': unwrap_model(model).state_dict(), 'optimizer': optimizer.state_dict(),
         'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': vars(args),  # loads weights_only
         'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
-        'rng': rng_state(),
+        'rng': rng_ranks[0] if rng_ranks else rng_state(),
     }
+    if rng_ranks and len(rng_ranks) > 1:
+        state['rng_ranks'] = rng_ranks
     atomic_save(state, path)
 
 
@@ -117,10 +125,11 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
                 if vis is not None:
                     vis.log({'loss': loss_v, **diags}, step=state['global_step'])
         # the epoch's last step is saved by the end-of-epoch write; don't serialise it twice
-        if (args.save_every > 0 and state['global_step'] % args.save_every == 0 and state['iteration'] < total
-                and dist_utils.is_main_process()):
-            save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
-                       epoch, state['iteration'], False, state['global_step'])
+        if args.save_every > 0 and state['global_step'] % args.save_every == 0 and state['iteration'] < total:
+            rngs = dist_utils.all_rng_states(rng_state())  # every rank takes part
+            if dist_utils.is_main_process():
+                save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
+                           epoch, state['iteration'], False, state['global_step'], rngs)
     if first_bad is not None:
         raise FloatingPointError(f'non-finite loss at iteration {first_bad} (epoch {epoch}); stopping. '
                                  + checkpoint_note(args.output_dir, 'resume from it with a lower --lr'))
@@ -186,7 +195,8 @@ def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):
     if start_epoch == epoch:
         state['iteration'] = ckpt['iteration']
     state['global_step'] = ckpt.get('global_step', lr_scheduler.last_epoch)
-    set_rng_state(ckpt.get('rng'))
+    ranks = ckpt.get('rng_ranks')
+    set_rng_state(ranks[args.rank] if ranks and len(ranks) == args.world_size else ckpt.get('rng'))
     print(f'| resumed from {path}: epoch {start_epoch}, iteration {state["iteration"]}, '
           f'step {state["global_step"]}')
     return start_epoch
@@ -243,6 +253,10 @@ def main(args):
             for name in ('train_log.jsonl', 'log.txt'):  # the resumed run writes these records again
                 truncate_json_lines(os.path.join(args.output_dir, name), 'global_step', state['global_step'])
 
+    # every node must read the same checkpoint (a folder they all share), or the ranks would drift apart
+    dist_utils.check_same((bool(resume), start_epoch, state['iteration'], state['global_step']),
+                          'where to resume (checkpoint found, epoch, iteration, step); --output-dir (or --resume) '
+                          'must be one folder every node sees, e.g. on a shared file system')
     model_without_ddp = model
     model = wrap_model(model, args, device)
     if args.compile:
@@ -263,10 +277,11 @@ def main(args):
             sampler.set_epoch(epoch)
             sampler.set_start(state['iteration'] * args.batch_size)
             stats = train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis)
+        rngs = dist_utils.all_rng_states(rng_state())
         if dist_utils.is_main_process():
             for name in (f'model_{epoch}.pth', 'checkpoint.pth'):
                 save_state(os.path.join(args.output_dir, name), model_without_ddp, optimizer, lr_scheduler, args,
-                           epoch, state['iteration'], True, state['global_step'])
+                           epoch, state['iteration'], True, state['global_step'], rngs)
             append_json_line(os.path.join(args.output_dir, 'log.txt'),
                              {'epoch': epoch, 'iterations': state['iteration'], 'global_step': state['global_step'],
                               **{f'train_{k}': v for k, v in stats.items()},
@@ -292,17 +307,49 @@ def wrap_model(model, args, device):
     return model
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: torchrun sends it to every worker when it loses a node, SLURM at the end of a job's time."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _say(args, what, todo):
+    """One line on stderr from every rank (print is silenced on ranks > 0: a survivor may be any rank)."""
+    who = f'rank {args.rank} of {args.world_size} ' if getattr(args, 'world_size', 1) > 1 else ''
+    sys.stderr.write(f'train.py: error: {who}{what}; {checkpoint_note(args.output_dir, todo)}\n')
+    sys.stderr.flush()
+
+
 def cli(argv=None):
-    """Parse, train, and turn errors and Ctrl-C into one line and an exit status."""
+    """Parse, train, and turn errors, Ctrl-C and SIGTERM into one line and an exit status."""
     args = parse_train_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         main(args)
     except (CRWError, FloatingPointError) as e:
         return report('train.py', e)
+    except Terminated:
+        _say(args, 'stopped by SIGTERM (torchrun stops every worker when it loses a node; SLURM at the end of '
+                   'the job)', 're-run the same command (on every node) to resume from it')
+        return 143
     except KeyboardInterrupt:
         print('train.py: interrupted; ' + checkpoint_note(args.output_dir, 're-run the same command to resume'),
               file=sys.stderr, flush=True)
         return 130
+    except RuntimeError as e:
+        lost = dist_utils.peer_failure(e)
+        if lost is None:
+            raise
+        _say(args, f'lost contact with the other processes of the torchrun job (a node died, hung past '
+                   f'--dist-timeout or lost its network): {lost}', 're-run the same command on every node to '
+                   'resume from it')
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -14,8 +14,9 @@ For every combination of ``--model-path`` x ``--L`` x ``--K`` x ``--T`` x ``--R`
     python <scorer> --task semi-supervised --results_path <out>/<tag>/converted --set val --davis_path <davis>
 
 ``--model-path`` takes checkpoint files, folders (their newest ``model_<epoch>.pth``: highest epoch, then latest
-modification) or a model type with no checkpoint (``imagenet18``). The model type is ``--model-type`` or, as in
-the release, ``scratch_zeropad`` when the path mentions 'zero' or 'rel_left_drop' and ``scratch`` otherwise.
+modification) or a pretrained model type with no checkpoint (``imagenet18``, ``moco50``, ...; its weight file by
+``--encoder-weights``, passed on to test.py). The model type is ``--model-type`` or, as in the release,
+``scratch_zeropad`` when the path mentions 'zero' or 'rel_left_drop' and ``scratch`` otherwise.
 A combination whose ``converted/global_results-val.csv`` exists is skipped unless ``--force``; test.py is
 skipped when its output folder exists (release behaviour) unless ``--force``. ``--dryrun`` prints the commands
 and runs nothing. Flags this script does not know are passed on to test.py.
@@ -154,7 +155,7 @@ def get_args_parser():
                     'or JHMDB (test.py -> eval/eval_pck.py). Unknown flags are passed to test.py.',
         allow_abbrev=False)
     p.add_argument('--model-path', nargs='+', required=True,
-                   help='checkpoints, folders (newest model_*.pth) or a model type (imagenet18)')
+                   help='checkpoints, folders (newest model_*.pth) or a pretrained model type (imagenet18, moco50, ...)')
     p.add_argument('--model-type', default=None, choices=MODEL_TYPES,
                    help="encoder type for test.py (default: release heuristic, 'scratch_zeropad' when the "
                         "path mentions 'zero', else 'scratch')")

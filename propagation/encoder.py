@@ -24,9 +24,10 @@ def load_encoder(checkpoint=None, device='cpu', model_type='scratch', remove_lay
                  imagenet_weights='', allow_partial=False, trust=False, fold_bn=True):
     """The CRW encoder for propagation, in eval mode on ``device`` (channels_last: faster convolutions, same
     results). ``checkpoint``: a path of this project's or the release's checkpoint, a loaded checkpoint dict
-    or state dict, or None (random init for scratch types, ImageNet weights for ``imagenet18``). The
-    training head (``selfsim_fc``) is not used; ``remove_layers`` defaults to the release's test setting
-    (layer3 features, 256 channels, stride 8).
+    or state dict, or None (random init for scratch types; a pretrained type's weights from
+    ``imagenet_weights``, its local file). The training head (``selfsim_fc``) is not used; ``remove_layers``
+    defaults to the release's test setting (layer3 features: 256 channels for ResNet-18, 1024 for ResNet-50;
+    stride 8).
 
     Every encoder weight must come from the checkpoint: a file that fills only part of it (another
     architecture, a plain torchvision state dict) raises CRWError unless ``allow_partial``, since the rest
@@ -34,7 +35,7 @@ def load_encoder(checkpoint=None, device='cpu', model_type='scratch', remove_lay
     into the convolutions (``propagation.folding``: same features up to float rounding, faster; such an
     encoder cannot be trained: pass False for test-time adaptation)."""
     model = CRW(SimpleNamespace(model_type=model_type, remove_layers=list(remove_layers), head_depth=-1,
-                                imagenet_weights=imagenet_weights))
+                                imagenet_weights=imagenet_weights, trust_checkpoint=trust))
     if checkpoint is not None:
         name = checkpoint if isinstance(checkpoint, str) else 'the checkpoint'
         if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, '__fspath__'):

@@ -294,6 +294,64 @@ def test_metadata_cache(kinetics, tmp_path, monkeypatch, capsys):
     assert build_train_dataset(_args(root)).scan_info['cache'] == 'off'
 
 
+class _Planted:
+    """Unpickling this runs ``os.mkdir(marker)``: the proof that a file was executed."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_planted_cache_file_is_never_run(kinetics, tmp_path, capsys):
+    """The metadata cache is JSON: a pickle (or anything else) put in its place is not executed; one line
+    says so and the cache is rebuilt. Pickles under the old ``.pkl`` names are not opened at all."""
+    import json
+    import pickle
+    root = _copy(kinetics, tmp_path / 'kplant')
+    args = _args(root, '--cache-dataset')
+    ds1 = build_train_dataset(args)
+    path = ds1.scan_info['cache_file']
+    assert path.endswith('.json') and json.load(open(path))['version'] >= 2
+    marker = tmp_path / 'ran'
+    old_name = path[:-len('.json')] + '.pkl'          # where the pickle cache used to live
+    for target in (path, old_name):
+        with open(target, 'wb') as f:
+            pickle.dump(_Planted(str(marker)), f)
+    capsys.readouterr()
+    ds2 = build_train_dataset(args)
+    assert not marker.exists()
+    notes = [line for line in capsys.readouterr().out.splitlines() if 'unreadable' in line]
+    assert len(notes) == 1 and path in notes[0] and 'rebuilding' in notes[0]
+    assert ds2.scan_info['cache'] == 'written' and ds2.scan_info['scanned'] == len(VIDEOS)
+    assert ds2.clip_counts.tolist() == ds1.clip_counts.tolist()
+    assert json.load(open(path))['version'] >= 2               # replaced by a valid cache
+    # valid JSON of the right key but a wrong entry is refused the same way
+    obj = json.load(open(path))
+    obj['frames'][0] = {'py/object': 'os.system'}
+    with open(path, 'w') as f:
+        json.dump(obj, f)
+    assert build_train_dataset(args).scan_info['cache'] == 'written' and not marker.exists()
+    assert build_train_dataset(args).scan_info['cache'] == 'used'
+
+
+def test_cache_round_trip(tmp_path):
+    """Values, failures and undecodable file names come back from the JSON cache exactly; the stale path
+    gets the items back too."""
+    from data.training.scan import _load, _write_cache
+    head = {'version': 2, 'key': 'k'}
+    items = [('a.mp4', 10, 1), ('b\udcff.mp4', 20, 2), ('c.mp4', 30, 3)]   # b: a non-UTF-8 byte in its name
+    for results in ([((40, 24.0), None), (None, 'DecodeError: no frame'), ((45, 29.97002997002997), None)],
+                    [(12, None), (None, 'PermissionError: x'), (33, None)]):
+        path = str(tmp_path / 'c.json')
+        _write_cache(path, head, items, results)
+        assert _load(path, 'k', 3) == (None, results)
+        assert _load(path, None) == (items, results)
+        with pytest.raises(ValueError):
+            _load(path, 'other key')
+
+
 def test_cache_key_depends_on_files_and_settings():
     from data.training.scan import cache_names
     items = [('a.mp4', 10, 1), ('b.mp4', 20, 2)]

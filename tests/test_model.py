@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from model import CRW
 from reference_walk import release_walks
-from utils.checkpoint import (clean_state_dict, load_checkpoint, load_imagenet18_weights, partial_load,
-                              IMAGENET18_FILE)
+from utils.checkpoint import clean_state_dict, load_checkpoint, partial_load
+from utils.encoder_weights import SOURCES, find_weights
 from utils.errors import CRWError
 
+IMAGENET18_FILE = SOURCES['imagenet18'].files[0]
 
 def make(**kw):
     torch.manual_seed(kw.pop('seed', 0))
@@ -364,10 +365,10 @@ def test_load_errors(tmp_path, monkeypatch):
         load_checkpoint(str(bad))
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
     with pytest.raises(CRWError) as e:
-        load_imagenet18_weights()
+        find_weights('imagenet18')
     msg = str(e.value)
     assert os.path.join(str(tmp_path / 'hub'), 'checkpoints', IMAGENET18_FILE) in msg
-    assert '--imagenet-weights' in msg and '\n' not in msg
+    assert '--encoder-weights' in msg and '\n' not in msg
     with pytest.raises(CRWError, match='missing.pth'):
         make(model_type='imagenet18', imagenet_weights=str(tmp_path / 'missing.pth'))
 

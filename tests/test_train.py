@@ -8,6 +8,7 @@ import torch
 
 import train
 from conftest import ROOT, small_train_args
+from model import CRW
 
 
 def weights(path):
@@ -62,6 +63,52 @@ def test_mid_epoch_resume_is_bit_identical(train_frame_list, tmp_path, monkeypat
     # and the resumed run really trained: weights differ from the step-2 snapshot
     assert any(not torch.equal(v, mid['model'][k]) for k, v in weights(out / 'model_0.pth').items()
                if v.dtype.is_floating_point)
+
+
+def test_each_rank_resumes_its_own_random_stream(train_frame_list, tmp_path):
+    """A torchrun checkpoint holds every rank's RNG state (edge dropout draws from it); rank r resumes its
+    own, and falls back to rank 0's when the number of processes changed."""
+    out = tmp_path / 'run'
+    train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
+    ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
+    streams = [torch.Generator().manual_seed(s).get_state() for s in (10, 11)]
+    ckpt['rng_ranks'] = [{'torch': streams[0]}, {'torch': streams[1]}]
+    ckpt['rng'] = ckpt['rng_ranks'][0]
+    for rank, world, expected in ((1, 2, streams[1]), (0, 2, streams[0]), (1, 3, streams[0])):
+        args = small_train_args(train_frame_list, out, '--epochs', '2')
+        args.rank, args.world_size = rank, world
+        model = CRW(args)
+        optimizer = train.build_optimizer(model, args)
+        state = {'iteration': 0, 'global_step': 0, 'iters_per_epoch': 1}
+        train.restore_training_state(ckpt, 'ckpt', optimizer, train.build_scheduler(optimizer, args, 1), state, args)
+        assert torch.equal(torch.get_rng_state(), expected)
+
+
+def test_sigterm_is_one_line_and_keeps_the_checkpoint(train_frame_list, tmp_path, monkeypatch, capsys):
+    """SIGTERM (torchrun stopping its workers after losing a node, SLURM at the time limit) mid-run: one line
+    naming the intact checkpoint, exit status 143; the same command resumes from it."""
+    import signal
+    out = tmp_path / 'run'
+    real_mix = train.mix_seed
+
+    def term_at_step_2(seed, step, rank):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_mix(seed, step, rank)
+    monkeypatch.setattr(train, 'mix_seed', term_at_step_2)
+    argv = ['--data-path', train_frame_list, '--frame-aug', 'grid', '--img-size', '64', '--patch-size', '32', '32',
+            '--clip-len', '3', '--frame-skip', '1', '--batch-size', '2', '--workers', '0', '--device', 'cpu',
+            '--output-dir', str(out), '--remove-layers', 'layer4', '--epochs', '1', '--steps-per-epoch', '3',
+            '--save-every', '1']
+    before = signal.getsignal(signal.SIGTERM)
+    assert train.cli(argv) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'SIGTERM' in err[0] and f'{out / "checkpoint.pth"} is intact' in err[0]
+    assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['global_step'] == 2
+    monkeypatch.setattr(train, 'mix_seed', real_mix)
+    assert train.cli(argv) == 0
+    assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['global_step'] == 3
 
 
 def test_crash_during_checkpoint_write_keeps_previous(train_frame_list, tmp_path, monkeypatch):

@@ -12,7 +12,16 @@ import os
 import re
 import sys
 
+from utils.encoder_weights import PRETRAINED_TYPES
 from utils.errors import CRWError
+
+
+MODEL_TYPE_HELP = ('scratch (ResNet-18, reflect padding) | scratch_zeropad | imagenet18 | uvc (ResNet-18) | '
+                   'imagenet50 | moco50 | timecycle (ResNet-50); the last five need a local weight file '
+                   '(--encoder-weights)')
+WEIGHTS_HELP = ('weight file of a pretrained --model-type in its published layout (README "Other encoders"; '
+                'default: its file name in the torch hub cache, or the current folder for moco50/timecycle/uvc); '
+                'nothing is downloaded. --imagenet-weights is the same flag')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,11 +91,9 @@ def get_train_args_parser(add_help=True):
                         "patch (grid) or per frame")
     p.add_argument('--patch-size', default=[64, 64, 3], type=int, nargs='+', help='grid patch size (H W C)')
     # model
-    p.add_argument('--model-type', default='scratch', type=str,
-                   help='scratch (ResNet-18, reflect padding) | scratch_zeropad | imagenet18 (needs local weights)')
-    p.add_argument('--imagenet-weights', default='', type=str,
-                   help='path of torchvision resnet18 ImageNet weights for --model-type imagenet18 '
-                        '(default: the torch hub cache); nothing is downloaded')
+    p.add_argument('--model-type', default='scratch', type=str, help=MODEL_TYPE_HELP)
+    p.add_argument('--encoder-weights', '--imagenet-weights', dest='imagenet_weights', default='', type=str,
+                   help=WEIGHTS_HELP)
     p.add_argument('--temp', default=0.07, type=float, help='softmax temperature of the transitions (README: 0.05)')
     p.add_argument('--dropout', default=0.0, type=float, help='edge dropout rate on the affinities (README: 0.1)')
     p.add_argument('--featdrop', default=0.0, type=float, help='dropout on the node feature maps')
@@ -124,6 +131,9 @@ def get_train_args_parser(add_help=True):
                    help='under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics over the whole batch of all '
                         'processes (default: per process, like the release under DataParallel)')
     p.add_argument('--dist-url', default='env://', help='init method under torchrun')
+    p.add_argument('--dist-timeout', default=1800, type=float,
+                   help='under torchrun: seconds a collective waits for a hung process before the run stops with '
+                        'an error (a process that dies is noticed at once)')
     # checkpoints and logging
     p.add_argument('--output-dir', default='auto', help="'auto' names the folder after the run's settings")
     p.add_argument('--name', default='', type=str, help='prefix of the auto output folder')
@@ -160,6 +170,12 @@ def auto_output_dir(args):
     return os.path.join('checkpoints', f"{args.name}_{'-'.join(parts)}")
 
 
+def _check_weights_flag(p, args):
+    if args.imagenet_weights and args.model_type not in PRETRAINED_TYPES:
+        p.error(f'--encoder-weights goes with a pretrained --model-type ({", ".join(PRETRAINED_TYPES)}); '
+                f'{args.model_type} has no weight file')
+
+
 def _finish_train_args(p, args):
     if args.data_path is None:
         p.error('--data-path is required: a Kinetics-layout folder, a folder of frame folders or a frame list file')
@@ -194,10 +210,13 @@ def _finish_train_args(p, args):
         p.error(f'--lr {args.lr:g}: the learning rate must be positive (release: 0.0001)')
     if args.weight_decay < 0:
         p.error(f'--wd {args.weight_decay:g}: weight decay must be >= 0')
+    _check_weights_flag(p, args)
     P = args.patch_size[0]
     if grid and args.img_size < P:   # the encoder's smallest input is checked by cli.py (it needs the model)
         p.error(f'--img-size {args.img_size} is smaller than --patch-size {P}: the grid needs frames of at least '
                 f'one patch; use --img-size >= {P} (README: 256 with 64)')
+    if not args.dist_timeout > 0:
+        p.error('--dist-timeout must be a positive number of seconds')
     if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
         p.error('--steps-per-epoch must be positive')
     if args.workers < 0:
@@ -251,9 +270,9 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--trust-checkpoint', action='store_true',
                    help='allow full unpickling of checkpoint files that the safe loader (torch.load weights_only) '
                         'refuses; it can run code stored in the file, so only for files you trust')
-    p.add_argument('--model-type', default='scratch', type=str, help='scratch | scratch_zeropad | imagenet18')
-    p.add_argument('--imagenet-weights', default='', type=str,
-                   help='path of torchvision resnet18 ImageNet weights for --model-type imagenet18')
+    p.add_argument('--model-type', default='scratch', type=str, help=MODEL_TYPE_HELP)
+    p.add_argument('--encoder-weights', '--imagenet-weights', dest='imagenet_weights', default='', type=str,
+                   help=WEIGHTS_HELP)
     p.add_argument('--device', default=None, help="'cuda' or 'cpu' (default: cuda when available, else cpu)")
     p.add_argument('--workers', default=4, type=int, help='frame loading processes')
     p.add_argument('--manualSeed', default=777, type=int, help='seed (random init of a scratch encoder)')
@@ -336,6 +355,7 @@ def _finish_test_args(p, args):
             p.error(f"--{flag.replace('_', '-')}: this release flag did nothing useful and is not implemented")
     if args.cropSize == 0 or args.cropSize < -1:
         p.error('--cropSize takes a positive size or -1 (native)')
+    _check_weights_flag(p, args)
     # the encoder's smallest input is checked by cli.py (it needs the model)
     args.imgSize = args.cropSize
     args.visdom_server = args.server  # the release's attribute name

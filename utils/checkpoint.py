@@ -1,5 +1,5 @@
 """Checkpoints: atomic saving, RNG state for exact resume, loading (this project's and the release's files),
-key clean-up, partial loading and the local ImageNet ResNet-18 weights.
+key clean-up and partial loading (the pretrained encoders' weight files: ``utils.encoder_weights``).
 
 Checkpoints of this project and of the videowalk release hold the model's state dict under ``'model'`` with
 keys ``encoder.model.<torchvision ResNet keys>`` and ``selfsim_fc.<i>.*``. Nothing here downloads anything.
@@ -15,10 +15,6 @@ import torch.nn as nn
 
 from utils.errors import CRWError
 from utils.misc import atomic_write
-
-IMAGENET18_FILE = 'resnet18-f37072fd.pth'       # torchvision's ResNet18_Weights.IMAGENET1K_V1
-IMAGENET18_OLD_FILE = 'resnet18-5c106cde.pth'   # the same weights under torchvision's older file name
-IMAGENET18_URL = 'https://download.pytorch.org/models/' + IMAGENET18_FILE
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -258,40 +254,3 @@ def release_scheduler_state(state):
             'base_lrs': list(state['base_lrs']), 'last_epoch': last,
             '_step_count': int(state.get('_step_count', last + 1)),
             '_last_lr': list(state.get('_last_lr', state['base_lrs']))}
-
-
-# ---------------------------------------------------------------------------------------------- ImageNet
-def imagenet18_default_path():
-    """Where torchvision keeps (and this project looks for) the ResNet-18 ImageNet weights."""
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET18_FILE)
-
-
-def load_imagenet18_weights(path=''):
-    """torchvision's ResNet-18 ImageNet state dict (keys 'conv1.weight', ..., 'fc.bias') from ``path``, else from
-    the torch hub cache. Never downloads: a missing file raises CRWError saying where to put it."""
-    if path:
-        candidates = [path]
-    else:
-        default = imagenet18_default_path()
-        candidates = [default, os.path.join(os.path.dirname(default), IMAGENET18_OLD_FILE)]
-    found = next((p for p in candidates if os.path.isfile(p)), None)
-    if found is None:
-        where = (f'--imagenet-weights {path}: no such file' if path else
-                 f'ImageNet ResNet-18 weights not found at {candidates[0]}')
-        raise CRWError(f'{where}; --model-type imagenet18 needs them and nothing is downloaded: put '
-                       f'{IMAGENET18_FILE} ({IMAGENET18_URL}) at {imagenet18_default_path()} '
-                       'or pass --imagenet-weights PATH')
-    try:
-        sd = _torch_load(found, 'cpu')
-    except Exception as e:
-        raise CRWError(f'ImageNet ResNet-18 weights {found}: cannot be read ({type(e).__name__})') from e
-    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict):
-        sd = sd['model']
-    elif isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict):
-        sd = sd['state_dict']
-    sd = clean_state_dict(sd)
-    w = sd.get('conv1.weight')
-    if w is None or tuple(w.shape) != (64, 3, 7, 7) or 'layer4.1.bn2.weight' not in sd:
-        raise CRWError(f'{found}: not a torchvision ResNet-18 state dict (expected keys conv1.weight [64, 3, 7, 7], '
-                       'layer1..layer4, fc)')
-    return sd

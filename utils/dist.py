@@ -1,6 +1,13 @@
-"""One distributed set-up for every case: torchrun (one node or many, NCCL on GPUs, gloo on CPU), one GPU, CPU."""
+"""One distributed set-up for every case: torchrun (one node or many, NCCL on GPUs, gloo on CPU), one GPU, CPU.
+
+A process that loses its peers (a node killed, a network cut) fails its next collective: at once when the
+peer's connection closes, after ``--dist-timeout`` seconds when the peer hangs. ``peer_failure`` recognises
+those errors so that train.py can report them in one line instead of a traceback.
+"""
 import builtins
+import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -27,8 +34,8 @@ def init_distributed_mode(args):
         else:
             device = torch.device('cpu')
             backend = 'gloo'
-        dist.init_process_group(backend=backend, init_method=args.dist_url,
-                                world_size=args.world_size, rank=args.rank)
+        dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size,
+                                rank=args.rank, timeout=datetime.timedelta(seconds=args.dist_timeout))
         dist.barrier()
         if args.data_parallel:
             print('| --data-parallel is ignored under torchrun: each process drives one device')
@@ -99,3 +106,40 @@ def sync_batchnorm(model, args, device):
     if torch.device(device).type != 'cuda':
         raise CRWError('--sync-bn: SyncBatchNorm runs on GPUs only; drop it for --device cpu')
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+_SOURCE_LOCATION = re.compile(r'\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*')
+_PEER_WORDS = ('gloo', 'nccl', 'connection closed', 'connection reset', 'broken pipe', 'timed out', 'timeout')
+
+
+def peer_failure(error):
+    """A one-line description when ``error`` is a failed collective of a distributed run (a peer died or
+    hung), else None."""
+    if not is_dist() or not isinstance(error, RuntimeError):
+        return None
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not (isinstance(error, dist.DistError) or any(w in text.lower() for w in _PEER_WORDS)):
+        return None
+    return _SOURCE_LOCATION.sub('', text).split('. ')[0][:300]   # gloo adds advice after the first sentence
+
+
+def all_rng_states(state):
+    """Every process's ``state`` (an RNG state dict) as a list indexed by rank, gathered on all processes
+    (a collective: call it on every rank); ``[state]`` without distributed."""
+    if not is_dist():
+        return [state]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, state)
+    return out
+
+
+def check_same(value, what):
+    """Raise CRWError on every process unless all processes hold the same ``value`` (a collective; no-op
+    without distributed). ``what`` names the value in the message."""
+    if not is_dist():
+        return
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        raise CRWError(f'the processes of this torchrun job disagree on {what}: '
+                       + ', '.join(f'rank {r}: {v}' for r, v in enumerate(values)))

@@ -264,8 +264,9 @@ def build_train_dataset(args):
         results, info = scan('videos', root, items, probe_video, workers=workers, use_cache=use_cache,
                              clip_len=T, frame_skip=rate, what='videos')
         paths, nf, fps, unreadable = [], [], [], []
+        base = os.path.join(root, '')
         for (rel, _, _), (value, err) in zip(items, results):
-            full = os.path.join(root, rel)
+            full = base + rel
             if err is not None:
                 warn(f'skipping unreadable video {full} ({err})')
                 unreadable.append(full)
