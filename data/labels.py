@@ -4,9 +4,9 @@ A mask is an [H, W] integer map of label ids in 0..255 (0 is background). ``Mask
 one video: palette PNGs give their palette indices, greyscale PNGs their grey levels, RGB images their
 colours (DAVIS-palette colours -> palette indices, other colours numbered 0, 1, ... black first); transparent
 pixels (alpha < 128, or a palette's transparent index) are background, and in an image with an alpha channel
-and transparent pixels every opaque colour, black included, is an object; a 0/255 mask's 255 is object 1; more than MAX_MASK_COLOURS
-grey levels or colours is refused (anti-aliased edges), and so is a JPEG file. ``load_label_image`` is the
-one place a label file is opened (values as stored, for the scorers).
+and transparent pixels every opaque colour, black included, is an object; a 0/255 mask's 255 is object 1;
+more than MAX_MASK_COLOURS grey levels or colours is refused (anti-aliased edges), and so is a JPEG file.
+``load_label_image`` is the one place a label file is opened (values as stored, for the scorers).
 Sizes: ``resize_nearest`` aligns pixel centres; ``fit_mask`` brings a mask to its frame. For the
 propagator: ``soft_labels`` (one-hot, ``downsample_labels`` bilinearly to the feature map). Written with
 ``save_indexed_png`` (palette PNG, the DAVIS result format), ``save_grey_png`` or, one object at a time,
