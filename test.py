@@ -29,14 +29,15 @@ from data.images import list_frames
 from data.inference.filelists import read_filelist
 from data.inference.frames import frame_loader, processing_size
 from data.inference.jhmdb import JhmdbVideo
-from data.inference.outputs import DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, label_picture
+from data.inference.outputs import (DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, export_sinks,
+                                    label_picture)
 from data.inference.user_video import UserVideo, VideoMasks
 from data.inference.vos import VOSVideo
 from model import PRETRAINED_TYPES
 from propagation import STRIDE, PropagationOptions, load_encoder
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH
-from utils.arguments import get_test_args_parser
+from utils.arguments import describe_settings, get_test_args_parser
 from utils.errors import CRWError, report
 from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
 
@@ -114,20 +115,25 @@ class TestRun:
         return len(video)
 
     def own_video(self, encoder, video, masks, progress=None):
-        """--video: a UserVideo from its first annotated frame on, its VideoMasks -> ``{save}/<video>/<frame>.png``,
-        ``<video>_overlay.mp4`` (and with --save-blend ``<video>_blend/``). Returns the frames written."""
+        """--video: a UserVideo from its first annotated frame on, its VideoMasks -> ``<video>_overlay.mp4`` (and
+        with --save-blend ``<video>_blend/``) and the --export formats (``{save}/<video>/<frame>.png``, ...).
+        Returns the frames written."""
         frames = video.dataset(processing_size(video.size, self.options.crop_size, self.options.max_side),
                                masks.start)
-        os.makedirs(self.args.save_path, exist_ok=True)
-        sink = SequenceWriter(self.args.save_path, video.name, video.frame_names, masks.palette, video.fps,
-                              self.args.save_blend)
-        self._run((0, video.name), encoder, frames, masks, sink, video.size, progress, len(video) - masks.start)
+        a = self.args
+        os.makedirs(a.save_path, exist_ok=True)
+        sink = SequenceWriter(a.save_path, video.name, video.frame_names, masks.palette, video.fps, a.save_blend,
+                              masks='palette' in a.export)
+        extra = export_sinks(a.export, a.save_path, video.name, video.frame_names, video.file_names,
+                             masks.object_ids, {'video': a.video, 'masks': a.mask})
+        self._run((0, video.name), encoder, frames, masks, [sink] + extra, video.size, progress,
+                  len(video) - masks.start)
         return sink.frames
 
     def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture):
-        """``frames`` (a dataset of (input, frame, t)) through the loop into ``sink`` and, with a viewer, into
-        visdom as video ``video_id`` (index, name)."""
-        sinks = [sink]
+        """``frames`` (a dataset of (input, frame, t)) through the loop into ``sink`` (or a list of sinks) and,
+        with a viewer, into visdom as video ``video_id`` (index, name)."""
+        sinks = list(sink) if isinstance(sink, list) else [sink]
         if self.viewer is not None:
             sinks.append(ViewerSink(self.viewer, *video_id, draw))
         if progress is not None:
@@ -190,6 +196,7 @@ def run(args, options):
 
     print(f'git revision: {git_revision()}')
     print('Arguments', args)
+    print(describe_settings(args))
     print(f'Context length {options.protocol.video_len}, image size {options.crop_size}, device {device}, '
           f"{'reference (release) propagation' if options.reference else 'windowed propagation'}")
 

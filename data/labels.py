@@ -1,14 +1,16 @@
 """Label images, the one module that says what a mask is: reading, checking, resizing and writing them.
 
 A mask is an [H, W] integer map of label ids in 0..255 (0 is background). ``MaskReader`` reads the masks of
-one video: palette PNGs give their palette indices, greyscale PNGs their grey levels, RGB(A) images their
-colours (DAVIS-palette colours -> palette indices, other colours numbered 0, 1, ... black first); a 0/255
-mask's 255 is object 1; more than MAX_MASK_COLOURS grey levels or colours is refused (anti-aliased edges,
-JPEG). ``load_label_image`` is the one place a label file is opened (values as stored, for the scorers).
+one video: palette PNGs give their palette indices, greyscale PNGs their grey levels, RGB images their
+colours (DAVIS-palette colours -> palette indices, other colours numbered 0, 1, ... black first); transparent
+pixels (alpha < 128, or a palette's transparent index) are background, and in an image with an alpha channel
+and transparent pixels every opaque colour, black included, is an object; a 0/255 mask's 255 is object 1;
+more than MAX_MASK_COLOURS grey levels or colours is refused (anti-aliased edges), and so is a JPEG file.
+``load_label_image`` is the one place a label file is opened (values as stored, for the scorers).
 Sizes: ``resize_nearest`` aligns pixel centres; ``fit_mask`` brings a mask to its frame. For the
 propagator: ``soft_labels`` (one-hot, ``downsample_labels`` bilinearly to the feature map). Written with
-``save_indexed_png`` (palette PNG, the DAVIS result format) or ``save_grey_png``; ids outside 0..255 are
-refused once, by ``check_label_range``.
+``save_indexed_png`` (palette PNG, the DAVIS result format), ``save_grey_png`` or, one object at a time,
+``save_binary_png`` (``object_masks``); ids outside 0..255 are refused once, by ``check_label_range``.
 """
 import sys
 from dataclasses import dataclass
@@ -26,6 +28,9 @@ from utils.misc import atomic_write
 
 MAX_MASK_COLOURS = 32   # more distinct values in a greyscale/RGB mask: anti-aliased edges, not objects
 SINGLE_CHANNEL_MODES = ('P', 'L', 'I', 'I;16', '1')
+JPEG_FORMATS = ('JPEG', 'MPO')   # lossy: a mask saved so has stray colours along every edge
+OPAQUE = 128            # alpha below this is a transparent (background) pixel
+TRANSPARENT = -1        # the colour code of a transparent pixel (colour codes are 0xRRGGBB >= 0)
 
 
 # ---------------------------------------------------------------------------------------------- colours
@@ -67,6 +72,17 @@ def palette_ids(codes):
     return np.asarray(ids, dtype=np.int64)[inv.reshape(codes.shape)]
 
 
+def _davis_colour_ids(code):
+    """DAVIS-palette ids of colour codes [H, W] with TRANSPARENT pixels as background, or None: where some
+    pixels are transparent, opaque black is an object (not palette colour 0), so the palette does not apply."""
+    transparent = code == TRANSPARENT
+    if not transparent.any():
+        return palette_ids(code)
+    if (code == 0).any():
+        return None
+    return palette_ids(np.where(transparent, 0, code))
+
+
 def decode_colours(rgb, encoding):
     """[..., 3] uint8 colours -> int64 ids, or None if some colour has no id. ``encoding``: 'rgb' (DAVIS-palette
     colours), 'bgr' (the same with red and blue swapped, what the release's test.py wrote) or 'grey'
@@ -82,28 +98,59 @@ def decode_colours(rgb, encoding):
 @dataclass(frozen=True)
 class StoredLabels:
     """A label image as stored in its file: ``values`` [H, W] int64 for single-channel images (palette
-    indices, grey levels) or [H, W, 3] uint8 colours; ``palette`` [256, 3] uint8 of a palette PNG, else None."""
+    indices, grey levels) or [H, W, 3] uint8 colours; ``palette`` [256, 3] uint8 of a palette PNG, else None;
+    ``transparent`` [H, W] bool where a pixel is transparent (alpha < 128 or a transparent palette index /
+    grey level), None when every pixel is opaque. An alpha channel that is opaque everywhere is dropped."""
     path: str
     values: np.ndarray
     palette: Optional[np.ndarray] = None
+    transparent: Optional[np.ndarray] = None
 
     @property
     def is_colour(self):
         return self.values.ndim == 3
 
 
+def transparent_pixels(im):
+    """[H, W] bool: the transparent pixels of a PIL image (alpha channel, or a PNG's tRNS transparency), or None
+    when it has none."""
+    if 'A' in im.getbands():
+        alpha = np.asarray(im.getchannel('A'))
+    elif 'transparency' in im.info:
+        alpha = np.asarray(im.convert('RGBA').getchannel('A'))
+    else:
+        return None
+    transparent = alpha < OPAQUE
+    return transparent if transparent.any() else None
+
+
 def load_label_image(path):
-    """Open one label image -> StoredLabels (no mapping: 255 stays 255). Raises DecodeError naming the file."""
+    """Open one label image -> StoredLabels (no mapping: 255 stays 255). Raises DecodeError naming the file, and
+    CRWError for a JPEG file (by its content, whatever its name)."""
     with open_image(path, 'label image') as im:
-        if im.mode not in SINGLE_CHANNEL_MODES:
-            return StoredLabels(str(path), np.asarray(im.convert('RGB')))
-        values = np.asarray(im).astype(np.int64)
-        palette = None
-        if im.mode == 'P':
-            own = np.asarray(im.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
-            palette = davis_palette()
-            palette[:len(own)] = own
-    return StoredLabels(str(path), values, palette)
+        fmt = im.format
+        if fmt not in JPEG_FORMATS:
+            stored = _stored_labels(str(path), im)
+    if fmt in JPEG_FORMATS:
+        raise CRWError(f'{path}: a JPEG file; JPEG compression gives every object stray colours along its edges, '
+                       'so it cannot be a mask: save the mask as PNG in the program that drew it (File > Export '
+                       'As... > .png); converting this file would keep the stray colours')
+    return stored
+
+
+def _stored_labels(path, im):
+    transparent = transparent_pixels(im)
+    if transparent is None and im.mode == 'LA':
+        im = im.convert('L')          # an alpha channel that is opaque everywhere says nothing
+    if im.mode not in SINGLE_CHANNEL_MODES:
+        return StoredLabels(path, np.asarray(im.convert('RGB')), None, transparent)
+    values = np.asarray(im).astype(np.int64)
+    palette = None
+    if im.mode == 'P':
+        own = np.asarray(im.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
+        palette = davis_palette()
+        palette[:len(own)] = own
+    return StoredLabels(path, values, palette, transparent)
 
 
 def read_ids(path, hint):
@@ -130,7 +177,9 @@ class MaskReader:
     Single-channel images: ids are the pixel values. RGB(A): when every colour of the first colour mask is a
     DAVIS-palette colour, ids are palette indices (later masks must keep to the palette); otherwise colours
     are numbered 0, 1, ... in colour order (black first) and a later mask's new colours continue the
-    numbering. ``palette`` [256, 3] uint8 is what outputs are written with: the first palette PNG's own
+    numbering. Transparent pixels are background (id 0) in every kind; in an image with an alpha channel
+    and transparent pixels every opaque colour is an object, black included (a mask drawn only in the alpha
+    channel is object 1). ``palette`` [256, 3] uint8 is what outputs are written with: the first palette PNG's own
     palette, the numbered colours, else the DAVIS palette. A 0/255 mask's 255 becomes 1 (one note per reader,
     to ``note``, default stderr); a size other than the frame's is resized when the aspect ratio agrees (one
     warning per reader). Refused (CRWError): more than MAX_MASK_COLOURS grey levels or numbered colours, ids
@@ -152,9 +201,14 @@ class MaskReader:
         """ids [H, W] int64 of one label image file."""
         stored = load_label_image(path)
         if stored.is_colour:
-            ids = self._colour_ids(path, colour_codes(stored.values))
+            code = colour_codes(stored.values)
+            if stored.transparent is not None:
+                code[stored.transparent] = TRANSPARENT
+            ids = self._colour_ids(path, code)
         else:
             ids = stored.values
+            if stored.transparent is not None:
+                ids = np.where(stored.transparent, 0, ids)
             if stored.palette is None:
                 self._check_count(path, np.unique(ids).size, 'grey levels')
             if self._palette is None:
@@ -186,9 +240,13 @@ class MaskReader:
 
     def check_all(self, paths, size):
         """Read every mask once (colours, values, size) so that bad input stops a run before anything is
-        written; returns ``palette``."""
+        written; returns ``palette``; ``seen_ids`` is then every id of them, ascending."""
+        seen = set()
         for path in paths:
-            fit_mask(self.read(path), size, path)
+            ids = self.read(path)
+            seen.update(np.unique(ids).tolist())
+            fit_mask(ids, size, path)
+        self.seen_ids = sorted(seen)
         return self.palette
 
     def _warn_size(self, message):
@@ -203,8 +261,9 @@ class MaskReader:
                            'ids 0, 1, 2, ...')
 
     def _colour_ids(self, path, code):
+        """Colour codes [H, W] (TRANSPARENT where transparent) -> ids: DAVIS-palette indices, or numbered."""
         if self.colour_ids is None:
-            ids = palette_ids(code)
+            ids = _davis_colour_ids(code)
             if ids is not None:
                 if self._palette is None:
                     self._palette = davis_palette()
@@ -218,12 +277,16 @@ class MaskReader:
                 raise CRWError(f'{path}: colours outside the DAVIS palette, unlike the video\'s earlier masks; '
                                'draw every mask with the same colours')
             self.colour_ids, self._palette = {}, davis_palette()
-        for c in new:
-            k = len(self.colour_ids)
+        for c in new:       # ascending: TRANSPARENT, then black, first
+            if c == TRANSPARENT and self.colour_ids:
+                self.colour_ids[c] = 0          # background, whichever colour had id 0 before
+                continue
+            k = max(self.colour_ids.values(), default=-1) + 1
             if k > 255:
                 raise CRWError(f'{path}: more than 256 colours over the video\'s masks')
             self.colour_ids[c] = k
-            self._palette[k] = ((c >> 16) & 255, (c >> 8) & 255, c & 255)
+            if c > 0:        # black or transparent objects are drawn in the DAVIS colour of their id
+                self._palette[k] = ((c >> 16) & 255, (c >> 8) & 255, c & 255)
         lut = np.array([self.colour_ids[int(c)] for c in uniq], np.int64)
         return lut[np.searchsorted(uniq, code)]
 
@@ -288,6 +351,19 @@ def save_indexed_png(path, labels, palette=None):
     [n, 3] uint8 colours (default: the DAVIS palette)."""
     im = Image.fromarray(as_uint8_ids(labels, path), mode='P')
     im.putpalette((davis_palette() if palette is None else np.asarray(palette, np.uint8)).reshape(-1).tolist())
+    with atomic_write(path) as f:
+        im.save(f, format='PNG')
+
+
+def object_masks(ids, object_ids):
+    """{object id: bool [H, W] mask} of a label map ``ids`` for each of ``object_ids`` other than 0 (background)."""
+    ids = np.asarray(ids)
+    return {int(k): ids == k for k in object_ids if int(k) != 0}
+
+
+def save_binary_png(path, mask):
+    """Write a [H, W] bool mask as an 8-bit greyscale PNG, 255 inside and 0 outside, atomically."""
+    im = Image.fromarray(np.where(np.asarray(mask, bool), 255, 0).astype(np.uint8), mode='L')
     with atomic_write(path) as f:
         im.save(f, format='PNG')
 

@@ -109,10 +109,20 @@ def write_davis_layout(root, sequences, ext='jpg', resolution='480p'):
     return filelist
 
 
-def write_video(path, frames, fps=24):
-    """Encode frames [T, H, W, 3] uint8 to an H.264 (or MPEG-4) file with PyAV (``data.video_io.VideoWriter``)."""
+def write_video(path, frames, fps=24, rotation=0):
+    """Encode frames [T, H, W, 3] uint8 to an H.264 (or MPEG-4) file with PyAV (``data.video_io.VideoWriter``).
+
+    rotation: a display rotation in counter-clockwise degrees (a multiple of 90) stored in the container's
+    display matrix, as phones store it: players, and both decoders here, show the frames turned by it. Needs a
+    PyAV with ``VideoStream.set_display_rotation`` (NotImplementedError otherwise)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with VideoWriter(path, fps) as writer:
+        if rotation:
+            set_rotation = getattr(writer.stream, 'set_display_rotation', None)
+            if set_rotation is None:
+                raise NotImplementedError('this PyAV cannot write a display rotation (no '
+                                          'VideoStream.set_display_rotation)')
+            set_rotation(rotation)
         for f in frames:
             writer.write(f)
     return path

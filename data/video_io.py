@@ -5,7 +5,9 @@ Videos are decoded with TorchCodec (``torchcodec.decoders.VideoDecoder``, exact 
 clip needs) and, when TorchCodec cannot be imported or fails on a file, with PyAV. The environment variable
 ``CRW_VIDEO_BACKEND`` (``torchcodec`` | ``pyav``) pins one backend (tests, debugging).
 
-Frame indices are positions in presentation order, identical for both backends.
+Frame indices are positions in presentation order, identical for both backends. Frames come upright: a
+video whose display matrix says "rotate by 90/180/270 degrees" (phone videos) is decoded rotated by both
+backends (TorchCodec does it itself; PyAV's frames are turned here), so that both give the same frames.
 """
 import math
 import os
@@ -135,6 +137,39 @@ def _decode_torchcodec(path, indices):
     return _open_torchcodec(path).get_frames_at([int(i) for i in indices]).data
 
 
+def display_rotation(matrix):
+    """Counter-clockwise rotation in degrees of a display matrix (9 int32: 16.16 fixed point, FFmpeg's
+    ``av_display_rotation_get``), or 0.0 when it is degenerate."""
+    m = np.asarray(matrix, np.float64)[:9] / 65536.0
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:
+        return 0.0
+    return -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+
+
+def _pyav_rotation(frame):
+    """The display rotation of a decoded PyAV frame (counter-clockwise degrees): ``VideoFrame.rotation`` where
+    PyAV has it, else its DISPLAYMATRIX side data."""
+    rotation = getattr(frame, 'rotation', None)
+    if rotation is not None:
+        return float(rotation)
+    for side in getattr(frame, 'side_data', ()):
+        if 'DISPLAYMATRIX' in str(getattr(side, 'type', '')).upper():
+            return display_rotation(np.frombuffer(bytes(side), np.int32))
+    return 0.0
+
+
+def upright(frame, rotation):
+    """[H, W, C] frame turned counter-clockwise by ``rotation`` degrees rounded to a quarter turn."""
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+
+
+def _pyav_rgb(frame):
+    """A decoded PyAV frame -> uint8 [H, W, 3] RGB, upright (its display rotation applied)."""
+    return upright(frame.to_ndarray(format='rgb24'), _pyav_rotation(frame))
+
+
 def _decode_pyav(path, indices):
     import av
     wanted = {}
@@ -146,7 +181,7 @@ def _decode_pyav(path, indices):
         stream = container.streams.video[0]
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                arr = frame.to_ndarray(format='rgb24')
+                arr = _pyav_rgb(frame)
                 for k in wanted[i]:
                     out[k] = arr
             if i >= last:
@@ -198,7 +233,7 @@ def _iter_pyav(path, start):
     with av.open(path) as container:
         for i, frame in enumerate(container.decode(container.streams.video[0])):
             if i >= start:
-                yield i, frame.to_ndarray(format='rgb24')
+                yield i, _pyav_rgb(frame)
 
 
 def iter_frames(path, start=0):

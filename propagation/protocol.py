@@ -24,11 +24,12 @@ MASK_VALUE = -1e10   # the release's additive radius mask
 
 @dataclass(frozen=True)
 class Protocol:
-    """Label-propagation settings; test.py's flags in brackets, defaults the release's test.py defaults."""
+    """Label-propagation settings; test.py's flags in brackets. Defaults: the README's protocol, what
+    ``test.py --video`` uses (``--filelist`` keeps the release's temperature 0.07)."""
     topk: int = 10               # [--topk] context nodes that vote
     video_len: int = 20          # [--videoLen] short-term context frames before the target
     radius: float = 12.0         # [--radius] short-term context nodes lie strictly within it (feature cells)
-    temperature: float = 0.07    # [--temperature] softmax temperature (the README's setting is 0.05)
+    temperature: float = 0.05    # [--temperature] softmax temperature (the release's test.py default: 0.07)
     long_mem: tuple = (0,)       # [--long-mem] frames always in the context
 
     def __post_init__(self):

@@ -1,9 +1,9 @@
 """The propagation loop: ``VideoPropagator`` carries labels through one video, frame by frame; every path
 (test.py's DAVIS, VIP, JHMDB and --video runs, and ``propagate`` for your own code) runs it.
 
-    from propagation import Protocol, VideoPropagator, load_encoder, propagate
+    from propagation import VideoPropagator, load_encoder, propagate
     encoder = load_encoder('pretrained.pth', 'cpu')
-    for t, ids in propagate(encoder, frames, 'first.png', Protocol(temperature=0.05)):   # streams any length
+    for t, ids in propagate(encoder, frames, 'first.png'):   # streams any length; README protocol, <= 854 px
         ...                                   # ids [H, W] uint8 label ids of frame t, at the frame's size
 
 Frames: uint8 [H, W, 3] RGB arrays or tensors, or image paths; masks: label ids [H, W] or label image paths
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.inference.frames import as_frame, prepare_frame, processing_size
-from data.labels import MaskReader, downsample_labels, one_hot, resize_nearest, soft_labels
+from data.inference.frames import DEFAULT_MAX_SIDE, as_frame, prepare_frame, processing_size
+from data.labels import MaskReader, downsample_labels, object_masks, one_hot, resize_nearest, soft_labels
 from propagation.encoder import encode_frames
 from propagation.protocol import Protocol, min_max_normalize
 from propagation.reference import ReferencePropagator
@@ -54,7 +54,7 @@ class PropagationOptions:
     propagated at (--cropSize, --max-side), --no-l2, --norm_mask and --dense."""
     protocol: Protocol = field(default_factory=Protocol)
     crop_size: int = -1
-    max_side: Optional[int] = None
+    max_side: Optional[int] = DEFAULT_MAX_SIDE
     l2: bool = True
     norm_mask: bool = False
     reference: bool = False
@@ -79,22 +79,25 @@ class PropagatedFrame:
     ids: Optional[np.ndarray]       # [H', W'] uint8 label ids at the output size (None: started from soft labels)
     soft: torch.Tensor              # [h, w, K] soft labels at the feature map, as later frames' context sees them
     features: torch.Tensor          # [C, h, w]
+    labels: Optional[np.ndarray] = None   # [K] the label id of each soft channel (None: started from soft labels)
+    annotated: bool = False         # a mask was given for this frame: ``ids`` is that mask, not an argmax
 
 
 class VideoPropagator:
     """Propagates labels through one video, one frame (or a batch of consecutive frames) at a time.
 
-    encoder: from ``load_encoder``; protocol: ``Protocol`` (default: the release's test.py defaults);
+    encoder: from ``load_encoder``; protocol: ``Protocol`` (default: the README's protocol, test.py --video's);
     device: where to compute (default: the encoder's). crop_size / max_side: the size frames are propagated
-    at (``data.inference.frames.processing_size``); l2: L2-normalise the features; norm_mask: min-max
-    normalise the soft maps before the argmax (``--norm_mask``); reference: the release's algorithm
-    (``--dense``) instead of the windowed one; note: where one-line notes and warnings go (default stderr).
+    at (``data.inference.frames.processing_size``; default: the frame's own, at most DEFAULT_MAX_SIDE = 854
+    pixels on the longer side, as test.py --video; max_side=None: no limit); l2: L2-normalise the features;
+    norm_mask: min-max normalise the soft maps before the argmax (``--norm_mask``); reference: the release's
+    algorithm (``--dense``) instead of the windowed one; note: where one-line notes and warnings go (default stderr).
     After the first mask: ``values`` [K] are the label ids in channel order, ``palette`` [256, 3] the colours
     to write them with (the first mask file's own, else the DAVIS palette), ``start`` the first annotated
     frame's index.
     """
 
-    def __init__(self, encoder, protocol=None, device=None, *, crop_size=-1, max_side=None, l2=True,
+    def __init__(self, encoder, protocol=None, device=None, *, crop_size=-1, max_side=DEFAULT_MAX_SIDE, l2=True,
                  norm_mask=False, reference=False, note=None, **windowed_opts):
         self.encoder = encoder
         self.protocol = protocol or Protocol()
@@ -156,10 +159,12 @@ class VideoPropagator:
         for imgs, images, ts in batches:
             ts = ts.tolist() if torch.is_tensor(ts) else list(ts)
             size = tuple(out_size) if out_size is not None else tuple(images[0].shape[:2])
-            for t, image, out in zip(ts, images, self._batch(imgs, [masks.get(t) for t in ts], size)):
+            given = [masks.get(t) for t in ts]
+            for t, image, mask, out in zip(ts, images, given, self._batch(imgs, given, size)):
                 if out is not None:
                     image = image.numpy() if torch.is_tensor(image) else image
-                    yield PropagatedFrame(t, image, *out)
+                    labels = None if self.values is None else self.values[:out[1].shape[-1]].copy()
+                    yield PropagatedFrame(t, image, *out, labels=labels, annotated=mask is not None)
 
     # -- frames one at a time ---------------------------------------------------------------------------
     def step(self, frame, mask=None):
@@ -200,7 +205,7 @@ class VideoPropagator:
         proc_size = tuple(imgs.shape[-2:])
         for b in range(skip, len(masks)):
             ids, soft = self._advance(feats[b - skip], masks[b], out_size, proc_size)
-            out.append((ids, soft, feats[b - skip]))
+            out.append((ids, soft.clone(), feats[b - skip]))   # a copy: a later frame's mask edits the context
         return out
 
     def _advance(self, feat, mask, out_size, proc_size):
@@ -278,13 +283,16 @@ class VideoPropagator:
         return ids, corrected
 
 
-def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEATURE_BATCH, **options):
+def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEATURE_BATCH, per_object=False,
+              **options):
     """Propagate masks through ``frames``, streaming: a generator of (t, label ids [H, W] uint8) for every frame
-    from the first annotated one on (earlier frames are counted, not read).
+    from the first annotated one on (earlier frames are counted, not read); with ``per_object``, of
+    (t, {object id: bool [H, W] mask}) for every object annotated so far (background 0 left out).
 
     frames: an iterable of frames (uint8 [H, W, 3] RGB arrays/tensors or image paths), consumed lazily;
     masks: the mask of frame 0, or {t: mask} for annotations on any frames (label ids or label image paths);
-    options: those of ``VideoPropagator`` (crop_size, max_side, l2, norm_mask, reference, note, ...).
+    protocol: default ``Protocol()``, the README's; options: those of ``VideoPropagator`` (crop_size, max_side
+    (default 854), l2, norm_mask, reference, note, ...), the defaults of test.py --video.
     Frames are encoded ``batch_size`` at a time (test.py's batching), so at most that many are held."""
     vp = VideoPropagator(encoder, protocol, device, **options)
     masks = dict(masks) if isinstance(masks, dict) else {0: masks}
@@ -316,7 +324,7 @@ def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEA
             yield torch.stack(batch), images, ts
 
     for frame in vp.stream(batches(), fitted):
-        yield frame.t, frame.ids
+        yield frame.t, object_masks(frame.ids, frame.labels) if per_object else frame.ids
     missing = sorted(t for t in masks if t > vp.t)
     if missing:
         raise CRWError(f'masks given for frames {missing[:5]} but the video has {vp.t + 1} frames')

@@ -8,6 +8,7 @@ return the namespace, exactly like the release's functions of the same name. The
 above it.
 """
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -235,6 +236,20 @@ def train_args(argv=None):
     return _finish_train_args(p, args)
 
 
+# test.py's defaults that depend on the mode. --filelist keeps the release's; --video (new) has the README's
+# protocol at the video's own size, at most VIDEO_MAX_SIDE on its longer side (= data.inference.frames'
+# DEFAULT_MAX_SIDE; utils is a leaf), with the bundled checkpoint. The parser's default for these flags is None
+# ("not given"); resolve_mode_defaults fills them.
+BUNDLED_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'pretrained.pth')
+VIDEO_MAX_SIDE = 854
+MODE_DEFAULTS = {
+    'filelist': {'temperature': 0.07, 'cropSize': 320, 'max_side': None, 'resume': ''},
+    'video': {'temperature': 0.05, 'cropSize': -1, 'max_side': VIDEO_MAX_SIDE, 'resume': BUNDLED_CHECKPOINT},
+}
+EXPORTS = ('palette', 'binary', 'coco', 'soft')
+RANDOM_INIT_TYPES = ('scratch', 'scratch_zeropad')   # the model types that no --resume leaves random
+
+
 def get_test_args_parser(add_help=True):
     p = _Parser('CRW label propagation', add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -253,17 +268,28 @@ def get_test_args_parser(add_help=True):
                         'colours), or a folder of label images named like their frames (later ones add or correct '
                         'objects from their frame on)')
     p.add_argument('--max-side', default=None, type=int,
-                   help='with --video: propagate at most this many pixels on the longer side (masks are still written '
-                        'at the video\'s size); default: the size --cropSize gives (-1: the video\'s own)')
+                   help=f'with --video: propagate at most this many pixels on the longer side, aspect ratio kept '
+                        f'(masks are still written at the video\'s size); 0: the video\'s own size however large '
+                        f'(default: {VIDEO_MAX_SIDE}, DAVIS 480p\'s width)')
     p.add_argument('--save-blend', action='store_true',
                    help='with --video: also write the overlays as <save-path>/<video>_blend/<frame>.jpg')
+    p.add_argument('--export', action='append', default=None, metavar='FORMATS',
+                   help=f'with --video: what to write, comma-separated or repeated, of {", ".join(EXPORTS)}: palette = '
+                        '<video>/<frame>.png (DAVIS palette PNGs), binary = <video>_binary/<id>/<frame>.png (one 0/255 '
+                        'PNG per object per frame), coco = <video>_coco.json (COCO run-length encoding), soft = '
+                        '<video>_soft/<frame>.npz (per-object soft maps at the feature map, float32); default: palette')
+    p.add_argument('--random-init', action='store_true',
+                   help='with --video: propagate with a randomly initialised encoder instead of the bundled '
+                        'pretrained.pth (a baseline; --filelist without --resume does this, as the release did)')
     p.add_argument('--save-path', default='./results', type=str,
                    help='where {i}_{t}_mask.png/_blend.jpg (DAVIS), {i}.dat (JHMDB) or <video>/<frame>.png (VIP) go '
                         '(--filelist), or <video>/ and <video>_overlay.mp4 (--video)')
     p.add_argument('--vip', action='store_true',
                    help='treat the filelist as VIP (write <save>/<video>/<frame>.png label ids at the annotation '
                         'size); automatic when the annotation folders lie in a folder named Category_ids')
-    p.add_argument('--resume', default='', type=str, help='checkpoint (train.py or the release); none = random init')
+    p.add_argument('--resume', default=None, type=str,
+                   help='checkpoint (train.py or the release); default: none (random init) with --filelist, the '
+                        'bundled pretrained.pth with --video')
     p.add_argument('--allow-partial', action='store_true',
                    help='propagate even when --resume fills only part of the encoder (the rest keeps its '
                         'initialisation); by default that is an error')
@@ -283,8 +309,12 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--videoLen', default=20, type=int, help='L: short-term context frames before the target')
     p.add_argument('--radius', default=12, type=float,
                    help='short-term context nodes must lie strictly within this distance (feature cells)')
-    p.add_argument('--temperature', default=0.07, type=float, help='softmax temperature (README uses 0.05)')
-    p.add_argument('--cropSize', default=320, type=int, help='resize frames to S x S; -1 keeps the native size')
+    p.add_argument('--temperature', default=None, type=float,
+                   help='softmax temperature (default: 0.07 with --filelist, the release; 0.05 with --video, the '
+                        'README)')
+    p.add_argument('--cropSize', default=None, type=int,
+                   help='resize frames to S x S; -1 keeps the native size (default: 320 with --filelist, the '
+                        'release; -1 with --video)')
     p.add_argument('--long-mem', default=[0], type=int, nargs='*', help='frames always in the context (first frame)')
     p.add_argument('--remove-layers', default=['layer4'], nargs='*', type=str,
                    help='ResNet layers removed at test time (layer3 features, stride 8)')
@@ -336,11 +366,15 @@ def _finish_test_args(p, args):
         if not os.path.exists(args.mask):
             p.error(f'--mask {args.mask}: no such file or folder')
     else:
-        for flag in ('mask', 'max_side', 'save_blend'):
-            if getattr(args, flag):
+        for flag in ('mask', 'max_side', 'save_blend', 'export', 'random_init'):
+            if getattr(args, flag) is not None and getattr(args, flag) is not False:
                 p.error(f"--{flag.replace('_', '-')} goes with --video")
-    if args.max_side is not None and args.max_side < 8:
-        p.error('--max-side must be at least 8 (one feature cell)')
+    if args.max_side is not None and (args.max_side < 0 or 0 < args.max_side < 8):
+        p.error('--max-side must be at least 8 (one feature cell), or 0 for the video\'s own size')
+    try:
+        resolve_mode_defaults(args)
+    except CRWError as e:
+        p.error(str(e))
     if args.resume and not os.path.isfile(args.resume):
         p.error(f'--resume {args.resume}: no such file (refusing to run with random weights)')
     if args.batchSize != 1:
@@ -360,6 +394,78 @@ def _finish_test_args(p, args):
     args.imgSize = args.cropSize
     args.visdom_server = args.server  # the release's attribute name
     return args
+
+
+def parse_exports(values):
+    """``--export`` values (each comma-separated; None: not given) -> the formats in EXPORTS order; CRWError for
+    an unknown one."""
+    if values is None:
+        return ['palette']
+    given = [v.strip().lower() for value in values for v in value.split(',') if v.strip()]
+    unknown = [v for v in given if v not in EXPORTS]
+    if unknown or not given:
+        raise CRWError(f'--export {",".join(unknown) or "(empty)"}: choose any of {", ".join(EXPORTS)} '
+                       '(comma-separated or repeated)')
+    return [e for e in EXPORTS if e in given]
+
+
+def resolve_mode_defaults(args):
+    """Fill the flags left unset (None) with their mode's defaults (MODE_DEFAULTS: --filelist the release's,
+    --video the README's); ``args.mode_defaults`` names those filled. With --video, no --resume means the
+    bundled checkpoint for the scratch encoder it was trained as, ImageNet weights for imagenet18, and an
+    error for other scratch types: a random encoder only with --random-init. Raises CRWError."""
+    mode = 'video' if args.video is not None else 'filelist'
+    filled = []
+    if mode == 'video':
+        args.export = parse_exports(args.export)
+        if 'coco' in args.export and importlib.util.find_spec('pycocotools') is None:
+            raise CRWError('--export coco needs pycocotools: .venv/bin/pip install pycocotools (it is in '
+                           'requirements.txt)')
+        if args.random_init:
+            if args.resume:
+                raise CRWError('--random-init and --resume exclude each other: one encoder or the other')
+            if args.model_type not in RANDOM_INIT_TYPES:
+                raise CRWError(f'--random-init: the {args.model_type} encoder is not randomly initialised here')
+            args.resume = ''
+        elif args.resume is None and args.model_type != 'scratch':
+            if args.model_type in RANDOM_INIT_TYPES:
+                raise CRWError(f'--model-type {args.model_type} with --video: give its checkpoint with --resume (the '
+                               'bundled pretrained.pth is a scratch encoder), or --random-init for random weights')
+            args.resume = ''     # imagenet18: its ImageNet weights
+    for name, value in MODE_DEFAULTS[mode].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+            filled.append(name)
+    if mode == 'video' and args.max_side == 0:
+        args.max_side = None
+    if mode == 'video' and args.resume == BUNDLED_CHECKPOINT and not os.path.isfile(args.resume):
+        raise CRWError(f'--video: the bundled checkpoint {args.resume} is missing; give --resume, or --random-init '
+                       'for random weights')
+    args.mode_defaults = filled
+    return args
+
+
+def describe_settings(args):
+    """One line: the protocol, frame size and encoder test.py runs with, each taken from a mode's defaults
+    marked (see ``resolve_mode_defaults``)."""
+    mode = '--video' if args.video is not None else '--filelist'
+    mark = lambda name: f' ({mode} default)' if name in getattr(args, 'mode_defaults', ()) else ''  # noqa: E731
+    if args.cropSize == -1:
+        size = ("the video's own size" if args.video is not None else 'native size') + mark('cropSize')
+    else:
+        size = f'{args.cropSize}x{args.cropSize}{mark("cropSize")}'
+    if args.video is not None:
+        size += (f', at most {args.max_side} px on the longer side{mark("max_side")}' if args.max_side else
+                 ', no --max-side')
+    resume = os.path.relpath(args.resume) if args.resume and not os.path.relpath(args.resume).startswith('..') \
+        else args.resume
+    encoder = (f'{resume}{mark("resume")}' if args.resume else
+               'ImageNet weights' if args.model_type == 'imagenet18' else f'random weights (seed {args.manualSeed})')
+    line = (f'settings: topk {args.topk}, videoLen {args.videoLen}, radius {args.radius:g}, temperature '
+            f'{args.temperature:g}{mark("temperature")}; frames: {size}; encoder: {args.model_type}, {encoder}')
+    if args.video is not None:
+        line += f'; exports: {", ".join(args.export)}'
+    return line
 
 
 def test_args(argv=None):

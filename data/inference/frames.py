@@ -14,6 +14,9 @@ import torch
 from data.images import image_size, read_image
 from utils.errors import CRWError
 
+# Your own video is propagated at its own size, at most this many pixels on its longer side (DAVIS 480p's width,
+# the scale the protocol was tuned at); test.py --video's --max-side default (utils.arguments.VIDEO_MAX_SIDE).
+DEFAULT_MAX_SIDE = 854
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -9,19 +9,24 @@ background threads (``utils.background.AsyncWriter``), so the device does not wa
 * ``PartsWriter`` (--filelist, VIP): ``{save}/<video>/<frame>.png``, greyscale PNGs of the ids.
 * ``PoseWriter`` (--filelist, JHMDB): ``{save}/{i}_{t}_blend.jpg`` with the skeleton, ``{save}/{i}.dat``.
 * ``SequenceWriter`` (--video): ``{save}/<video>/<frame>.png`` in the DAVIS result format (the input mask's
-  palette), ``{save}/<video>_overlay.mp4`` (colours over the objects, outlines in full colour) and optionally
-  the overlays as ``{save}/<video>_blend/<frame>.jpg``.
+  palette; ``--export palette``), ``{save}/<video>_overlay.mp4`` (colours over the objects, outlines in full
+  colour) and optionally the overlays as ``{save}/<video>_blend/<frame>.jpg``.
+* ``--export``'s other formats (``export_sinks``): ``BinaryMaskWriter`` (one 0/255 PNG per object per frame),
+  ``CocoRleWriter`` (COCO run-length encoding, one JSON), ``SoftMapWriter`` (soft maps, one .npz per frame).
 * ``ViewerSink`` (--visdom, --pca-vis): each frame's picture and feature PCA, to a viewer.
 """
+import json
 import os
 
 import numpy as np
+import torch
 from PIL import Image
 
 from data.inference.jhmdb import draw_pose, pose_from_soft_map, pose_image
-from data.labels import davis_palette, resize_nearest, save_grey_png, save_indexed_png
+from data.labels import davis_palette, resize_nearest, save_binary_png, save_grey_png, save_indexed_png
 from data.video_io import VideoWriter
 from utils.background import AsyncWriter
+from utils.errors import CRWError
 from utils.misc import atomic_write
 
 
@@ -149,10 +154,10 @@ class SequenceWriter:
     """The outputs of one video of ``test.py --video``, frame t named ``names[t]``; ``close()`` (or
     ``abort()`` on error: the overlay video is dropped; the PNGs written are complete files)."""
 
-    def __init__(self, save_path, name, names, palette, fps, save_blend=False):
+    def __init__(self, save_path, name, names, palette, fps, save_blend=False, masks=True):
         self.names = names
         self.palette = np.asarray(palette, np.uint8)
-        self.mask_dir = os.path.join(save_path, name)
+        self.mask_dir = os.path.join(save_path, name) if masks else None
         self.blend_dir = os.path.join(save_path, name + '_blend') if save_blend else None
         self.overlay_path = os.path.join(save_path, name + '_overlay.mp4')
         for d in (self.mask_dir, self.blend_dir):
@@ -166,7 +171,8 @@ class SequenceWriter:
     def write(self, frame):
         """frame.ids [H, W] uint8 label ids and frame.image [H, W, 3] uint8, the frame they belong to."""
         name = self.names[frame.t]
-        self.files.submit(save_indexed_png, os.path.join(self.mask_dir, name + '.png'), frame.ids, self.palette)
+        if self.mask_dir:
+            self.files.submit(save_indexed_png, os.path.join(self.mask_dir, name + '.png'), frame.ids, self.palette)
         self.video_jobs.submit(self._overlay, name, frame.ids, frame.image)
         self.frames += 1
 
@@ -195,3 +201,101 @@ class SequenceWriter:
             pass
         finally:
             self.video.abort(error)
+
+
+# ---------------------------------------------------------------------------------------------- --export
+class BinaryMaskWriter(_FileSink):
+    """``{folder}/<id>/<names[t]>.png`` for each of ``object_ids`` (0 left out) and each frame: an 8-bit
+    greyscale PNG, 255 where the frame's label map has that id, 0 elsewhere (all 0 where the object is absent)."""
+
+    def __init__(self, folder, names, object_ids):
+        super().__init__()
+        self.folder, self.names = folder, names
+        self.object_ids = [int(k) for k in object_ids if int(k) != 0]
+        for k in self.object_ids:
+            os.makedirs(os.path.join(folder, str(k)), exist_ok=True)
+
+    def _jobs(self, frame):
+        name = self.names[frame.t] + '.png'
+        return [(save_binary_png, os.path.join(self.folder, str(k), name), frame.ids == k) for k in self.object_ids]
+
+
+class CocoRleWriter:
+    """``path``: every frame's masks as COCO run-length encoding (pycocotools) in one JSON, written atomically
+    by ``close()`` (nothing on ``abort()``). ``images``: one per frame (id t + 1, ``frame_index`` t,
+    ``file_name`` ``file_names[t]``, height, width); ``categories``: one per object id (id = the object's label
+    id); ``annotations``: one per object present in a frame (``segmentation`` {size [H, W], counts: compressed
+    RLE string}, area, bbox [x, y, w, h], iscrowd 0). Readable with ``pycocotools.coco.COCO(path)``."""
+
+    def __init__(self, path, file_names, object_ids, info=None):
+        try:
+            from pycocotools import mask as rle
+        except ImportError as e:
+            raise CRWError('--export coco needs pycocotools (.venv/bin/pip install pycocotools; it is in '
+                           'requirements.txt)') from e
+        self.rle, self.path, self.file_names = rle, path, file_names
+        self.object_ids = [int(k) for k in object_ids if int(k) != 0]
+        self.data = {'info': dict(info or {}), 'images': [], 'annotations': [],
+                     'categories': [{'id': k, 'name': f'object {k}'} for k in self.object_ids]}
+
+    def write(self, frame):
+        H, W = frame.ids.shape
+        image_id = frame.t + 1
+        self.data['images'].append({'id': image_id, 'frame_index': frame.t, 'file_name': self.file_names[frame.t],
+                                    'height': H, 'width': W})
+        for k in self.object_ids:
+            mask = frame.ids == k
+            if not mask.any():
+                continue
+            code = self.rle.encode(np.asfortranarray(mask.astype(np.uint8)))
+            self.data['annotations'].append({
+                'id': len(self.data['annotations']) + 1, 'image_id': image_id, 'category_id': k,
+                'segmentation': {'size': [H, W], 'counts': code['counts'].decode('ascii')},
+                'area': int(self.rle.area(code)), 'bbox': [float(v) for v in self.rle.toBbox(code)], 'iscrowd': 0})
+
+    def close(self):
+        with atomic_write(self.path, 'w') as f:
+            json.dump(self.data, f)
+
+    def abort(self, error=None):
+        pass
+
+
+class SoftMapWriter(_FileSink):
+    """``{folder}/<names[t]>.npz`` (numpy's compressed archive) per frame: ``probs`` float32 [K, h, w], the
+    soft labels at the feature map (one cell per 8x8 pixels of the propagated frame; each cell's K values sum
+    to 1), as the next frames' context sees them; ``ids`` uint8 [K], the label id of each channel; ``size``
+    [H, W], the size the masks are written at; ``annotated``: the frame had a mask (its written mask is that
+    mask). Elsewhere the written mask is ``ids[argmax]`` of ``probs`` upsampled bilinearly to ``size``
+    (``propagation.soft_to_index``)."""
+
+    def __init__(self, folder, names):
+        super().__init__()
+        self.folder, self.names = folder, names
+        os.makedirs(folder, exist_ok=True)
+
+    def _jobs(self, frame):
+        probs = frame.soft.detach().to('cpu', torch.float32).permute(2, 0, 1).numpy().copy()
+        return [(save_soft_map, os.path.join(self.folder, self.names[frame.t] + '.npz'), probs,
+                 np.asarray(frame.labels, np.uint8), frame.ids.shape, frame.annotated)]
+
+
+def save_soft_map(path, probs, ids, size, annotated):
+    """One frame's soft maps as a compressed .npz (see SoftMapWriter), atomically."""
+    with atomic_write(path) as f:
+        np.savez_compressed(f, probs=probs, ids=ids, size=np.asarray(size, np.int64),
+                            annotated=np.asarray(bool(annotated)))
+
+
+def export_sinks(exports, save_path, name, names, file_names, object_ids, info=None):
+    """The sinks of ``--export``'s formats other than palette (``SequenceWriter`` writes those) for video
+    ``name`` under ``save_path``: binary -> ``<name>_binary/``, coco -> ``<name>_coco.json``, soft ->
+    ``<name>_soft/``."""
+    sinks = []
+    if 'binary' in exports:
+        sinks.append(BinaryMaskWriter(os.path.join(save_path, name + '_binary'), names, object_ids))
+    if 'coco' in exports:
+        sinks.append(CocoRleWriter(os.path.join(save_path, name + '_coco.json'), file_names, object_ids, info))
+    if 'soft' in exports:
+        sinks.append(SoftMapWriter(os.path.join(save_path, name + '_soft'), names))
+    return sinks

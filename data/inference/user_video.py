@@ -25,8 +25,9 @@ FOLDER_FPS = 24   # frame rate of the overlay video for a folder of frames (DAVI
 
 
 class UserVideo:
-    """One video of the user's: ``name``, ``size`` (H, W), ``fps``, ``frame_names`` [T] and the frame number
-    each name carries (``numbers``); ``dataset(proc_size, start)`` streams its frames."""
+    """One video of the user's: ``name``, ``size`` (H, W), ``fps``, ``frame_names`` [T] (``file_names``: a
+    folder's file names, a video file's frame names) and the frame number each name carries (``numbers``);
+    ``dataset(proc_size, start)`` streams its frames."""
 
     def __init__(self, path):
         self.path = path
@@ -35,7 +36,8 @@ class UserVideo:
             self.paths = list_frames(path)
             if not self.paths:
                 raise CRWError(f'--video {path}: no frames ({", ".join(IMAGE_EXTENSIONS)}) in the folder')
-            self.frame_names = [os.path.splitext(os.path.basename(p))[0] for p in self.paths]
+            self.file_names = [os.path.basename(p) for p in self.paths]
+            self.frame_names = [os.path.splitext(n)[0] for n in self.file_names]
             self.numbers = [frame_number(p) for p in self.paths]
             self.size = image_size(self.paths[0])
             self.fps = FOLDER_FPS
@@ -49,6 +51,7 @@ class UserVideo:
                                f'({" ".join(VIDEO_EXTENSIONS)}) or a folder of frames') from e
             self.size = first.shape[:2]
             self.frame_names = [f'{t:05d}' for t in range(n)]
+            self.file_names = self.frame_names
             self.numbers = list(range(n))
         else:
             raise CRWError(f'--video {path}: no such file or folder')
@@ -123,15 +126,18 @@ def mask_files(mask, video):
 
 class VideoMasks:
     """``--mask`` for a UserVideo: ``files`` {frame index t: label image path} (see ``mask_files``), ``start``
-    (the first annotated frame) and ``palette`` (the colours outputs are written with). Every file is read
-    once when this is made, so that bad input stops the run before anything is written. ``get(t)``: frame t's
-    label ids fitted to the video's size (read again; notes and the size warning once, to ``note``), or None."""
+    (the first annotated frame), ``palette`` (the colours outputs are written with) and ``object_ids`` (every
+    object id of the masks, ascending, 0 left out). Every file is read once when this is made, so that bad
+    input stops the run before anything is written. ``get(t)``: frame t's label ids fitted to the video's
+    size (read again; notes and the size warning once, to ``note``), or None."""
 
     def __init__(self, mask, video, note=None):
         self.files = mask_files(mask, video)
         self.start = min(self.files)
         self.size = video.size
-        self.palette = MaskReader(note=lambda msg: None).check_all(self.files.values(), video.size)
+        reader = MaskReader(note=lambda msg: None)
+        self.palette = reader.check_all(self.files.values(), video.size)
+        self.object_ids = [k for k in reader.seen_ids if k != 0]
         self.reader = MaskReader(note)
 
     def get(self, t, default=None):
