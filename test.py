@@ -15,6 +15,7 @@ are read by DataLoader workers and outputs written on background threads, so mem
 """
 import os
 import random
+import shlex
 import sys
 import time
 import warnings
@@ -36,7 +37,8 @@ from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH
 from utils.arguments import get_test_args_parser
 from utils.errors import CRWError, report
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
+from utils.output_folders import Inputs, OutputClaim, Plan
 
 # ----------------------------------------------------------------------------------------------------------
 # Model
@@ -116,7 +118,6 @@ class TestRun:
         ``<video>_overlay.mp4`` (and with --save-blend ``<video>_blend/``). Returns the frames written."""
         frames = video.dataset(processing_size(video.size, self.options.crop_size, self.options.max_side),
                                masks.start)
-        os.makedirs(self.args.save_path, exist_ok=True)
         sink = SequenceWriter(self.args.save_path, video.name, video.frame_names, masks.palette, video.fps,
                               self.args.save_blend)
         self._run((0, video.name), encoder, frames, masks, sink, video.size, progress, len(video) - masks.start)
@@ -136,27 +137,29 @@ class TestRun:
 
 def run_user_video(run):
     """--video/--mask: your own video (with --finetune, by an encoder adapted to the video's frames first).
-    Every input is checked before anything is written."""
+    Every input is checked, and the output folder claimed, before anything is written."""
     args, device = run.args, run.device
     if args.finetune > 0 and not os.path.isdir(args.video):
         raise CRWError(f'--finetune with --video {args.video}: adaptation samples clips from a folder of frames; '
                        'extract the frames to a folder (e.g. ffmpeg -i clip.mp4 frames/%05d.jpg) and pass it')
+    video = UserVideo(args.video)
+    masks = VideoMasks(args.mask, video)
+    claim = OutputClaim(video_plan(args, video, masks.start), video_inputs(args), args.overwrite)
     encoder = build_encoder(args, device)
     adapter = build_adapter(args, device)
+    claim.take()
     if adapter is not None:
         encoder, info = adapter.adapt(encoder, args.video)
         print(adapter.summary(info), flush=True)
     run.open_viewer()
     reset_peak_memory(device)
     t0 = time.time()
-    with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0, delay=1.0,
-              file=sys.stderr) as bar:
-        video = UserVideo(args.video)
-        masks = VideoMasks(args.mask, video)
-        if masks.start > 0:
-            masks.reader.note(f'{args.mask}: the first annotated frame is {video.frame_names[masks.start]}; the '
-                              f'{masks.start} frame(s) before it get no output')
+    if masks.start > 0:
+        masks.reader.note(f'{args.mask}: the first annotated frame is {video.frame_names[masks.start]}; the '
+                          f'{masks.start} frame(s) before it get no output')
+    with tqdm(desc=video.name, unit='frame', mininterval=1.0, delay=1.0, file=sys.stderr) as bar:
         n = run.own_video(encoder, video, masks, bar)
+    claim.finish(frames=n)
     dt = time.time() - t0
     print(f'{args.video}: {n} frames from frame {video.frame_names[masks.start]}, {n / dt:.2f} frames/s, peak '
           f'{"GPU" if device.type == "cuda" else "RSS"} memory {peak_memory_bytes(device) / 2 ** 20:.0f} MB; '
@@ -164,10 +167,78 @@ def run_user_video(run):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# What a run writes and reads: its output folder is claimed before anything is written (utils/output_folders.py)
+# ----------------------------------------------------------------------------------------------------------
+
+DAVIS_NAMES = (r'\d+_\d+_mask\.png', r'\d+_\d+_blend\.jpg', r'\d+\.dat')   # {i}_{t}_mask.png, ..., {i}.dat
+
+
+def _command(args):
+    return 'test.py ' + shlex.join(args.argv) if getattr(args, 'argv', None) is not None else 'test.py'
+
+
+def video_plan(args, video, start):
+    """--video: ``<name>/<frame>.png``, ``<name>_overlay.mp4`` (and ``<name>_blend/<frame>.jpg``) from frame
+    ``start`` on, the video's own unit of --save-path (other videos' outputs may share the folder)."""
+    name, names = video.name, video.frame_names[start:]
+    files = [f'{name}/{n}.png' for n in names] + [f'{name}_overlay.mp4']
+    dirs = [name] + ([f'{name}_blend'] if args.save_blend else [])
+    if args.save_blend:
+        files += [f'{name}_blend/{n}.jpg' for n in names]
+    return Plan(args.save_path, '--save-path', 'test.py', _command(args), unit=name, files=files, dirs=[''] + dirs,
+                unit_dirs=dirs, info={'kind': 'video', 'videos': [{'name': name, 'input': os.path.abspath(
+                    args.video), 'first': names[0] if names else None, 'frames': len(names)}]})
+
+
+def video_inputs(args):
+    inputs = Inputs().file(args.resume, f'the checkpoint --resume {args.resume}')
+    if os.path.isdir(args.video):
+        inputs.folder(args.video, f'the frames folder --video {args.video}')
+    else:
+        inputs.file(args.video, f'the video --video {args.video}')
+    if os.path.isdir(args.mask):
+        return inputs.folder(args.mask, f'the mask folder --mask {args.mask}')
+    return inputs.file(args.mask, f'the mask --mask {args.mask}', with_folder=True)
+
+
+def filelist_plan(args, entries, frames):
+    """--filelist: every video's outputs (``frames``: {index: its frame paths}); the run owns the folder."""
+    files, dirs, videos = [], [''], []
+    for e in entries:
+        names = [os.path.splitext(os.path.basename(p))[0] for p in frames[e.index]]
+        if e.kind == 'davis':
+            files += [f'{e.index}_{t}_{suffix}' for t in range(len(names)) for suffix in ('mask.png', 'blend.jpg')]
+        elif e.kind == 'jhmdb':
+            files += [f'{e.index}_{t}_blend.jpg' for t in range(len(names))] + [f'{e.index}.dat']
+        else:
+            files += [f'{e.name}/{n}.png' for n in names]
+            dirs.append(e.name)
+        videos.append({'index': e.index, 'name': e.name, 'kind': e.kind, 'frames': os.path.abspath(e.frames_dir),
+                       'target': os.path.abspath(e.target), 'num_frames': len(names)})
+    return Plan(args.save_path, '--save-path', 'test.py', _command(args), files=files, dirs=dirs,
+                patterns=list(DAVIS_NAMES), unit_dirs=dirs[1:],
+                info={'kind': 'filelist', 'filelist': os.path.abspath(args.filelist), 'videos': videos})
+
+
+def filelist_inputs(args, entries):
+    inputs = Inputs().file(args.filelist, f'--filelist {args.filelist}').file(args.resume, '--resume')
+    inputs.folder(args.data_root, f'--data-root {args.data_root}')
+    for e in entries:
+        where = f'{args.filelist}:{e.line_no}'
+        inputs.folder(e.frames_dir, f'the frames folder of {where}')
+        if e.kind == 'jhmdb':
+            inputs.file(e.target, f'the joint file of {where}', with_folder=True)
+        else:
+            inputs.folder(e.target, f'the annotations folder of {where}')
+    return inputs
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = test_args(argv)
+    args.argv = argv
     try:
         options = PropagationOptions.from_args(args)
     except CRWError as e:    # a protocol value out of range: the one-line error of any bad flag
@@ -220,15 +291,17 @@ def run_filelist(runner):
                        '(<save>/<video>/<frame>.png) would overwrite each other')
     if any(e.kind == 'jhmdb' for e in entries) and runner.options.crop_size <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
+    frames = {}
     for entry in entries:   # list every video's frames now: a bad folder fails before any video is computed
         try:
-            list_frames(entry.frames_dir)
+            frames[entry.index] = list_frames(entry.frames_dir)
         except CRWError as e:
             raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
-    writable_folder(args.save_path, '--save-path')
+    claim = OutputClaim(filelist_plan(args, entries, frames), filelist_inputs(args, entries), args.overwrite)
 
     encoder = build_encoder(args, device)
     adapter = build_adapter(args, device)
+    claim.take()
     runner.open_viewer()
     for entry in entries:
         reset_peak_memory(device)
@@ -249,6 +322,7 @@ def run_filelist(runner):
         print(f'video {entry.index} {entry.name}: {n} frames, {n / dt:.2f} frames/s, '
               f'peak {"GPU" if device.type == "cuda" else "RSS"} memory '
               f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB{adapted}', flush=True)
+    claim.finish()
 
 
 if __name__ == '__main__':

@@ -116,7 +116,7 @@ def test_convert_release_bgr_masks_to_the_right_ids(onefour, tmp_path, capsys):
     m0[::7] = 0
     Image.fromarray(m0).save(raw / '0_0_mask.png')
     assert convert_davis.main(['--in_folder', str(raw), '--out_folder', str(out), '--dataset', davis,
-                               '--workers', '1']) == 0
+                               '--workers', '1', '--by-order']) == 0     # the release recorded no names
     summary = capsys.readouterr().out.splitlines()[0]
     assert 'red and blue swapped' in summary and 'all 2 sequences' in summary
     assert 'decided by frame 0 for onefour' in summary          # ids {1, 4} fit both colour orders
@@ -143,7 +143,7 @@ def test_convert_refuses_mixed_mask_formats(onefour, tmp_path):
             Image.fromarray(m).save(raw / f'{i}_{t}_mask.png')
     Image.fromarray(davis_palette()[seqs['three']['masks'][2]]).save(raw / '1_2_mask.png')   # one colour mask
     with pytest.raises(CRWError, match='1_2_mask.png is an RGB PNG'):
-        convert_davis.convert(str(raw), str(tmp_path / 'out'), davis, workers=1)
+        convert_davis.convert(str(raw), str(tmp_path / 'out'), davis, workers=1, by_order=True)
 
 
 # ------------------------------------------------------------------------------------------------ 2. resume

@@ -19,6 +19,7 @@ from eval import davis_metrics as dm
 from eval import evaluate_davis as ed
 from eval import run_test as rt
 from utils.errors import CRWError
+from utils.output_folders import write_manifest
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 ENV.pop('DAVIS_ROOT', None)
@@ -309,7 +310,9 @@ def test_missing_result_frame_and_unknown_object(layout, tmp_path):
 
 # -------------------------------------------------------------------------------------------- convert_davis.py
 
-def write_raw(raw, seqs, size=None, skip=()):
+def write_raw(raw, seqs, size=None, skip=(), record=True):
+    """test.py --filelist's masks {i}_{t}_mask.png of ``seqs`` (video i = the i-th sequence) and, as test.py does,
+    the record of its run naming each video (``record=False``: masks only, like the release's test.py)."""
     os.makedirs(raw, exist_ok=True)
     for i, s in enumerate(seqs.values()):
         for t, m in enumerate(s['masks']):
@@ -319,6 +322,11 @@ def write_raw(raw, seqs, size=None, skip=()):
             if size:
                 im = im.resize((size, size), Image.NEAREST)
             im.save(os.path.join(raw, f'{i}_{t}_mask.png'))
+    if record:
+        videos = [{'index': i, 'name': name, 'kind': 'davis', 'num_frames': len(s['masks'])}
+                  for i, (name, s) in enumerate(seqs.items())]
+        write_manifest(raw, [{'tool': 'test.py', 'unit': '*', 'status': 'complete', 'command': 'test.py',
+                              'files': sorted(os.listdir(raw)), 'info': {'videos': videos}}])
 
 
 @pytest.mark.slow
@@ -473,7 +481,7 @@ def test_run_test_full_chain_then_skip(layout, tmp_path):
     fake.write_text(FAKE_TEST)
     out = tmp_path / 'out'
     args = ['eval/run_test.py', '--model-path', 'imagenet18', '--L', '20', '--K', '10', '--T', '0.05',
-            '--cropSize', '-1', '--filelist', filelist, '--test-script', str(fake)]
+            '--cropSize', '-1', '--filelist', filelist, '--test-script', str(fake), '--by-order']   # no record
     env = {**ENV, 'DAVIS_ROOT': davis, 'CRW_RESULTS': str(out)}
     p = run_script(*args, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -486,3 +494,58 @@ def test_run_test_full_chain_then_skip(layout, tmp_path):
     assert p.returncode == 0 and 'skipped' in p.stdout and str(fake) not in p.stdout
     p = run_script(*args, '--force', '--dryrun', env=env)
     assert p.returncode == 0 and 'skipped' not in p.stdout and str(fake) in p.stdout
+
+
+# ------------------------------------------------------------------- convert_davis.py: names, inputs, mixed folders
+
+def test_convert_matches_sequences_by_name_not_by_line(layout, tmp_path, capsys):
+    # test.py ran a filelist in another order than val.txt (video 0 = synth, video 1 = rects): matched by the
+    # names test.py recorded, the conversion is exact; by line it would score the wrong sequences
+    from eval import convert_davis as cd
+    davis, seqs, _ = layout
+    raw, out = str(tmp_path / 'raw'), str(tmp_path / 'converted')
+    write_raw(raw, {'synth': seqs['synth'], 'rects': seqs['rects']})
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 0
+    assert ed.evaluate(davis, out, workers=1)[0]['J&F-Mean'] == 1.0
+    # by line: video 0 (7 frames of synth) is not rects (6 frames): refused, not scored
+    assert cd.main(['--in_folder', raw, '--out_folder', str(tmp_path / 'o2'), '--dataset', davis,
+                    '--by-order']) == 1
+    assert 'video 0 has more frames than rects' in capsys.readouterr().err
+    # masks without test.py's record (the release's): refused unless --by-order says the order is the split's
+    os.remove(os.path.join(raw, '.crw_outputs.json'))
+    assert cd.main(['--in_folder', raw, '--out_folder', str(tmp_path / 'o3'), '--dataset', davis]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'no record of which video is which sequence' in err[0] and '--by-order' in err[0]
+    # a record that lacks a sequence of the split
+    write_raw(raw, {'rects': seqs['rects']})
+    with pytest.raises(CRWError, match='test.py propagated no video named synth'):
+        cd.convert(raw, str(tmp_path / 'o4'), davis, workers=1)
+    assert not any(os.path.exists(tmp_path / o) for o in ('o2', 'o3', 'o4'))
+
+
+def test_convert_out_folder_onto_ground_truth_or_another_run_is_refused(layout, tmp_path, capsys):
+    from eval import convert_davis as cd
+    davis, seqs, _ = layout
+    raw = str(tmp_path / 'raw')
+    write_raw(raw, seqs)
+
+    def tree(folder):
+        return {str(p): p.read_bytes() for p in __import__('pathlib').Path(folder).rglob('*') if p.is_file()}
+
+    before = tree(davis)
+    gt = os.path.join(davis, 'Annotations', '480p')
+    for out in (gt, gt + '/../480p/', davis, raw):
+        assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and '--out_folder' in err[0] and 'an input' in err[0], err
+    assert tree(davis) == before and sorted(os.listdir(raw)) == sorted(
+        ['.crw_outputs.json'] + [f'{i}_{t}_mask.png' for i, s in enumerate(seqs.values()) for t in range(len(s['masks']))])
+    # a converted folder with its scores: a second conversion is refused; --overwrite replaces both
+    out = str(tmp_path / 'converted')
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 0
+    ed.write_csvs(out, 'val', *ed.evaluate(davis, out, workers=1))
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 1
+    assert 'holds the outputs of convert_davis.py' in capsys.readouterr().err
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1',
+                    '--overwrite']) == 0
+    assert sorted(os.listdir(out)) == ['.crw_outputs.json', 'rects', 'synth']     # the old scores are gone

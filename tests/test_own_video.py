@@ -1,6 +1,7 @@
 """Your own video: test.py --video/--mask, the Python API (propagation.propagate / VideoPropagator), masks on
 later frames, and bad masks and videos. Synthetic clips with exact masks, built here; tiny sizes."""
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -365,3 +366,72 @@ def test_later_mask_with_wide_ids_refused_before_anything_is_written(clip, ckpt,
     line = one_line(capsys)
     assert '00004.png' in line and '0..255' in line
     assert not (tmp_path / 'o').exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# outputs: never on an input, never mixed with another run's (utils/output_folders.py)
+# ----------------------------------------------------------------------------------------------------------
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder."""
+    out = {}
+    for r, _, files in os.walk(folder):
+        for n in files:
+            out[os.path.relpath(os.path.join(r, n), folder)] = open(os.path.join(r, n), 'rb').read()
+    return out
+
+
+@pytest.mark.parametrize('where', ['ground truth', 'frames'])
+def test_save_path_onto_an_input_is_refused_before_anything_is_written(where, ckpt, tmp_path, capsys):
+    # --save-path D/Annotations/480p would write D/Annotations/480p/clip/<frame>.png over the ground truth;
+    # the parent of a PNG frames folder would write <parent>/clip/<frame>.png over the frames
+    seq = make_sequence(num_frames=3, height=24, width=40, num_objects=2, seed=1)
+    write_davis_layout(str(tmp_path / 'D'), {'clip': seq}, ext='png')
+    save = {'ground truth': tmp_path / 'D' / 'Annotations' / '480p',
+            'frames': tmp_path / 'D' / 'JPEGImages' / '480p' / '.' / ''}[where]
+    before = snapshot(tmp_path)
+    assert run_test(['--video', str(tmp_path / 'D' / 'JPEGImages' / '480p' / 'clip'), '--mask',
+                     str(tmp_path / 'D' / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt,
+                     '--save-path', str(save)] + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert line.startswith('test.py: error: --save-path') and 'an input' in line
+    assert ('the folder of the mask' if where == 'ground truth' else 'the frames folder') in line
+    assert snapshot(tmp_path) == before
+
+
+def test_output_folder_of_another_run_is_refused_then_overwritten_exactly(clip, ckpt, tmp_path, capsys):
+    # a 9-frame "clip" ran into the folder first; the 6-frame clip of the same name must not leave it mixed
+    long = make_sequence(num_frames=9, height=48, width=80, num_objects=3, seed=6)
+    long_dir = tmp_path / 'long' / 'clip'
+    write_frame_folder(str(long_dir), long['frames'], ext='png')
+    save_indexed_png(str(tmp_path / 'long_first.png'), long['masks'][0])
+    out = tmp_path / 'out'
+    assert run_test(['--video', str(long_dir), '--mask', str(tmp_path / 'long_first.png'), '--resume', ckpt,
+                     '--save-path', str(out)] + PROTOCOL) == 0
+    assert len(os.listdir(out / 'clip')) == 9
+    (out / 'notes.txt').write_text('mine')
+    root, _, seq = clip
+    argv = ['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
+            str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt, '--save-path', str(out)]
+    capsys.readouterr()
+    before = snapshot(out)
+    assert run_test(argv + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert 'holds the outputs of test.py --video' in line and '(10 files)' in line and '--overwrite' in line
+    assert snapshot(out) == before
+    assert run_test(argv + PROTOCOL + ['--overwrite']) == 0
+    assert sorted(os.listdir(out / 'clip')) == [f'{t:05d}.png' for t in range(6)]      # 00006..00008 removed
+    assert (out / 'notes.txt').read_text() == 'mine' and probe_video(str(out / 'clip_overlay.mp4'))[0] == 6
+    runs = json.loads((out / '.crw_outputs.json').read_text())['runs']
+    assert len(runs) == 1 and runs[0]['status'] == 'complete' and '--overwrite' in runs[0]['command']
+    assert runs[0]['files'] == [f'clip/{t:05d}.png' for t in range(6)] + ['clip_overlay.mp4']
+
+
+def test_save_path_that_is_a_file_is_one_line(clip, ckpt, tmp_path, capsys):
+    root, _, seq = clip
+    (tmp_path / 'results').write_text('not a folder')
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
+                     str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'results')] + PROTOCOL) == 1
+    assert 'results: is a file, not a folder' in one_line(capsys)
+    assert (tmp_path / 'results').read_text() == 'not a folder'

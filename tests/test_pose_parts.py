@@ -378,3 +378,28 @@ def test_vip_filelist_builder_errors(tmp_path):
         vip_filelist.build(str(vip))
     with pytest.raises(Exception, match='no such video list'):
         vip_filelist.build(str(vip), str(vip / 'lists' / 'other.txt'))
+
+
+def test_eval_vip_refuses_ground_truth_videos_without_predictions(tmp_path, capsys):
+    # v3 has ground truth but no prediction: scoring v1 and v2 only would report a score for a part of the set
+    gt, pre = _vip_case(str(tmp_path))
+    _grey(f'{gt}/v3/c.png', np.zeros((2, 2)))
+    assert eval_vip.main(['-g', gt, '-p', pre]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '1 of the 3 videos of the videos of --gt_dir' in err[0] and '(v3)' in err[0], err
+    # the videos to score can be named: a list, or test.py's record of the filelist it ran
+    (tmp_path / 'two.txt').write_text('v1\nv2\n')
+    assert eval_vip.main(['-g', gt, '-p', pre, '--list', str(tmp_path / 'two.txt')]) == 0
+    assert 'result of' in capsys.readouterr().out
+    (tmp_path / 'three.txt').write_text('v1\nv2\nv3\n')
+    assert eval_vip.main(['-g', gt, '-p', pre, '--list', str(tmp_path / 'three.txt')]) == 1
+    assert '(v3)' in capsys.readouterr().err
+    from utils.output_folders import write_manifest
+    record = {'tool': 'test.py', 'unit': '*', 'status': 'complete', 'command': 'test.py', 'files': [],
+              'info': {'filelist': 'vip.txt', 'videos': [{'name': 'v1', 'kind': 'vip'}, {'name': 'v2', 'kind': 'vip'}]}}
+    write_manifest(pre, [record])
+    assert eval_vip.main(['-g', gt, '-p', pre]) == 0
+    record['status'] = 'running'                          # a test.py run that did not finish
+    write_manifest(pre, [record])
+    assert eval_vip.main(['-g', gt, '-p', pre]) == 1
+    assert 'did not finish' in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Label propagation: the windowed path == the release's reference algorithm, known-answer propagation, the
 test.py pipeline end to end. Synthetic data only, tiny sizes."""
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -276,7 +277,7 @@ def run_main(argv):
 
 
 @pytest.mark.parametrize('crop', [-1, 64])
-def test_end_to_end(davis, tmp_path, crop):
+def test_end_to_end(davis, tmp_path, crop, capsys):
     root, filelist, ckpt, seqs = davis
     out = tmp_path / 'out'
     argv = ['--filelist', filelist, '--model-type', 'scratch', '--resume', ckpt, '--save-path', str(out),
@@ -293,6 +294,33 @@ def test_end_to_end(davis, tmp_path, crop):
             assert blend.size == (ids.shape[1], ids.shape[0])
         if crop < 0:   # frame 0 is its ground truth
             assert np.array_equal(_mask_ids(out / f'{i}_0_mask.png'), first)
+    # the record of the run names each video (eval/convert_davis.py matches sequences by it) ...
+    run = json.loads((out / '.crw_outputs.json').read_text())['runs'][0]
+    assert run['status'] == 'complete' and [(v['index'], v['name']) for v in run['info']['videos']] == \
+        [(0, 'three'), (1, 'two')] and len(run['files']) == 2 * (5 + 4)
+    # ... and a second run into the folder is refused, before anything is written, unless --overwrite
+    if crop < 0:
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        assert run_main(argv) == 1
+        assert 'holds the outputs of test.py --filelist' in capsys.readouterr().err
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize('where', ['annotations', 'frames', 'data root'])
+def test_save_path_onto_an_input_is_refused(davis, tmp_path, capsys, where):
+    # an output folder that is an input folder (compared as real paths: '..', trailing '/') is refused before
+    # anything is written
+    root, filelist, ckpt, seqs = davis
+    save = {'annotations': f'{root}/Annotations/480p/three/', 'frames': f'{root}/JPEGImages/480p/three/../two',
+            'data root': str(root)}[where]
+    before = {str(p): p.stat().st_mtime_ns for p in root.rglob('*')}
+    assert run_main(['--filelist', filelist, '--resume', ckpt, '--save-path', save, '--data-root', str(root),
+                     '--device', 'cpu', '--workers', '0']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('test.py: error: --save-path') and 'an input' in err[0], err
+    assert {'annotations': 'the annotations folder of', 'frames': 'the frames folder of',
+            'data root': '--data-root'}[where] in err[0]
+    assert {str(p): p.stat().st_mtime_ns for p in root.rglob('*')} == before
 
 
 @pytest.mark.slow

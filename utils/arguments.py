@@ -241,6 +241,10 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--save-path', default='./results', type=str,
                    help='where {i}_{t}_mask.png/_blend.jpg (DAVIS), {i}.dat (JHMDB) or <video>/<frame>.png (VIP) go '
                         '(--filelist), or <video>/ and <video>_overlay.mp4 (--video)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the outputs of an earlier run in --save-path (only the files its record '
+                        '.crw_outputs.json lists, or files of this run\'s output names; by default such a folder '
+                        'is refused)')
     p.add_argument('--vip', action='store_true',
                    help='treat the filelist as VIP (write <save>/<video>/<frame>.png label ids at the annotation '
                         'size); automatic when the annotation folders lie in a folder named Category_ids')
