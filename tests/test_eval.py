@@ -4,6 +4,7 @@ Only synthetic or hand-made data. Expected values are worked out by hand in the 
 """
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -261,11 +262,26 @@ def test_cli_writes_csvs_and_reuses_them(layout, tmp_path):
     assert table[0] == ['Sequence', 'J-Mean', 'F-Mean']
     assert [r[0] for r in table[1:]] == ['rects_1', 'rects_2', 'synth_1', 'synth_2', 'synth_3']
     assert all(r[1:] == ['1.000', '1.000'] for r in table[1:])
-    # existing CSVs are reused (a marker value shows it), --force recomputes
+    # existing CSVs are reused when the record beside them matches these inputs (a marker value shows it)
+    assert os.path.isfile(os.path.join(res, '.scores-val.json'))
     with open(os.path.join(res, 'global_results-val.csv'), 'w') as f:
         f.write(','.join(ed.GLOBAL_COLUMNS) + '\n0.123,0.100,0.100,0.100,0.146,0.100,0.100\n')
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis)
     assert p.returncode == 0 and 'precomputed' in p.stdout and '0.123' in p.stdout
+    # other masks in the same folder (another model's run): recomputed, not the old score
+    blank = seqs['synth']['masks'].copy()
+    blank[1:-1] = 0
+    write_results(res, 'synth', blank)
+    p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
+    assert p.returncode == 0 and 'precomputed' not in p.stdout and 'recomputing' in p.stdout
+    assert '0.123' not in p.stdout and '1.000,' not in open(os.path.join(res, 'global_results-val.csv')).read()
+    # CSVs without the record (e.g. the official scorer's): recomputed as well
+    write_results(res, 'synth', seqs['synth']['masks'])
+    os.remove(os.path.join(res, '.scores-val.json'))
+    with open(os.path.join(res, 'global_results-val.csv'), 'w') as f:
+        f.write(','.join(ed.GLOBAL_COLUMNS) + '\n0.123,0.100,0.100,0.100,0.146,0.100,0.100\n')
+    p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
+    assert p.returncode == 0 and 'precomputed' not in p.stdout and '0.123' not in p.stdout
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--force',
                    '--workers', '1')
     assert p.returncode == 0 and '0.123' not in p.stdout
@@ -301,6 +317,17 @@ def test_missing_result_frame_and_unknown_object(layout, tmp_path):
         ed.evaluate(davis, res, workers=1)
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
     assert_one_line_error(p, 'rects', '00002', 'object id')
+    # ground truth without frame 0: refused, not scored from frame 1 as the first frame
+    write_results(res, 'rects', seqs['rects']['masks'])
+    os.remove(os.path.join(davis, 'Annotations', '480p', 'rects', '00000.png'))
+    with pytest.raises(CRWError, match=r'rects: the ground truth has no annotation of the first frame 00000'):
+        ed.evaluate(davis, res, workers=1)
+    p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
+    assert_one_line_error(p, 'rects', 'first frame', '00001.png')
+    # without the frames folder the first result frame is the first frame
+    shutil.rmtree(os.path.join(davis, 'JPEGImages', '480p', 'rects'))
+    with pytest.raises(CRWError, match=r'rects: the ground truth has no annotation of the first frame 00000.png'):
+        ed.evaluate(davis, res, workers=1)
     # a bad task or a missing dataset: one line too
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--task', 'unsupervised')
     assert_one_line_error(p, 'semi-supervised')
