@@ -33,6 +33,7 @@ are cut to its length (as the release's indexing did), fewer frames are an error
 import argparse
 import csv
 import os
+import pickle
 import sys
 
 if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
@@ -108,15 +109,42 @@ def pck_table(dists, alphas=ALPHAS):
 # Files
 # ----------------------------------------------------------------------------------------------------------
 
+# the only globals a pickled numeric ndarray needs (``ndarray.dump``, numpy 1 or 2): nothing else is built
+_ARRAY_GLOBALS = {('numpy._core.multiarray', '_reconstruct'), ('numpy.core.multiarray', '_reconstruct'),
+                  ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads a pickled ndarray and refuses every other global (no code can run)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f'holds {module}.{name}, not only an array')
+        if name == '_reconstruct':
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, whatever its module
+        return getattr(np, name) if module == 'numpy' else super().find_class(module, name)
+
+
 def load_prediction(path):
-    """{i}.dat as test.py (and the release) write it (``ndarray.dump``) -> [2, J, T] float64."""
+    """{i}.dat as test.py writes it (``.npy`` format) or the release did (``ndarray.dump``, a pickle) ->
+    [2, J, T] float64. Nothing is unpickled but a numeric array: other globals are refused before use."""
     if not os.path.isfile(path):
         raise CRWError(f'{path}: no prediction (run test.py with the same --filelist and --save-path first)')
     try:
-        pred = np.load(path, allow_pickle=True)    # ndarray.dump writes a pickle
+        with open(path, 'rb') as f:
+            if f.read(6) == b'\x93NUMPY':
+                f.seek(0)
+                pred = np.load(f, allow_pickle=False)
+            else:
+                f.seek(0)
+                pred = _ArrayUnpickler(f).load()
     except Exception as e:
-        raise CRWError(f'{path}: cannot read the prediction ({type(e).__name__})') from e
-    pred = np.asarray(pred, dtype=np.float64)
+        raise CRWError(f'{path}: not a joint-coordinate array written by test.py ({type(e).__name__}: {e}); '
+                       'nothing in it was run') from e
+    if not isinstance(pred, np.ndarray) or pred.dtype.kind not in 'fiu':
+        raise CRWError(f'{path}: expected a numeric array of joint coordinates, got '
+                       f'{getattr(pred, "dtype", type(pred).__name__)}')
+    pred = pred.astype(np.float64)
     if pred.ndim != 3 or pred.shape[0] != 2:
         raise CRWError(f'{path}: expected joint coordinates [2, J, T], got shape {pred.shape}')
     return pred

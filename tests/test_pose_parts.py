@@ -2,6 +2,7 @@
 the filelist builders, test.py's VIP layout and the JHMDB chain test.py -> eval_pck.py on a synthetic clip.
 Expected values are worked out by hand in the comments."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -187,6 +188,40 @@ def test_eval_pck_cli_table_csv_and_errors(tmp_path, capsys):
     assert eval_pck.main(['--filelist', filelist, '--results', results]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and '0.dat: no prediction' in err and ':1:' in err
+
+
+class _Planted:
+    """Unpickling this runs ``open(marker, 'w')``: a stand-in for any code a planted .dat could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_eval_pck_loads_predictions_without_running_code(tmp_path, capsys):
+    gt = spread_joints()
+    filelist, results = write_case(tmp_path, [(gt, gt, (H, W))])
+    # the release's pickled ndarray (write_case uses ndarray.dump) and test.py's .npy format both load
+    pickled = eval_pck.load_prediction(os.path.join(results, '0.dat'))
+    with open(os.path.join(results, '0.dat'), 'wb') as f:
+        np.save(f, pickled)
+    assert np.array_equal(eval_pck.load_prediction(os.path.join(results, '0.dat')), pickled)
+    # a planted pickle is refused before anything in it runs
+    marker = tmp_path / 'ran'
+    with open(os.path.join(results, '0.dat'), 'wb') as f:
+        pickle.dump(_Planted(str(marker)), f, protocol=2)
+    assert eval_pck.main(['--filelist', filelist, '--results', results]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and '0.dat' in err and 'io.open' in err and 'nothing in it was run' in err
+    assert not marker.exists()
+    # an object array (pickles inside the pickle) is refused too
+    with open(os.path.join(results, '0.dat'), 'wb') as f:
+        np.array([_Planted(str(marker))], dtype=object).dump(f)
+    assert eval_pck.main(['--filelist', filelist, '--results', results]) == 1
+    assert not marker.exists()
+    assert '0.dat' in capsys.readouterr().err
 
 
 def test_jhmdb_filelist_builder(tmp_path):

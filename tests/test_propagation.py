@@ -440,7 +440,8 @@ def test_jhmdb_pose_end_to_end(davis, tmp_path):
     out = tmp_path / 'out'
     assert run_main(['--filelist', str(fl), '--resume', ckpt, '--save-path', str(out), '--cropSize', '64',
                      '--workers', '0', '--device', 'cpu']) == 0
-    coords = np.load(out / '0.dat', allow_pickle=True)
+    coords = np.load(out / '0.dat', allow_pickle=False)
+    assert open(out / '0.dat', 'rb').read(6) == b'\x93NUMPY'   # .npy format: loads without unpickling
     assert coords.shape == (2, 15, T)
     # frame 0 comes from the ground-truth heat maps: within a cell of the scaled joints
     assert np.abs(coords[:, :, 0] - (pos[:, :, 0] - 1) * 64 / 40 / 8).max() < 1.0

@@ -100,7 +100,7 @@ class PartsWriter(_FileSink):
 class PoseWriter(_FileSink):
     """JHMDB: each frame's joints decoded from its soft maps (``pose_from_soft_map``, feature cells), drawn as
     ``{prefix}_{t}_blend.jpg`` (pixels = cells x ``stride``); ``close()`` writes them all as ``{prefix}.dat``
-    ([2, J, T], the release's format: a pickled ndarray, ``ndarray.dump``)."""
+    ([2, J, T] float64 in ``.npy`` format, which loads without unpickling; the release pickled it)."""
 
     def __init__(self, prefix, stride):
         super().__init__()
@@ -119,7 +119,7 @@ class PoseWriter(_FileSink):
     def close(self):
         super().close()
         with atomic_write(self.prefix + '.dat') as f:
-            np.stack(self.coords, axis=-1).dump(f)
+            np.save(f, np.stack(self.coords, axis=-1).astype(np.float64), allow_pickle=False)
 
 
 def label_picture(frame):
