@@ -209,8 +209,11 @@ def main(args):
         model = model.to(memory_format=torch.channels_last)
     if args.partial_reload:
         source = load_checkpoint(args.partial_reload, map_location='cpu', trust=args.trust_checkpoint)
-        partial_load(model, source['model'])
+        loaded = partial_load(model, source['model'])[0]
         del source
+        if not loaded:
+            raise CRWError(f'--partial-reload {args.partial_reload}: no weight matches this model (other '
+                           'architecture or --model-type?); refusing to train from random weights')
 
     dataset = build_train_dataset(args)
     sampler = build_train_sampler(dataset, args, rank=args.rank, world_size=args.world_size)

@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from data.images import image_size, list_frames  # noqa: E402
 from data.inference.filelists import read_filelist  # noqa: E402
 from data.inference.jhmdb import load_joints  # noqa: E402
+from utils.arguments import finite_float  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import atomic_write  # noqa: E402
 
@@ -213,7 +214,7 @@ def get_args_parser():
     p.add_argument('--filelist', required=True,
                    help='the JHMDB filelist test.py ran on: "<frames folder> <joint_positions.mat>" per line')
     p.add_argument('--results', required=True, help="test.py's --save-path (holds {i}.dat per video)")
-    p.add_argument('--feat-res', default=40.0, type=float,
+    p.add_argument('--feat-res', default=40.0, type=finite_float,
                    help="test.py's --cropSize / 8: predictions are in cells of that square feature map "
                         '(40 for the release setting --cropSize 320)')
     p.add_argument('--data-root', default='', help='folder relative filelist paths are resolved against '

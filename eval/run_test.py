@@ -46,6 +46,7 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
     sys.path.insert(0, _REPO)
 
 from model import MODEL_TYPES  # noqa: E402
+from utils.arguments import finite_float  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 
 DEFAULT_FILELIST = os.path.join(_REPO, 'eval', 'davis_vallist.txt')
@@ -171,8 +172,8 @@ def get_args_parser():
     p.add_argument('--L', nargs='+', type=int, default=None,
                    help='--videoLen values (default: 20 for davis, 7 for jhmdb, the release settings)')
     p.add_argument('--K', nargs='+', type=int, default=[10], help='--topk values')
-    p.add_argument('--T', nargs='+', type=float, default=[0.07], help='--temperature values')
-    p.add_argument('--R', nargs='+', type=float, default=[12], help='--radius values')
+    p.add_argument('--T', nargs='+', type=finite_float, default=[0.07], help='--temperature values')
+    p.add_argument('--R', nargs='+', type=finite_float, default=[12], help='--radius values')
     p.add_argument('--cropSize', type=int, default=None,
                    help='test.py --cropSize (default: -1, the native size, for davis; 320 for jhmdb)')
     p.add_argument('--finetune', type=int, default=0,

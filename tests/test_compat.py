@@ -307,11 +307,35 @@ def test_resume_with_foreign_weights_is_refused(davis, tmp_path, capsys):
     (['--dropout', '2'], '--dropout 2'), (['--dropout', '1'], '--dropout 1'), (['--temp', '-1'], '--temp -1'),
     (['--temp', '0'], '--temp 0'), (['--lr', '-1'], '--lr -1'), (['--lr', '0'], '--lr 0'),
     (['--img-size', '8'], 'at least 9x9'), (['--frame-aug', 'grid', '--img-size', '32'], '--patch-size 64'),
-    (['--frame-aug', 'grid', '--patch-size', '8', '8', '--img-size', '64'], '--patch-size 8')])
+    (['--frame-aug', 'grid', '--patch-size', '8', '8', '--img-size', '64'], '--patch-size 8'),
+    (['--temp', 'inf'], '--temp: inf: a finite number'), (['--lr', 'inf'], '--lr: inf: a finite number'),
+    (['--lr', 'nan'], '--lr: nan'), (['--momentum=-inf'], '--momentum: -inf'),
+    (['--lr-gamma', 'nan'], '--lr-gamma: nan'), (['--wd', 'inf'], '--weight-decay: inf')])
 def test_training_values_that_cannot_train_are_refused(frame_list, tmp_path, capsys, extra, needle):
     with pytest.raises(SystemExit) as e:
         cli.parse_train_args(train_argv(frame_list, tmp_path, *extra))
     assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize('extra, needle', [
+    (['--temperature', 'inf'], '--temperature: inf'), (['--temperature', '0'], '--temperature 0'),
+    (['--radius', 'nan'], '--radius: nan'), (['--radius', '0'], '--radius 0'),
+    (['--finetune', '1', '--finetune-lr', 'inf'], '--finetune-lr: inf')])
+def test_propagation_values_that_cannot_work_are_refused(davis, capsys, extra, needle):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_test_args(['--filelist', davis[1], *extra])
+    assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
+
+
+def test_partial_reload_that_loads_nothing_is_refused(frame_list, tmp_path, capsys):
+    import torchvision
+    other = str(tmp_path / 'torchvision.pth')
+    torch.save({'model': torchvision.models.resnet18(weights=None).state_dict()}, other)  # no key matches CRW
+    out = tmp_path / 'run'
+    assert train.cli(train_argv(frame_list, out, '--partial-reload', other)) == 1
+    msg = one_line(capsys.readouterr().err)
+    assert f'--partial-reload {other}: no weight matches' in msg
+    assert not (out / 'checkpoint.pth').exists()
 
 
 def test_smallest_sizes_run_and_test_crop_size_is_checked(davis, capsys):
