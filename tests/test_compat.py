@@ -327,6 +327,21 @@ def test_propagation_values_that_cannot_work_are_refused(davis, capsys, extra, n
     assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
 
 
+def test_checkpoint_of_another_model_type_is_refused(davis, tmp_path, capsys):
+    root, filelist, ckpt, _ = davis    # trained as scratch; scratch_zeropad has the same weights
+    assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'z', '--model-type', 'scratch_zeropad')) == 1
+    msg = one_line(capsys.readouterr().err)
+    assert f'--resume {ckpt} was trained with --model-type scratch' in msg and 'scratch_zeropad' in msg
+    assert not (tmp_path / 'z').exists() or not list((tmp_path / 'z').glob('*_mask.png'))
+    # a release checkpoint (args an argparse Namespace) is compared too
+    rel = str(tmp_path / 'release.pth')
+    torch.save({'model': torch.load(ckpt, weights_only=True)['model'],
+                'args': argparse.Namespace(model_type='scratch_zeropad')}, rel)
+    assert run_test_py(prop_argv(filelist, rel, tmp_path / 'r')) == 1
+    assert 'was trained with --model-type scratch_zeropad' in one_line(capsys.readouterr().err)
+    assert run_test_py(prop_argv(filelist, rel, tmp_path / 'r', '--model-type', 'scratch_zeropad')) == 0
+
+
 def test_partial_reload_that_loads_nothing_is_refused(frame_list, tmp_path, capsys):
     import torchvision
     other = str(tmp_path / 'torchvision.pth')
