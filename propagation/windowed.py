@@ -117,7 +117,7 @@ class WindowedPropagator:
         self.budget = budget_bytes or default_budget(dev)
         self._t = 0
 
-        offsets = radius_offsets(protocol.radius)                        # [M, 2] (dy, dx)
+        offsets = radius_offsets(protocol.radius, h, w)                  # [M, 2] (dy, dx)
         self.num_offsets = offsets.shape[0]
         self.layout = L = TileLayout(h, w, tile, int(offsets.abs().max()), dev)
         if mode == 'auto':

@@ -327,6 +327,16 @@ def test_propagation_values_that_cannot_work_are_refused(davis, capsys, extra, n
     assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
 
 
+def test_huge_radius_is_clamped_to_the_feature_map(davis, tmp_path):
+    root, filelist, ckpt, _ = davis    # 'three' is 5x6 feature cells: radius 100 already covers it
+    assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'huge', '--radius', '1e9')) == 0
+    assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'map', '--radius', '100')) == 0
+    names = sorted(p.name for p in (tmp_path / 'map').glob('*_mask.png'))
+    assert names and names == sorted(p.name for p in (tmp_path / 'huge').glob('*_mask.png'))
+    for n in names:
+        assert np.array_equal(np.array(Image.open(tmp_path / 'huge' / n)), np.array(Image.open(tmp_path / 'map' / n)))
+
+
 def test_checkpoint_of_another_model_type_is_refused(davis, tmp_path, capsys):
     root, filelist, ckpt, _ = davis    # trained as scratch; scratch_zeropad has the same weights
     assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'z', '--model-type', 'scratch_zeropad')) == 1

@@ -136,6 +136,8 @@ CASES = [
     (6, 16, 7, 11, 2, 3, 10, 0, [0], 'auto'),           # L=0: long-term memory only
     (12, 32, 40, 40, 3, 12, 10, 8, [0], 'auto'),        # the --cropSize 320 map (40x40), t > L
     (23, 16, 15, 27, 2, 12, 10, 20, [0], 'window'),     # 854x480-shaped map at a quarter scale
+    (6, 16, 7, 10, 2, 1e9, 10, 3, [0], 'window'),       # --radius 1e9: offsets clamped to the map
+    (6, 16, 7, 10, 2, 1e9, 10, 3, [0], 'auto'),
 ]
 
 
@@ -190,6 +192,9 @@ def test_context_and_offsets():
     assert len(radius_offsets(1.5)) == 9
     assert len(radius_offsets(2)) == 9                          # distance 2 itself is excluded (strict <)
     assert len(radius_offsets(12)) == int((radius_offsets(12) ** 2).sum(1).lt(144).sum())
+    # clamped to the map: a huge radius gives every offset that joins two nodes of a 3x4 map, no more
+    assert radius_offsets(1e9, 3, 4).shape == (5 * 7, 2) and radius_offsets(1e9, 3, 4).abs().amax(0).tolist() == [2, 3]
+    assert torch.equal(radius_offsets(2.5, 30, 40), radius_offsets(2.5))
 
 
 def test_min_max_normalize():
