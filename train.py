@@ -6,6 +6,7 @@
 
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
+import contextlib
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, 
                               set_rng_state, unwrap_model)
 from utils.errors import CRWError, report
 from utils.logger import MetricLogger, append_json_line, truncate_json_lines
-from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
+from utils.misc import folder_lock, peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
 from vis.sinks import Visualizer
 
 # files written atomically into --output-dir (the temporary files of an interrupted write are removed at start)
@@ -139,15 +140,20 @@ def find_resume_path(args):
     return auto if os.path.isfile(auto) else ''
 
 
+@contextlib.contextmanager
 def prepare_output_dir(args):
-    """Check that --output-dir can take checkpoints (every process, before the data scan and the first step)
-    and remove temporary files of writes that a kill interrupted (the main process)."""
+    """Check that --output-dir can take checkpoints (every process, before the data scan and the first step);
+    the main process holds its lock while the block runs (a second run there is refused) and removes the
+    temporary files of writes that a kill interrupted."""
     writable_folder(args.output_dir, '--output-dir')
     if not dist_utils.is_main_process():
+        yield
         return
-    stale = remove_stale_temp_files(args.output_dir, CHECKPOINT_FILES)
-    if stale:
-        print(f'| removed {len(stale)} partial file(s) of an interrupted checkpoint write in {args.output_dir}')
+    with folder_lock(args.output_dir, '--output-dir'):
+        stale = remove_stale_temp_files(args.output_dir, CHECKPOINT_FILES)
+        if stale:
+            print(f'| removed {len(stale)} partial file(s) of an interrupted checkpoint write in {args.output_dir}')
+        yield
 
 
 def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):
@@ -192,7 +198,12 @@ def main(args):
     if args.amp and device.type != 'cuda':
         print('| --amp: bf16 autocast is used on CUDA only; training in fp32 on the CPU')
     print_run_header(args, 'CRW training')
-    prepare_output_dir(args)
+    with prepare_output_dir(args):
+        train(args, device)
+
+
+def train(args, device):
+    """The run itself, in a prepared --output-dir: resume, data, model, the epochs."""
     # the checkpoint is read (and checked against the flags) before the data scan, which can take long
     resume = find_resume_path(args)
     ckpt = load_checkpoint(resume, map_location='cpu', trust=args.trust_checkpoint) if resume else None

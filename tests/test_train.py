@@ -81,6 +81,32 @@ def test_crash_during_checkpoint_write_keeps_previous(train_frame_list, tmp_path
     assert not [p for p in os.listdir(out) if p.endswith('.tmp')]
 
 
+def test_second_run_on_an_output_dir_is_refused_and_a_killed_one_leaves_no_lock(train_frame_list, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    # another process holds the folder's lock (as a running train.py does for its lifetime)
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from utils.misc import folder_lock\n'
+                               f'with folder_lock({str(out)!r}, "--output-dir"):\n'
+                               '    print("locked", flush=True); time.sleep(60)'],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        (out / '.checkpoint.pth.abc.tmp').write_bytes(b'the running write')   # its checkpoint write in progress
+        assert train.cli(['--data-path', train_frame_list, '--output-dir', str(out), '--device', 'cpu',
+                          '--workers', '0', '--epochs', '1']) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f'--output-dir {out}: another run (pid {holder.pid}) is writing there' in err[0]
+        assert (out / '.checkpoint.pth.abc.tmp').exists() and not (out / 'checkpoint.pth').exists()
+    finally:
+        holder.kill()   # SIGKILL: no clean-up code runs
+        holder.wait()
+    # the killed holder left its lock file, but not the lock: the next run trains
+    assert (out / '.train.lock').exists()
+    train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
+    assert (out / 'checkpoint.pth').is_file() and not (out / '.checkpoint.pth.abc.tmp').exists()
+
+
 def test_non_finite_loss_stops_naming_iteration(train_frame_list, tmp_path, monkeypatch):
     import model as model_mod
     real_forward = model_mod.CRW.forward
