@@ -25,7 +25,8 @@ from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, 
                               set_rng_state, unwrap_model)
 from utils.errors import CRWError, report
 from utils.logger import MetricLogger, append_json_line, truncate_json_lines
-from utils.misc import folder_lock, peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
+from utils.output_folders import FolderLock
+from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
 from vis.sinks import Visualizer
 
 # files written atomically into --output-dir (the temporary files of an interrupted write are removed at start)
@@ -149,11 +150,14 @@ def prepare_output_dir(args):
     if not dist_utils.is_main_process():
         yield
         return
-    with folder_lock(args.output_dir, '--output-dir'):
+    lock = FolderLock(args.output_dir).acquire('--output-dir', 'another train.py run')
+    try:
         stale = remove_stale_temp_files(args.output_dir, CHECKPOINT_FILES)
         if stale:
             print(f'| removed {len(stale)} partial file(s) of an interrupted checkpoint write in {args.output_dir}')
         yield
+    finally:
+        lock.release()
 
 
 def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):

@@ -86,9 +86,9 @@ def test_second_run_on_an_output_dir_is_refused_and_a_killed_one_leaves_no_lock(
     out = tmp_path / 'run'
     out.mkdir()
     # another process holds the folder's lock (as a running train.py does for its lifetime)
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from utils.misc import folder_lock\n'
-                               f'with folder_lock({str(out)!r}, "--output-dir"):\n'
-                               '    print("locked", flush=True); time.sleep(60)'],
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; from utils.output_folders import FolderLock; '
+                               f'FolderLock({str(out)!r}).acquire("--output-dir"); '
+                               'print("locked", flush=True); time.sleep(60)'],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'locked'
@@ -96,13 +96,13 @@ def test_second_run_on_an_output_dir_is_refused_and_a_killed_one_leaves_no_lock(
         assert train.cli(['--data-path', train_frame_list, '--output-dir', str(out), '--device', 'cpu',
                           '--workers', '0', '--epochs', '1']) == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and f'--output-dir {out}: another run (pid {holder.pid}) is writing there' in err[0]
+        assert len(err) == 1 and f'--output-dir {out}: another train.py run (pid {holder.pid}) is using it' in err[0]
         assert (out / '.checkpoint.pth.abc.tmp').exists() and not (out / 'checkpoint.pth').exists()
     finally:
         holder.kill()   # SIGKILL: no clean-up code runs
         holder.wait()
     # the killed holder left its lock file, but not the lock: the next run trains
-    assert (out / '.train.lock').exists()
+    assert (out / '.crw.lock').exists()
     train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
     assert (out / 'checkpoint.pth').is_file() and not (out / '.checkpoint.pth.abc.tmp').exists()
 

@@ -59,32 +59,6 @@ def writable_folder(path, flag):
     return path
 
 
-@contextlib.contextmanager
-def folder_lock(folder, flag, name='.train.lock'):
-    """Hold an exclusive lock on ``folder`` (``fcntl.flock`` on ``folder/name``, which keeps the holder's pid)
-    while the block runs; raises CRWError naming ``flag`` when another process holds it. The kernel drops the
-    lock when its process ends, so a killed run leaves nothing stuck. No-op where ``fcntl`` is missing."""
-    try:
-        import fcntl
-    except ImportError:   # Windows: no advisory locks
-        yield
-        return
-    path = os.path.join(folder, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
-            raise CRWError(f'{flag} {folder}: another run (pid {holder}) is writing there; wait for it to end or '
-                           f'pass another {flag}') from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
-        yield
-    finally:
-        os.close(fd)   # releases the lock
-
-
 def remove_stale_temp_files(folder, names):
     """Remove the temporary files that an ``atomic_write`` of ``folder/<name>`` killed mid-write left behind
     (``names`` may hold glob patterns such as ``model_*.pth``); returns their paths."""
