@@ -36,7 +36,7 @@ from propagation import STRIDE, PropagationOptions, load_encoder
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH
 from utils.arguments import get_test_args_parser
-from utils.errors import CRWError, report
+from utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
 from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
 from utils.output_folders import Inputs, OutputClaim, Plan
 
@@ -246,9 +246,13 @@ def main(argv=None):
     if any(a == '--gpu-id' or a.startswith('--gpu-id=') for a in argv) or 'CUDA_VISIBLE_DEVICES' not in os.environ:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu_id    # before CUDA is initialised (release behaviour)
     try:
-        run(args, options)
+        with sigterm_as_interrupt():
+            run(args, options)
     except CRWError as e:
         return report('test.py', e)
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: the loop aborted its writers (no partial overlay video)
+        return interrupted('test.py', e, f'the unfinished video has no overlay video; {args.save_path} keeps the '
+                           'finished files and records the run as unfinished: re-run with --overwrite to redo it')
     return 0
 
 

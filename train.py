@@ -23,7 +23,7 @@ from model import CRW
 from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, is_release_scheduler,
                               load_checkpoint, load_state_strict, partial_load, release_scheduler_state, rng_state,
                               set_rng_state, unwrap_model)
-from utils.errors import CRWError, report
+from utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
 from utils.logger import MetricLogger, append_json_line, truncate_json_lines
 from utils.output_folders import FolderLock
 from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
@@ -309,13 +309,12 @@ def cli(argv=None):
     """Parse, train, and turn errors and Ctrl-C into one line and an exit status."""
     args = parse_train_args(argv)
     try:
-        main(args)
+        with sigterm_as_interrupt():
+            main(args)
     except (CRWError, FloatingPointError) as e:
         return report('train.py', e)
-    except KeyboardInterrupt:
-        print('train.py: interrupted; ' + checkpoint_note(args.output_dir, 're-run the same command to resume'),
-              file=sys.stderr, flush=True)
-        return 130
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM
+        return interrupted('train.py', e, checkpoint_note(args.output_dir, 're-run the same command to resume'))
     return 0
 
 

@@ -525,7 +525,7 @@ def test_ctrl_c_during_checkpoint_write(frame_list, tmp_path, capsys, monkeypatc
     assert train.cli(train_argv(frame_list, out, '--steps-per-epoch', '1')) == 130
     msg = one_line(capsys.readouterr().err, 'interrupted')
     assert msg.startswith('train.py: interrupted') and 'no checkpoint was written yet' in msg
-    assert os.listdir(out) == ['train_log.jsonl']          # no partial file left
+    assert sorted(os.listdir(out)) == ['.crw.lock', 'train_log.jsonl']    # no partial file left
     monkeypatch.setattr(torch.serialization, '_open_zipfile_writer', real)
     assert train.cli(train_argv(frame_list, out, '--steps-per-epoch', '1')) == 0
     monkeypatch.setattr(torch.serialization, '_open_zipfile_writer', lambda f: real(_InterruptingFile(f)))
@@ -533,6 +533,14 @@ def test_ctrl_c_during_checkpoint_write(frame_list, tmp_path, capsys, monkeypatc
     msg = one_line(capsys.readouterr().err, 'interrupted')
     assert f'{out / "checkpoint.pth"} is intact' in msg
     assert torch.load(out / 'checkpoint.pth', weights_only=True)['epoch'] == 0
+
+
+def test_sigterm_in_training_is_one_line(frame_list, tmp_path, capsys, monkeypatch):
+    import signal
+    monkeypatch.setattr(train, 'save_state', lambda *a, **kw: os.kill(os.getpid(), signal.SIGTERM))
+    assert train.cli(train_argv(frame_list, tmp_path / 'run', '--steps-per-epoch', '1')) == 143
+    text = capsys.readouterr().err
+    assert one_line(text, 'interrupted').startswith('train.py: interrupted (SIGTERM)') and 'Traceback' not in text
 
 
 def test_non_finite_loss_message_names_no_missing_checkpoint(frame_list, tmp_path, capsys, monkeypatch):

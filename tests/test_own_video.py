@@ -435,3 +435,48 @@ def test_save_path_that_is_a_file_is_one_line(clip, ckpt, tmp_path, capsys):
                      '--save-path', str(tmp_path / 'results')] + PROTOCOL) == 1
     assert 'results: is a file, not a folder' in one_line(capsys)
     assert (tmp_path / 'results').read_text() == 'not a folder'
+
+
+@pytest.mark.parametrize('sig, status', [('SIGINT', 130), ('SIGTERM', 143)])
+def test_ctrl_c_or_sigterm_mid_video_is_one_line_and_leaves_no_partial_overlay(sig, status, clip, ckpt, tmp_path,
+                                                                               capsys, monkeypatch):
+    import signal
+    from data.inference import outputs
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
+    real_write = outputs.SequenceWriter.write
+
+    def write_then_signal(self, frame):   # the signal arrives while frame 3 is being written (a real signal)
+        real_write(self, frame)
+        if frame.t == 3:
+            os.kill(os.getpid(), getattr(signal, sig))
+    monkeypatch.setattr(outputs.SequenceWriter, 'write', write_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / 'v'
+    argv = ['--video', str(frames_dir), '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
+            '--save-path', str(out)] + PROTOCOL
+    assert run_test(argv) == status
+    text = capsys.readouterr().err
+    err = [line for line in text.replace('\r', '\n').splitlines() if 'test.py' in line]   # not the progress bar
+    assert len(err) == 1 and err[0].startswith(f'test.py: interrupted ({"Ctrl-C" if sig == "SIGINT" else sig})')
+    assert 'Traceback' not in text and '--overwrite' in err[0]
+    # no overlay video, not even its hidden temporary file; the run is recorded as unfinished
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp') or n.endswith('.mp4')]
+    assert json.loads((out / '.crw_outputs.json').read_text())['runs'][0]['status'] == 'running'
+    assert signal.getsignal(signal.SIGTERM) is before
+    # the re-run the message asks for completes
+    monkeypatch.setattr(outputs.SequenceWriter, 'write', real_write)
+    assert run_test(argv + ['--overwrite']) == 0
+    assert probe_video(str(out / 'clip_overlay.mp4'))[0] == 6
+
+
+def test_temporary_overlay_of_a_killed_run_is_removed(clip, ckpt, tmp_path):
+    root, _, seq = clip
+    save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
+    out = tmp_path / 'v'
+    out.mkdir()
+    (out / '.clip_overlay.mp4.k1ll3d.tmp').write_bytes(b'half a video')   # SIGKILL: no clean-up ran
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
+                     '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 0
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
