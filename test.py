@@ -130,7 +130,8 @@ class TestRun:
         if self.viewer is not None:
             sinks.append(ViewerSink(self.viewer, *video_id, draw))
         if progress is not None:
-            progress.reset(total=total)
+            progress.reset(total=total)   # draws the bar at once, delay or not:
+            progress.delay = 0            # so that closing it ends its line (tqdm skips that within the delay)
         batches = frame_loader(frames, FEATURE_BATCH, self.args.workers, self.device)
         self.options.propagator(encoder, self.device).run(batches, masks, sinks, out_size, progress)
 
@@ -250,6 +251,9 @@ def main(argv=None):
             run(args, options)
     except CRWError as e:
         return report('test.py', e)
+    except OSError as e:     # a write outside the writers (the folder's record) failed: a full disk, a lost mount
+        return report('test.py', f'cannot write into {args.save_path} ({e.strerror or e}); free some space or '
+                      'choose another --save-path')
     except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: the loop aborted its writers (no partial overlay video)
         return interrupted('test.py', e, f'the unfinished video has no overlay video; {args.save_path} keeps the '
                            'finished files and records the run as unfinished: re-run with --overwrite to redo it')

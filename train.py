@@ -70,7 +70,11 @@ def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epo
         'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
         'rng': rng_state(),
     }
-    atomic_save(state, path)
+    try:
+        atomic_save(state, path)
+    except CRWError as e:
+        note = checkpoint_note(os.path.dirname(path), 'free some space and re-run the same command to resume')
+        raise CRWError(f'{e}; {note}') from e
 
 
 def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis=None):

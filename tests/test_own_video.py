@@ -1,6 +1,8 @@
 """Your own video: test.py --video/--mask, the Python API (propagation.propagate / VideoPropagator), masks on
 later frames, and bad masks and videos. Synthetic clips with exact masks, built here; tiny sizes."""
 import argparse
+import errno
+import io
 import json
 import os
 import subprocess
@@ -459,7 +461,7 @@ def test_ctrl_c_or_sigterm_mid_video_is_one_line_and_leaves_no_partial_overlay(s
     assert run_test(argv) == status
     text = capsys.readouterr().err
     err = [line for line in text.replace('\r', '\n').splitlines() if 'test.py' in line]   # not the progress bar
-    assert len(err) == 1 and err[0].startswith(f'test.py: interrupted ({"Ctrl-C" if sig == "SIGINT" else sig})')
+    assert len(err) == 1 and err[0].startswith(f'test.py: interrupted ({"Ctrl-C" if sig == "SIGINT" else sig})'), text
     assert 'Traceback' not in text and '--overwrite' in err[0]
     # no overlay video, not even its hidden temporary file; the run is recorded as unfinished
     assert not [n for n in os.listdir(out) if n.endswith('.tmp') or n.endswith('.mp4')]
@@ -480,3 +482,75 @@ def test_temporary_overlay_of_a_killed_run_is_removed(clip, ckpt, tmp_path):
     assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
                      '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 0
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+
+
+class _FullDisk(io.RawIOBase):
+    """A file on a disk with ``room`` bytes free: a write beyond them raises ENOSPC."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def seekable(self):
+        return self.f.seekable()
+
+    def seek(self, *a):
+        return self.f.seek(*a)
+
+    def tell(self):
+        return self.f.tell()
+
+    def flush(self):
+        self.f.flush()
+
+    def fileno(self):
+        return self.f.fileno()
+
+
+@pytest.mark.parametrize('what', ['masks', 'overlay'])
+def test_full_disk_stops_at_the_first_failed_write_in_one_line(what, clip, ckpt, tmp_path, capsys, monkeypatch):
+    import contextlib
+    from data import video_io
+    from data.inference import outputs
+    root, _, seq = clip
+    save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
+    frames_written = []
+    real_write = outputs.SequenceWriter.write
+    monkeypatch.setattr(outputs.SequenceWriter, 'write',
+                        lambda self, frame: (frames_written.append(frame.t), real_write(self, frame)))
+    if what == 'masks':    # the mask PNG of frame 1 (the first after the given one) finds the disk full
+        real_png = outputs.save_indexed_png
+
+        def png(path, *a):
+            if not path.endswith('00000.png'):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_png(path, *a)
+        monkeypatch.setattr(outputs, 'save_indexed_png', png)
+        culprit = os.path.join('clip', '00001.png')
+    else:                  # the overlay video's own file: PyAV's writes fail after 2000 bytes
+        real_atomic = video_io.atomic_write
+
+        @contextlib.contextmanager
+        def small_disk(path, *a, **kw):
+            with real_atomic(path, *a, **kw) as f:
+                yield _FullDisk(f, 2000)
+        monkeypatch.setattr(video_io, 'atomic_write', small_disk)
+        culprit = 'clip_overlay.mp4'
+    out = tmp_path / 'v'
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
+                     '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 1
+    text = capsys.readouterr().err
+    err = [line for line in text.replace('\r', '\n').splitlines() if 'test.py' in line]
+    assert len(err) == 1 and 'Traceback' not in text
+    assert err[0].startswith(f'test.py: error: {out / culprit}: cannot write (No space left on device)')
+    if what == 'masks':    # stopped at the next frames, not after the whole video
+        assert max(frames_written) < len(seq['frames']) - 1, frames_written
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp') or n.endswith('.mp4')]
