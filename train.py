@@ -63,12 +63,15 @@ def build_scheduler(optimizer, args, iters_per_epoch):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule(warmup, milestones, args.lr_gamma))
 
 
-def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step):
+def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step,
+               meters=None, train_time=0.0):
+    """A checkpoint; mid-epoch ones also hold the epoch's meters so far (``MetricLogger.state_dict``) and every
+    checkpoint the training time so far, so that a resumed run's log.txt record is an uninterrupted run's."""
     state = {
         'model': unwrap_model(model).state_dict(), 'optimizer': optimizer.state_dict(),
         'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': vars(args),  # loads weights_only
         'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
-        'rng': rng_state(),
+        'rng': rng_state(), 'meters': meters or {}, 'train_time_s': float(train_time),
     }
     try:
         atomic_save(state, path)
@@ -82,6 +85,7 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
     is updated in place. Returns the epoch's averaged metrics."""
     model.train()
     logger = MetricLogger(device, args.batch_size * args.world_size)
+    logger.load_state_dict(state.pop('meters', None))     # a resumed epoch's meters so far
     start, total = state['iteration'], state['iters_per_epoch']
     header = f'Epoch: [{epoch}]'
     use_amp = args.amp and device.type == 'cuda'
@@ -121,7 +125,8 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
         if (args.save_every > 0 and state['global_step'] % args.save_every == 0 and state['iteration'] < total
                 and dist_utils.is_main_process()):
             save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
-                       epoch, state['iteration'], False, state['global_step'])
+                       epoch, state['iteration'], False, state['global_step'], logger.state_dict(),
+                       time.time() - state['t0'])
     if first_bad is not None:
         raise FloatingPointError(f'non-finite loss at iteration {first_bad} (epoch {epoch}); stopping. '
                                  + checkpoint_note(args.output_dir, 'resume from it with a lower --lr'))
@@ -194,6 +199,8 @@ def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):
     start_epoch = epoch + 1 if ckpt.get('epoch_complete', True) else epoch  # the release wrote at epoch ends
     if start_epoch == epoch:
         state['iteration'] = ckpt['iteration']
+        state['meters'] = ckpt.get('meters') or {}
+    state['train_time_s'] = float(ckpt.get('train_time_s', 0.0))
     state['global_step'] = ckpt.get('global_step', lr_scheduler.last_epoch)
     set_rng_state(ckpt.get('rng'))
     print(f'| resumed from {path}: epoch {start_epoch}, iteration {state["iteration"]}, '
@@ -273,17 +280,18 @@ def train(args, device):
           f'{args.batch_size * args.world_size} clips per step, device {device}')
     if start_epoch >= args.epochs:
         print(f'| already trained for {start_epoch} epochs (--epochs {args.epochs}); raise --epochs to continue')
-    t0 = time.time()
+    t0 = state['t0'] = time.time() - state.pop('train_time_s', 0.0)   # training time, counted across resumes
     for epoch in range(start_epoch, args.epochs):
-        stats = {}
         if state['iteration'] < iters_per_epoch:  # else: stopped after the last step, before the epoch's save
             sampler.set_epoch(epoch)
             sampler.set_start(state['iteration'] * args.batch_size)
             stats = train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis)
+        else:
+            stats = {k: v['total'] / max(v['count'], 1) for k, v in (state.pop('meters', None) or {}).items()}
         if dist_utils.is_main_process():
             for name in (f'model_{epoch}.pth', 'checkpoint.pth'):
                 save_state(os.path.join(args.output_dir, name), model_without_ddp, optimizer, lr_scheduler, args,
-                           epoch, state['iteration'], True, state['global_step'])
+                           epoch, state['iteration'], True, state['global_step'], train_time=time.time() - t0)
             append_json_line(os.path.join(args.output_dir, 'log.txt'),
                              {'epoch': epoch, 'iterations': state['iteration'], 'global_step': state['global_step'],
                               **{f'train_{k}': v for k, v in stats.items()},

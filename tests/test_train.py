@@ -1,6 +1,7 @@
 """train.py end to end on tiny synthetic frame folders: checkpoints, exact resume, errors, torchrun."""
 import errno
 import io
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,14 @@ def test_mid_epoch_resume_is_bit_identical(train_frame_list, tmp_path, monkeypat
     assert mid['iteration'] == 2 and not mid['epoch_complete']
     train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '4', '--save-every', '2'))
     assert_same_weights(weights(out / 'model_0.pth'), weights(ref / 'model_0.pth'))
+    # log.txt's epoch record is the uninterrupted run's: the means over all 4 iterations, the time since the start
+    (rec,) = [json.loads(line) for line in open(out / 'log.txt')]
+    (ref_rec,) = [json.loads(line) for line in open(ref / 'log.txt')]
+    assert mid['meters']['loss']['count'] == 2 and mid['train_time_s'] > 0
+    train_keys = [k for k in ref_rec if k.startswith('train_')]
+    assert 'train_loss' in train_keys and {k: rec[k] for k in train_keys} == {k: ref_rec[k] for k in train_keys}
+    assert (rec['iterations'], rec['global_step']) == (ref_rec['iterations'], ref_rec['global_step']) == (4, 4)
+    assert rec['time_s'] >= round(mid['train_time_s'], 1)
     # and the resumed run really trained: weights differ from the step-2 snapshot
     assert any(not torch.equal(v, mid['model'][k]) for k, v in weights(out / 'model_0.pth').items()
                if v.dtype.is_floating_point)
