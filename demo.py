@@ -97,7 +97,7 @@ def main(argv=None):
     test_cmd = [sys.executable, os.path.join(ROOT, 'test.py'), '--video', video, '--mask', masks[0], '--model-type',
                 'scratch', '--resume', a.resume, '--save-path', a.out, '--topk', str(a.topk), '--videoLen',
                 str(a.videoLen), '--radius', str(a.radius), '--temperature', str(a.temperature), '--cropSize',
-                str(a.cropSize), '--save-blend', '--workers', '0']
+                str(a.cropSize), '--save-blend', '--workers', '0', '--overwrite']   # demo_out is the demo's own
     if a.max_side:
         test_cmd += ['--max-side', str(a.max_side)]
     if a.device:

@@ -16,6 +16,7 @@ are read by DataLoader workers and outputs written on background threads, so mem
 import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
 import os
 import random
+import shlex
 import sys
 import time
 import warnings
@@ -38,8 +39,9 @@ from propagation import STRIDE, PropagationOptions, load_encoder
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH
 from utils.arguments import describe_settings, get_test_args_parser
-from utils.errors import CRWError, report
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory, writable_folder
+from utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
+from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
+from utils.output_folders import Inputs, OutputClaim, Plan
 
 # ----------------------------------------------------------------------------------------------------------
 # Model
@@ -121,7 +123,6 @@ class TestRun:
         frames = video.dataset(processing_size(video.size, self.options.crop_size, self.options.max_side),
                                masks.start)
         a = self.args
-        os.makedirs(a.save_path, exist_ok=True)
         sink = SequenceWriter(a.save_path, video.name, video.frame_names, masks.palette, video.fps, a.save_blend,
                               masks='palette' in a.export)
         extra = export_sinks(a.export, a.save_path, video.name, video.frame_names, video.file_names,
@@ -137,34 +138,38 @@ class TestRun:
         if self.viewer is not None:
             sinks.append(ViewerSink(self.viewer, *video_id, draw))
         if progress is not None:
-            progress.reset(total=total)
+            progress.reset(total=total)   # draws the bar at once, delay or not:
+            progress.delay = 0            # so that closing it ends its line (tqdm skips that within the delay)
         batches = frame_loader(frames, FEATURE_BATCH, self.args.workers, self.device)
         self.options.propagator(encoder, self.device).run(batches, masks, sinks, out_size, progress)
 
 
 def run_user_video(run):
     """--video/--mask: your own video (with --finetune, by an encoder adapted to the video's frames first).
-    Every input is checked before anything is written."""
+    Every input is checked, and the output folder claimed, before anything is written."""
     args, device = run.args, run.device
     if args.finetune > 0 and not os.path.isdir(args.video):
         raise CRWError(f'--finetune with --video {args.video}: adaptation samples clips from a folder of frames; '
                        'extract the frames to a folder (e.g. ffmpeg -i clip.mp4 frames/%05d.jpg) and pass it')
+    video = UserVideo(args.video)
+    masks = VideoMasks(args.mask, video)
+    claim = OutputClaim(video_plan(args, video, masks.start, masks.object_ids), video_inputs(args),
+                        args.overwrite)
     encoder = build_encoder(args, device)
     adapter = build_adapter(args, device)
+    claim.take()
     if adapter is not None:
         encoder, info = adapter.adapt(encoder, args.video)
         print(adapter.summary(info), flush=True)
     run.open_viewer()
     reset_peak_memory(device)
     t0 = time.time()
-    with tqdm(desc=os.path.basename(os.path.normpath(args.video)), unit='frame', mininterval=1.0, delay=1.0,
-              file=sys.stderr) as bar:
-        video = UserVideo(args.video)
-        masks = VideoMasks(args.mask, video)
-        if masks.start > 0:
-            masks.reader.note(f'{args.mask}: the first annotated frame is {video.frame_names[masks.start]}; the '
-                              f'{masks.start} frame(s) before it get no output')
+    if masks.start > 0:
+        masks.reader.note(f'{args.mask}: the first annotated frame is {video.frame_names[masks.start]}; the '
+                          f'{masks.start} frame(s) before it get no output')
+    with tqdm(desc=video.name, unit='frame', mininterval=1.0, delay=1.0, file=sys.stderr) as bar:
         n = run.own_video(encoder, video, masks, bar)
+    claim.finish(frames=n)
     dt = time.time() - t0
     print(f'{args.video}: {n} frames from frame {video.frame_names[masks.start]}, {n / dt:.2f} frames/s, peak '
           f'{"GPU" if device.type == "cuda" else "RSS"} memory {peak_memory_bytes(device) / 2 ** 20:.0f} MB; '
@@ -172,10 +177,92 @@ def run_user_video(run):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# What a run writes and reads: its output folder is claimed before anything is written (utils/output_folders.py)
+# ----------------------------------------------------------------------------------------------------------
+
+DAVIS_NAMES = (r'\d+_\d+_mask\.png', r'\d+_\d+_blend\.jpg', r'\d+\.dat')   # {i}_{t}_mask.png, ..., {i}.dat
+
+
+def _command(args):
+    return 'test.py ' + shlex.join(args.argv) if getattr(args, 'argv', None) is not None else 'test.py'
+
+
+def video_plan(args, video, start, object_ids=()):
+    """--video: from frame ``start`` on, ``<name>/<frame>.png`` (--export palette), ``<name>_overlay.mp4``,
+    ``<name>_blend/<frame>.jpg`` (--save-blend) and the other --export formats (``<name>_binary/<id>/``,
+    ``<name>_coco.json``, ``<name>_soft/``): the video's own unit of --save-path (other videos' outputs may
+    share the folder)."""
+    name, names = video.name, video.frame_names[start:]
+    export = getattr(args, 'export', None) or ['palette']
+    files, dirs = [f'{name}_overlay.mp4'], []
+    if 'palette' in export:
+        files += [f'{name}/{n}.png' for n in names]
+        dirs.append(name)
+    if args.save_blend:
+        files += [f'{name}_blend/{n}.jpg' for n in names]
+        dirs.append(f'{name}_blend')
+    if 'binary' in export:
+        dirs += [f'{name}_binary'] + [f'{name}_binary/{k}' for k in object_ids]
+        files += [f'{name}_binary/{k}/{n}.png' for k in object_ids for n in names]
+    if 'coco' in export:
+        files.append(f'{name}_coco.json')
+    if 'soft' in export:
+        dirs.append(f'{name}_soft')
+        files += [f'{name}_soft/{n}.npz' for n in names]
+    return Plan(args.save_path, '--save-path', 'test.py', _command(args), unit=name, files=files, dirs=[''] + dirs,
+                unit_dirs=dirs, info={'kind': 'video', 'videos': [{'name': name, 'input': os.path.abspath(
+                    args.video), 'first': names[0] if names else None, 'frames': len(names)}]})
+
+
+def video_inputs(args):
+    inputs = Inputs().file(args.resume, f'the checkpoint --resume {args.resume}')
+    if os.path.isdir(args.video):
+        inputs.folder(args.video, f'the frames folder --video {args.video}')
+    else:
+        inputs.file(args.video, f'the video --video {args.video}')
+    if os.path.isdir(args.mask):
+        return inputs.folder(args.mask, f'the mask folder --mask {args.mask}')
+    return inputs.file(args.mask, f'the mask --mask {args.mask}', with_folder=True)
+
+
+def filelist_plan(args, entries, frames):
+    """--filelist: every video's outputs (``frames``: {index: its frame paths}); the run owns the folder."""
+    files, dirs, videos = [], [''], []
+    for e in entries:
+        names = [os.path.splitext(os.path.basename(p))[0] for p in frames[e.index]]
+        if e.kind == 'davis':
+            files += [f'{e.index}_{t}_{suffix}' for t in range(len(names)) for suffix in ('mask.png', 'blend.jpg')]
+        elif e.kind == 'jhmdb':
+            files += [f'{e.index}_{t}_blend.jpg' for t in range(len(names))] + [f'{e.index}.dat']
+        else:
+            files += [f'{e.name}/{n}.png' for n in names]
+            dirs.append(e.name)
+        videos.append({'index': e.index, 'name': e.name, 'kind': e.kind, 'frames': os.path.abspath(e.frames_dir),
+                       'target': os.path.abspath(e.target), 'num_frames': len(names)})
+    return Plan(args.save_path, '--save-path', 'test.py', _command(args), files=files, dirs=dirs,
+                patterns=list(DAVIS_NAMES), unit_dirs=dirs[1:],
+                info={'kind': 'filelist', 'filelist': os.path.abspath(args.filelist), 'videos': videos})
+
+
+def filelist_inputs(args, entries):
+    inputs = Inputs().file(args.filelist, f'--filelist {args.filelist}').file(args.resume, '--resume')
+    inputs.folder(args.data_root, f'--data-root {args.data_root}')
+    for e in entries:
+        where = f'{args.filelist}:{e.line_no}'
+        inputs.folder(e.frames_dir, f'the frames folder of {where}')
+        if e.kind == 'jhmdb':
+            inputs.file(e.target, f'the joint file of {where}', with_folder=True)
+        else:
+            inputs.folder(e.target, f'the annotations folder of {where}')
+    return inputs
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = test_args(argv)
+    args.argv = argv
     try:
         options = PropagationOptions.from_args(args)
     except CRWError as e:    # a protocol value out of range: the one-line error of any bad flag
@@ -183,9 +270,16 @@ def main(argv=None):
     if any(a == '--gpu-id' or a.startswith('--gpu-id=') for a in argv) or 'CUDA_VISIBLE_DEVICES' not in os.environ:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu_id    # before CUDA is initialised (release behaviour)
     try:
-        run(args, options)
+        with sigterm_as_interrupt():
+            run(args, options)
     except CRWError as e:
         return report('test.py', e)
+    except OSError as e:     # a write outside the writers (the folder's record) failed: a full disk, a lost mount
+        return report('test.py', f'cannot write into {args.save_path} ({e.strerror or e}); free some space or '
+                      'choose another --save-path')
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: the loop aborted its writers (no partial overlay video)
+        return interrupted('test.py', e, f'the unfinished video has no overlay video; {args.save_path} keeps the '
+                           'finished files and records the run as unfinished: re-run with --overwrite to redo it')
     return 0
 
 
@@ -229,15 +323,17 @@ def run_filelist(runner):
                        '(<save>/<video>/<frame>.png) would overwrite each other')
     if any(e.kind == 'jhmdb' for e in entries) and runner.options.crop_size <= 0:
         raise CRWError('JHMDB pose propagation needs --cropSize > 0 (the release used 320)')
+    frames = {}
     for entry in entries:   # list every video's frames now: a bad folder fails before any video is computed
         try:
-            list_frames(entry.frames_dir)
+            frames[entry.index] = list_frames(entry.frames_dir)
         except CRWError as e:
             raise CRWError(f'{args.filelist}:{entry.line_no}: {e}') from e
-    writable_folder(args.save_path, '--save-path')
+    claim = OutputClaim(filelist_plan(args, entries, frames), filelist_inputs(args, entries), args.overwrite)
 
     encoder = build_encoder(args, device)
     adapter = build_adapter(args, device)
+    claim.take()
     runner.open_viewer()
     for entry in entries:
         reset_peak_memory(device)
@@ -258,6 +354,7 @@ def run_filelist(runner):
         print(f'video {entry.index} {entry.name}: {n} frames, {n / dt:.2f} frames/s, '
               f'peak {"GPU" if device.type == "cuda" else "RSS"} memory '
               f'{peak_memory_bytes(device) / 2 ** 20:.0f} MB{adapted}', flush=True)
+    claim.finish()
 
 
 if __name__ == '__main__':

@@ -8,10 +8,9 @@
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
 import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
+import contextlib
 import os
-import signal
 import sys
-import threading
 import time
 
 import torch
@@ -26,8 +25,9 @@ from model import CRW
 from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, is_release_scheduler,
                               load_checkpoint, load_state_strict, partial_load, release_scheduler_state, rng_state,
                               set_rng_state, unwrap_model)
-from utils.errors import CRWError, report
+from utils.errors import CRWError, Terminated, interrupted, report, sigterm_as_interrupt
 from utils.logger import MetricLogger, append_json_line, truncate_json_lines
+from utils.output_folders import FolderLock
 from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
 from vis.sinks import Visualizer
 
@@ -70,18 +70,25 @@ def build_scheduler(optimizer, args, iters_per_epoch):
 
 
 def save_state(path, model, optimizer, lr_scheduler, args, epoch, iteration, epoch_complete, global_step,
-               rng_ranks=None):
-    """``rng_ranks``: every process's RNG state (``dist_utils.all_rng_states``), so that each rank of a
-    torchrun job resumes its own edge-dropout stream; ``rng`` stays rank 0's (the single-process format)."""
+               rng_ranks=None, meters=None, train_time=0.0):
+    """A checkpoint. ``rng_ranks``: every process's RNG state (``dist_utils.all_rng_states``), so that each rank
+    of a torchrun job resumes its own edge-dropout stream (``rng`` stays rank 0's, the single-process format);
+    mid-epoch checkpoints also hold the epoch's meters so far (``MetricLogger.state_dict``) and every checkpoint
+    the training time so far, so that a resumed run's log.txt record is an uninterrupted run's."""
     state = {
         'model': unwrap_model(model).state_dict(), 'optimizer': optimizer.state_dict(),
         'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'args': vars(args),  # loads weights_only
         'iteration': iteration, 'epoch_complete': epoch_complete, 'global_step': global_step,
-        'rng': rng_ranks[0] if rng_ranks else rng_state(),
+        'rng': rng_ranks[0] if rng_ranks else rng_state(), 'meters': meters or {},
+        'train_time_s': float(train_time),
     }
     if rng_ranks and len(rng_ranks) > 1:
         state['rng_ranks'] = rng_ranks
-    atomic_save(state, path)
+    try:
+        atomic_save(state, path)
+    except CRWError as e:
+        note = checkpoint_note(os.path.dirname(path), 'free some space and re-run the same command to resume')
+        raise CRWError(f'{e}; {note}') from e
 
 
 def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis=None):
@@ -89,6 +96,7 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
     is updated in place. Returns the epoch's averaged metrics."""
     model.train()
     logger = MetricLogger(device, args.batch_size * args.world_size)
+    logger.load_state_dict(state.pop('meters', None))     # a resumed epoch's meters so far
     start, total = state['iteration'], state['iters_per_epoch']
     header = f'Epoch: [{epoch}]'
     use_amp = args.amp and device.type == 'cuda'
@@ -129,7 +137,8 @@ def train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, 
             rngs = dist_utils.all_rng_states(rng_state())  # every rank takes part
             if dist_utils.is_main_process():
                 save_state(os.path.join(args.output_dir, 'checkpoint.pth'), model, optimizer, lr_scheduler, args,
-                           epoch, state['iteration'], False, state['global_step'], rngs)
+                           epoch, state['iteration'], False, state['global_step'], rngs, logger.state_dict(),
+                           time.time() - state['t0'])
     if first_bad is not None:
         raise FloatingPointError(f'non-finite loss at iteration {first_bad} (epoch {epoch}); stopping. '
                                  + checkpoint_note(args.output_dir, 'resume from it with a lower --lr'))
@@ -153,15 +162,23 @@ def find_resume_path(args):
     return auto if os.path.isfile(auto) else ''
 
 
+@contextlib.contextmanager
 def prepare_output_dir(args):
-    """Check that --output-dir can take checkpoints (every process, before the data scan and the first step)
-    and remove temporary files of writes that a kill interrupted (the main process)."""
+    """Check that --output-dir can take checkpoints (every process, before the data scan and the first step);
+    the main process holds its lock while the block runs (a second run there is refused) and removes the
+    temporary files of writes that a kill interrupted."""
     writable_folder(args.output_dir, '--output-dir')
     if not dist_utils.is_main_process():
+        yield
         return
-    stale = remove_stale_temp_files(args.output_dir, CHECKPOINT_FILES)
-    if stale:
-        print(f'| removed {len(stale)} partial file(s) of an interrupted checkpoint write in {args.output_dir}')
+    lock = FolderLock(args.output_dir).acquire('--output-dir', 'another train.py run')
+    try:
+        stale = remove_stale_temp_files(args.output_dir, CHECKPOINT_FILES)
+        if stale:
+            print(f'| removed {len(stale)} partial file(s) of an interrupted checkpoint write in {args.output_dir}')
+        yield
+    finally:
+        lock.release()
 
 
 def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):
@@ -194,6 +211,8 @@ def restore_training_state(ckpt, path, optimizer, lr_scheduler, state, args):
     start_epoch = epoch + 1 if ckpt.get('epoch_complete', True) else epoch  # the release wrote at epoch ends
     if start_epoch == epoch:
         state['iteration'] = ckpt['iteration']
+        state['meters'] = ckpt.get('meters') or {}
+    state['train_time_s'] = float(ckpt.get('train_time_s', 0.0))
     state['global_step'] = ckpt.get('global_step', lr_scheduler.last_epoch)
     ranks = ckpt.get('rng_ranks')
     set_rng_state(ranks[args.rank] if ranks and len(ranks) == args.world_size else ckpt.get('rng'))
@@ -207,7 +226,12 @@ def main(args):
     if args.amp and device.type != 'cuda':
         print('| --amp: bf16 autocast is used on CUDA only; training in fp32 on the CPU')
     print_run_header(args, 'CRW training')
-    prepare_output_dir(args)
+    with prepare_output_dir(args):
+        train(args, device)
+
+
+def train(args, device):
+    """The run itself, in a prepared --output-dir: resume, data, model, the epochs."""
     # the checkpoint is read (and checked against the flags) before the data scan, which can take long
     resume = find_resume_path(args)
     ckpt = load_checkpoint(resume, map_location='cpu', trust=args.trust_checkpoint) if resume else None
@@ -224,8 +248,11 @@ def main(args):
         model = model.to(memory_format=torch.channels_last)
     if args.partial_reload:
         source = load_checkpoint(args.partial_reload, map_location='cpu', trust=args.trust_checkpoint)
-        partial_load(model, source['model'])
+        loaded = partial_load(model, source['model'])[0]
         del source
+        if not loaded:
+            raise CRWError(f'--partial-reload {args.partial_reload}: no weight matches this model (other '
+                           'architecture or --model-type?); refusing to train from random weights')
 
     dataset = build_train_dataset(args)
     sampler = build_train_sampler(dataset, args, rank=args.rank, world_size=args.world_size)
@@ -270,18 +297,20 @@ def main(args):
           f'{args.batch_size * args.world_size} clips per step, device {device}')
     if start_epoch >= args.epochs:
         print(f'| already trained for {start_epoch} epochs (--epochs {args.epochs}); raise --epochs to continue')
-    t0 = time.time()
+    t0 = state['t0'] = time.time() - state.pop('train_time_s', 0.0)   # training time, counted across resumes
     for epoch in range(start_epoch, args.epochs):
-        stats = {}
         if state['iteration'] < iters_per_epoch:  # else: stopped after the last step, before the epoch's save
             sampler.set_epoch(epoch)
             sampler.set_start(state['iteration'] * args.batch_size)
             stats = train_one_epoch(model, aug, optimizer, lr_scheduler, loader, device, epoch, args, state, vis)
+        else:
+            stats = {k: v['total'] / max(v['count'], 1) for k, v in (state.pop('meters', None) or {}).items()}
         rngs = dist_utils.all_rng_states(rng_state())
         if dist_utils.is_main_process():
             for name in (f'model_{epoch}.pth', 'checkpoint.pth'):
                 save_state(os.path.join(args.output_dir, name), model_without_ddp, optimizer, lr_scheduler, args,
-                           epoch, state['iteration'], True, state['global_step'], rngs)
+                           epoch, state['iteration'], True, state['global_step'], rngs,
+                           train_time=time.time() - t0)
             append_json_line(os.path.join(args.output_dir, 'log.txt'),
                              {'epoch': epoch, 'iterations': state['iteration'], 'global_step': state['global_step'],
                               **{f'train_{k}': v for k, v in stats.items()},
@@ -307,38 +336,27 @@ def wrap_model(model, args, device):
     return model
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: torchrun sends it to every worker when it loses a node, SLURM at the end of a job's time."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
-def _say(args, what, todo):
+def _say(args, what, todo, prefix='train.py: error: '):
     """One line on stderr from every rank (print is silenced on ranks > 0: a survivor may be any rank)."""
     who = f'rank {args.rank} of {args.world_size} ' if getattr(args, 'world_size', 1) > 1 else ''
-    sys.stderr.write(f'train.py: error: {who}{what}; {checkpoint_note(args.output_dir, todo)}\n')
+    sys.stderr.write(f'{prefix}{who}{what}; {checkpoint_note(args.output_dir, todo)}\n')
     sys.stderr.flush()
 
 
 def cli(argv=None):
     """Parse, train, and turn errors, Ctrl-C and SIGTERM into one line and an exit status."""
     args = parse_train_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        main(args)
+        with sigterm_as_interrupt():
+            main(args)
     except (CRWError, FloatingPointError) as e:
         return report('train.py', e)
-    except Terminated:
-        _say(args, 'stopped by SIGTERM (torchrun stops every worker when it loses a node; SLURM at the end of '
-                   'the job)', 're-run the same command (on every node) to resume from it')
-        return 143
-    except KeyboardInterrupt:
-        print('train.py: interrupted; ' + checkpoint_note(args.output_dir, 're-run the same command to resume'),
-              file=sys.stderr, flush=True)
-        return 130
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM (utils.errors.Terminated)
+        if isinstance(e, Terminated):
+            what = 'interrupted (SIGTERM), as torchrun does when it loses a node and SLURM at the end of a job'
+            _say(args, what, 're-run the same command (on every node) to resume from it', prefix='train.py: ')
+            return 143
+        return interrupted('train.py', e, checkpoint_note(args.output_dir, 're-run the same command to resume'))
     except RuntimeError as e:
         lost = dist_utils.peer_failure(e)
         if lost is None:
@@ -347,9 +365,6 @@ def cli(argv=None):
                    f'--dist-timeout or lost its network): {lost}', 're-run the same command on every node to '
                    'resume from it')
         return 1
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

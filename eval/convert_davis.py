@@ -3,12 +3,15 @@
 
     python eval/convert_davis.py --in_folder /save/path/ --out_folder /converted/path --dataset /davis/path/
 
-Sequence i is line i of ``{dataset}/ImageSets/2017/val.txt`` (the order of eval/davis_vallist.txt, so video i
-of test.py's filelist). For every frame t of ``{dataset}/JPEGImages/480p/<seq>``, ``{in}/{i}_{t}_mask.png``
-(per-pixel object ids, at the size test.py ran at) is resized with nearest neighbour to the size of the
-sequence's first annotation and written to ``{out}/<seq>/{t:05d}.png`` as a DAVIS-palette PNG (each file
-written atomically). That is the layout and format the official davis2017-evaluation scorer and
-eval/evaluate_davis.py read.
+Every sequence of ``{dataset}/ImageSets/2017/val.txt`` is matched by name with the test.py video of the same
+name (the frames folder's name), which test.py's record of its run (``{in}/.crw_outputs.json``) gives with its
+index i; ``--by-order`` takes sequence i to be video i instead (the release's rule, for masks without that
+record). For every frame t of ``{dataset}/JPEGImages/480p/<seq>``, ``{in}/{i}_{t}_mask.png`` (per-pixel
+object ids, at the size test.py ran at) is resized with nearest neighbour to the size of the sequence's first
+annotation and written to ``{out}/<seq>/{t:05d}.png`` as a DAVIS-palette PNG (each file written atomically).
+That is the layout and format the official davis2017-evaluation scorer and eval/evaluate_davis.py read.
+``--out_folder`` is claimed like test.py's ``--save-path`` (utils/output_folders.py): never an input folder,
+and another run's outputs there are refused unless ``--overwrite``.
 
 Input masks come in the formats of both implementations, recognised per sequence (``--mask-format auto``)
 and reported in one line per run:
@@ -33,6 +36,7 @@ checked before anything is written: a missing frame is a one-line error that nam
 import argparse
 import concurrent.futures
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -45,7 +49,10 @@ from data.labels import (MaskReader, as_uint8_ids, colour_codes, decode_colours,
                          resize_nearest, save_indexed_png)
 from eval.davis_io import annotation_frames, read_split, sequence_frames  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
-from utils.misc import default_workers, writable_folder  # noqa: E402
+from utils.misc import default_workers  # noqa: E402
+from utils.output_folders import MANIFEST, Inputs, OutputClaim, Plan, find_run  # noqa: E402
+
+SCORE_FILES = (r'global_results-.*\.csv', r'per-sequence_results-.*\.csv', r'\.scores-.*\.json')  # evaluate_davis.py
 
 MASK_FORMATS = {
     'ids': "single-channel label ids (this project's test.py)",
@@ -122,19 +129,78 @@ def mask_path(in_folder, video, frame):
     return os.path.join(in_folder, f'{video}_{frame}_mask.png')
 
 
-def plan(in_folder, dataset, set_name='val', resolution='480p'):
-    """[(video index, sequence, number of frames)] after checking that every input mask exists."""
+def sequence_videos(in_folder, sequences, by_order=False):
+    """{sequence: (test.py video index, its number of frames or None)}: by name from test.py's record of its run
+    in ``in_folder``, or with ``by_order`` sequence i = video i. Raises CRWError when the names cannot be
+    matched."""
+    if by_order:
+        return {seq: (i, None) for i, seq in enumerate(sequences)}
+    run = find_run(in_folder, tool='test.py', unit='*')
+    if run is None:
+        raise CRWError(f'--in_folder {in_folder}: no record of which video is which sequence ({MANIFEST}, '
+                       "written by this project's test.py --filelist); pass --by-order to take video i as line i "
+                       "of the split, the release's rule (right only if test.py's filelist listed the split's "
+                       'sequences in its order)')
+    if run.get('status') != 'complete':
+        raise CRWError(f"--in_folder {in_folder}: test.py's run into it did not finish ({run.get('command')}); "
+                       'rerun it with --overwrite')
+    videos = {}
+    for v in run.get('info', {}).get('videos', []):
+        if v.get('kind') == 'davis':
+            if v['name'] in videos:
+                raise CRWError(f"--in_folder {in_folder}: test.py's filelist holds two videos named {v['name']} "
+                               f"(videos {videos[v['name']][0]} and {v['index']}); cannot tell which is the sequence")
+            videos[v['name']] = (v['index'], v.get('num_frames'))
+    missing = [seq for seq in sequences if seq not in videos]
+    if missing:
+        listed = run.get('info', {}).get('filelist', 'its filelist')
+        raise CRWError(f'--in_folder {in_folder}: test.py propagated no video named {missing[0]} ({len(missing)} of '
+                       f'the {len(sequences)} sequences missing; {listed} has {", ".join(list(videos)[:3]) or "none"}'
+                       f'{", ..." if len(videos) > 3 else ""}); run test.py on the split\'s sequences')
+    return {seq: videos[seq] for seq in sequences}
+
+
+def plan(in_folder, dataset, set_name='val', resolution='480p', by_order=False):
+    """[(video index, sequence, number of frames)] after checking that every input mask exists and that each
+    video has its sequence's number of frames."""
     jobs = []
     sequences, _ = read_split(dataset, set_name)
-    for i, seq in enumerate(sequences):
+    videos = sequence_videos(in_folder, sequences, by_order)
+    for seq in sequences:
+        i, recorded = videos[seq]
         n = len(sequence_frames(dataset, seq, resolution))
+        if recorded is not None and recorded != n:
+            raise CRWError(f'--in_folder {in_folder}: video {i} ({seq}) has {recorded} frames, the sequence {n} in '
+                           f'{dataset}; is --dataset the DAVIS folder test.py ran on?')
         for t in range(n):
             p = mask_path(in_folder, i, t)
             if not os.path.isfile(p):
                 raise CRWError(f'missing {p} (video {i} = {seq}, frame {t} of {n}): '
                                'test.py output is incomplete')
+        if os.path.isfile(mask_path(in_folder, i, n)):
+            raise CRWError(f'{mask_path(in_folder, i, n)}: video {i} has more frames than {seq} ({n}); it is '
+                           f'another video (--by-order takes video i as line i of the split)')
         jobs.append((i, seq, n))
     return jobs
+
+
+def output_plan(out_folder, jobs, command=''):
+    """What convert writes: ``<seq>/<frame>.png`` of every sequence; the scorer's files from these masks go
+    with them (``--overwrite`` removes them too)."""
+    files = [f'{seq}/{t:05d}.png' for _, seq, n in jobs for t in range(n)]
+    seqs = [seq for _, seq, _ in jobs]
+    return Plan(out_folder, '--out_folder', 'convert_davis.py', command, files=files, dirs=[''] + seqs,
+                unit_dirs=seqs, patterns=list(SCORE_FILES), info={'sequences': seqs})
+
+
+def input_folders(in_folder, dataset, jobs, set_name, resolution):
+    inputs = Inputs().folder(in_folder, f"test.py's masks --in_folder {in_folder}")
+    inputs.folder(dataset, f'the DAVIS folder --dataset {dataset}')
+    inputs.file(os.path.join(dataset, 'ImageSets', '2017', f'{set_name}.txt'), 'the split file')
+    for _, seq, _ in jobs:
+        inputs.folder(os.path.join(dataset, 'JPEGImages', resolution, seq), f'the frames of {seq}')
+        inputs.folder(os.path.join(dataset, 'Annotations', resolution, seq), f'the ground truth of {seq}')
+    return inputs
 
 
 def convert_sequence(in_folder, out_folder, dataset, video, sequence, num_frames, resolution='480p', fmt='auto'):
@@ -153,14 +219,17 @@ def convert_sequence(in_folder, out_folder, dataset, video, sequence, num_frames
     return num_frames, fmt, how
 
 
-def convert(in_folder, out_folder, dataset, set_name='val', resolution='480p', workers=None, fmt='auto'):
-    """Convert every sequence of the split; returns [(sequence, frames written, mask format, how decided)]."""
+def convert(in_folder, out_folder, dataset, set_name='val', resolution='480p', workers=None, fmt='auto',
+            overwrite=False, by_order=False, command=''):
+    """Convert every sequence of the split; returns [(sequence, frames written, mask format, how decided)].
+    Everything is checked (inputs, the output folder) before anything is written."""
     if not os.path.isdir(in_folder):
         raise CRWError(f'--in_folder {in_folder} does not exist (run test.py first)')
     if not os.path.isdir(dataset):
         raise CRWError(f'--dataset {dataset} does not exist')
-    jobs = plan(in_folder, dataset, set_name, resolution)
-    writable_folder(out_folder, '--out_folder')
+    jobs = plan(in_folder, dataset, set_name, resolution, by_order)
+    claim = OutputClaim(output_plan(out_folder, jobs, command), input_folders(in_folder, dataset, jobs, set_name,
+                                                                               resolution), overwrite).take()
     workers = default_workers() if workers is None else workers
     args = [(in_folder, out_folder, dataset, i, seq, n, resolution, fmt) for i, seq, n in jobs]
     if workers <= 1 or len(jobs) <= 1:
@@ -168,6 +237,7 @@ def convert(in_folder, out_folder, dataset, set_name='val', resolution='480p', w
     else:
         with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
             results = list(ex.map(convert_sequence, *zip(*args)))
+    claim.finish()
     return [(seq, *r) for (_, seq, _), r in zip(jobs, results)]
 
 
@@ -198,6 +268,12 @@ def get_args_parser():
     p.add_argument('--mask-format', default='auto', choices=['auto', *MASK_FORMATS],
                    help="format of the {i}_{t}_mask.png files: auto (recognised per sequence), ids (this project's "
                         "test.py), bgr (the release's test.py), rgb, grey; see the module docstring")
+    p.add_argument('--by-order', action='store_true',
+                   help="take video i of --in_folder as line i of the split (the release's rule) instead of matching "
+                        "sequences by name through test.py's record of its run; for masks without that record")
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the outputs of an earlier conversion (and its scores) in --out_folder; by default '
+                        'a folder holding them is refused')
     return p
 
 
@@ -207,7 +283,8 @@ def main(argv=None):
         if not args.dataset:
             raise CRWError('no DAVIS folder: pass --dataset or set DAVIS_ROOT')
         done = convert(args.in_folder, args.out_folder, args.dataset, args.set, args.resolution, args.workers,
-                       args.mask_format)
+                       args.mask_format, args.overwrite, args.by_order,
+                       'convert_davis.py ' + shlex.join(sys.argv[1:] if argv is None else argv))
     except CRWError as e:
         return report('convert_davis.py', e)
     print(format_summary(done))

@@ -33,6 +33,7 @@ are cut to its length (as the release's indexing did), fewer frames are an error
 import argparse
 import csv
 import os
+import pickle
 import sys
 
 if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
@@ -43,6 +44,7 @@ import numpy as np  # noqa: E402
 from data.images import image_size, list_frames  # noqa: E402
 from data.inference.filelists import read_filelist  # noqa: E402
 from data.inference.jhmdb import load_joints  # noqa: E402
+from utils.arguments import finite_float  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import atomic_write  # noqa: E402
 
@@ -108,15 +110,42 @@ def pck_table(dists, alphas=ALPHAS):
 # Files
 # ----------------------------------------------------------------------------------------------------------
 
+# the only globals a pickled numeric ndarray needs (``ndarray.dump``, numpy 1 or 2): nothing else is built
+_ARRAY_GLOBALS = {('numpy._core.multiarray', '_reconstruct'), ('numpy.core.multiarray', '_reconstruct'),
+                  ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads a pickled ndarray and refuses every other global (no code can run)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f'holds {module}.{name}, not only an array')
+        if name == '_reconstruct':
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, whatever its module
+        return getattr(np, name) if module == 'numpy' else super().find_class(module, name)
+
+
 def load_prediction(path):
-    """{i}.dat as test.py (and the release) write it (``ndarray.dump``) -> [2, J, T] float64."""
+    """{i}.dat as test.py writes it (``.npy`` format) or the release did (``ndarray.dump``, a pickle) ->
+    [2, J, T] float64. Nothing is unpickled but a numeric array: other globals are refused before use."""
     if not os.path.isfile(path):
         raise CRWError(f'{path}: no prediction (run test.py with the same --filelist and --save-path first)')
     try:
-        pred = np.load(path, allow_pickle=True)    # ndarray.dump writes a pickle
+        with open(path, 'rb') as f:
+            if f.read(6) == b'\x93NUMPY':
+                f.seek(0)
+                pred = np.load(f, allow_pickle=False)
+            else:
+                f.seek(0)
+                pred = _ArrayUnpickler(f).load()
     except Exception as e:
-        raise CRWError(f'{path}: cannot read the prediction ({type(e).__name__})') from e
-    pred = np.asarray(pred, dtype=np.float64)
+        raise CRWError(f'{path}: not a joint-coordinate array written by test.py ({type(e).__name__}: {e}); '
+                       'nothing in it was run') from e
+    if not isinstance(pred, np.ndarray) or pred.dtype.kind not in 'fiu':
+        raise CRWError(f'{path}: expected a numeric array of joint coordinates, got '
+                       f'{getattr(pred, "dtype", type(pred).__name__)}')
+    pred = pred.astype(np.float64)
     if pred.ndim != 3 or pred.shape[0] != 2:
         raise CRWError(f'{path}: expected joint coordinates [2, J, T], got shape {pred.shape}')
     return pred
@@ -185,7 +214,7 @@ def get_args_parser():
     p.add_argument('--filelist', required=True,
                    help='the JHMDB filelist test.py ran on: "<frames folder> <joint_positions.mat>" per line')
     p.add_argument('--results', required=True, help="test.py's --save-path (holds {i}.dat per video)")
-    p.add_argument('--feat-res', default=40.0, type=float,
+    p.add_argument('--feat-res', default=40.0, type=finite_float,
                    help="test.py's --cropSize / 8: predictions are in cells of that square feature map "
                         '(40 for the release setting --cropSize 320)')
     p.add_argument('--data-root', default='', help='folder relative filelist paths are resolved against '

@@ -24,8 +24,12 @@ Where this script differs from the release (which crashed or stopped in a debugg
 prediction id above 19 is an error naming the file; single-channel predictions are read as stored
 (palette indices for palette PNGs; the release's OpenCV read gave the palette colours) and colour ones by
 their red channel (what the release's last BGR channel was); only ``.png`` files are scored (other files,
-e.g. visualisations, are ignored); and a predicted video whose ground truth has a frame without prediction
-is an error naming the missing file, instead of a score over the frames that happen to be there.
+e.g. visualisations, are ignored); a predicted video whose ground truth has a frame without prediction
+is an error naming the missing file, instead of a score over the frames that happen to be there; and a
+video that should have been predicted but was not is an error too (the release scored the videos that
+happened to be there). The videos to score are those of ``--list`` (a VIP list such as
+``lists/val_videos.txt``), else those test.py's record of its run in ``--pre_dir`` names, else those of
+``<gt_dir>/../../lists/val_videos.txt`` (VIP_Fine's layout) when it exists, else every video of ``--gt_dir``.
 """
 import argparse
 import csv
@@ -39,7 +43,9 @@ import numpy as np  # noqa: E402
 
 from data.labels import load_label_image, read_ids, resize_nearest  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
+from eval.vip_filelist import read_video_list  # noqa: E402
 from utils.misc import atomic_write  # noqa: E402
+from utils.output_folders import find_run  # noqa: E402
 
 N_CLASSES = 20
 CLASSES = ('background', 'hat', 'hair', 'sun-glasses', 'upper-clothes', 'dress', 'coat', 'socks', 'pants',
@@ -94,23 +100,51 @@ def _pngs(folder):
     return sorted(n for n in os.listdir(folder) if n.lower().endswith('.png') and not n.startswith('.'))
 
 
-def frame_pairs(gt_dir, pre_dir):
-    """[(prediction path, ground-truth path)] for every predicted video folder of ``pre_dir``; raises
-    CRWError for a prediction without ground truth, a ground-truth frame without prediction, or nothing to
-    score."""
+def videos_to_score(gt_dir, pre_dir, video_list=None):
+    """(video names, where the names come from): see the module docstring for the order of the sources."""
+    if video_list:
+        if not os.path.isfile(video_list):
+            raise CRWError(f'--list {video_list}: no such file')
+        return read_video_list(video_list), f'--list {video_list}'
+    run = find_run(pre_dir, tool='test.py', unit='*')
+    videos = [v['name'] for v in (run or {}).get('info', {}).get('videos', []) if v.get('kind') == 'vip']
+    if videos:
+        if run.get('status') != 'complete':
+            raise CRWError(f"--pre_dir {pre_dir}: test.py's run into it did not finish ({run.get('command')}); "
+                           'rerun it with --overwrite')
+        return videos, f"the filelist of test.py's run ({run['info'].get('filelist', run.get('command'))})"
+    default = os.path.join(gt_dir, os.pardir, os.pardir, 'lists', 'val_videos.txt')
+    if os.path.isfile(default):
+        return read_video_list(default), os.path.normpath(default)
+    names = [v for v in sorted(os.listdir(gt_dir)) if not v.startswith('.') and os.path.isdir(os.path.join(gt_dir, v))
+             and _pngs(os.path.join(gt_dir, v))]
+    return names, f'the videos of --gt_dir {gt_dir}'
+
+
+def frame_pairs(gt_dir, pre_dir, video_list=None):
+    """[(prediction path, ground-truth path)] for every video to score (``videos_to_score``); raises CRWError for
+    a video without predictions, a prediction without ground truth, a ground-truth frame without prediction,
+    or nothing to score. Predicted videos that are not to be scored are named in one note."""
     if not os.path.isdir(pre_dir):
         raise CRWError(f'--pre_dir {pre_dir}: no such folder (test.py --save-path of a VIP filelist)')
     if not os.path.isdir(gt_dir):
         raise CRWError(f'--gt_dir {gt_dir}: no such folder (VIP_Fine/Annotations/Category_ids)')
+    videos, source = videos_to_score(gt_dir, pre_dir, video_list)
+    predicted = [v for v in sorted(os.listdir(pre_dir)) if not v.startswith('.')
+                 and os.path.isdir(os.path.join(pre_dir, v)) and _pngs(os.path.join(pre_dir, v))]
+    unpredicted = [v for v in videos if v not in predicted]
+    if unpredicted:
+        raise CRWError(f'{len(unpredicted)} of the {len(videos)} videos of {source} have no predictions in '
+                       f'--pre_dir {pre_dir} ({", ".join(unpredicted[:3])}{", ..." if len(unpredicted) > 3 else ""}); '
+                       'run test.py on them, or pass --list naming the videos to score')
+    extra = [v for v in predicted if v not in videos]
+    if extra:
+        print(f'eval_vip.py: note: {len(extra)} predicted video(s) not in {source} are not scored '
+              f'({", ".join(extra[:3])}{", ..." if len(extra) > 3 else ""})', file=sys.stderr)
     pairs = []
-    for video in sorted(os.listdir(pre_dir)):
-        pv = os.path.join(pre_dir, video)
-        if video.startswith('.') or not os.path.isdir(pv):
-            continue
+    for video in videos:
+        pv, gv = os.path.join(pre_dir, video), os.path.join(gt_dir, video)
         preds = _pngs(pv)
-        if not preds:
-            continue
-        gv = os.path.join(gt_dir, video)
         if not os.path.isdir(gv):
             raise CRWError(f'{pv}: no ground truth folder {gv} for this video (wrong --gt_dir?)')
         missing = sorted(set(_pngs(gv)) - set(preds))
@@ -168,6 +202,10 @@ def get_args_parser():
                    help='ground truth: VIP_Fine/Annotations/Category_ids (<video>/<frame>.png class ids)')
     p.add_argument('-p', '--pre_dir', required=True,
                    help="predictions: test.py's --save-path for the VIP filelist (<video>/<frame>.png)")
+    p.add_argument('--list', default=None,
+                   help='the videos to score, one name a line (a VIP list such as VIP_Fine/lists/val_videos.txt); '
+                        "default: those of test.py's run in --pre_dir, else <gt_dir>/../../lists/val_videos.txt, "
+                        'else every video of --gt_dir. A listed video without predictions is an error')
     p.add_argument('--csv', default=None, help='also write the per-class table to this CSV file')
     return p
 
@@ -175,8 +213,9 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
-        pairs = frame_pairs(args.gt_dir, args.pre_dir)
-        print(f'result of {args.pre_dir}: {len(pairs)} frames')
+        pairs = frame_pairs(args.gt_dir, args.pre_dir, args.list)
+        print(f'result of {args.pre_dir}: {len(pairs)} frames of {len({os.path.dirname(p) for p, _ in pairs})} '
+              'videos')
         s = scores(compute_hist(pairs))
         print(format_report(s))
         if args.csv:

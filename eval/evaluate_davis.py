@@ -11,7 +11,10 @@ whose pixel values are object ids. For every sequence and object id 1..max id of
 J and F are computed on every frame but the first and the last (eval/davis_metrics.py), summarised per object
 (Mean, Recall, Decay) and averaged over all objects. Writes ``global_results-<set>.csv`` and
 ``per-sequence_results-<set>.csv`` into the results folder with the official scorer's columns and 3 decimals,
-and prints the tables. Existing CSVs are reused (as the official scorer does) unless ``--force``.
+and prints the tables. Existing CSVs are reused (as the official scorer does) only when they are provably
+from the same inputs: a record beside them (``.scores-<set>.json``) holds a SHA-256 of every ground-truth and
+result PNG of the scored sequences and of the scorer's settings; without it, or when it differs, the scores
+are computed again (``--force`` always recomputes).
 
 Differences from the official scorer, none of which changes a score it produces:
 * ground-truth pixels labelled 255 are void and left out of J and F. The official semi-supervised
@@ -21,6 +24,9 @@ Differences from the official scorer, none of which changes a score it produces:
   (the official prints a message and exits with status 0); a result that never shows some object scores it
   as empty (the official does the same in its current version).
 * the Decay quarters are computed with integer indices (the official's uint8 indices wrap past 256 frames).
+* ground truth without an annotation of the sequence's first frame (the first of ``JPEGImages/<res>/<seq>``,
+  or without that folder the first result frame) is an error; the official scorer takes the first annotation
+  it finds as the first frame.
 
 Python use: ``evaluate(davis_path, results_path, sequences=None, set_name='val')`` returns
 ``(global_dict, per_object_rows)``.
@@ -28,6 +34,8 @@ Python use: ``evaluate(davis_path, results_path, sequences=None, set_name='val')
 import argparse
 import concurrent.futures
 import csv
+import hashlib
+import json
 import os
 import sys
 import time
@@ -38,6 +46,7 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
 import numpy as np  # noqa: E402
 
 from eval import davis_metrics as dm  # noqa: E402
+from data.images import frame_number, list_frames  # noqa: E402
 from eval.davis_io import annotation_frames, read_label_png, read_split  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 from utils.misc import atomic_write, default_workers  # noqa: E402
@@ -59,6 +68,7 @@ def evaluate_sequence(davis_path, results_path, sequence, resolution='480p', voi
     if void not in VOID_MODES:
         raise ValueError(f'void must be one of {VOID_MODES}, got {void!r}')
     frames = annotation_frames(davis_path, sequence, resolution)
+    check_first_annotation(davis_path, results_path, sequence, frames[0], resolution)
     if len(frames) < 3:
         raise CRWError(f'{sequence}: {len(frames)} annotated frame(s); at least 3 are needed '
                         '(the first and the last are not scored)')
@@ -88,6 +98,22 @@ def evaluate_sequence(davis_path, results_path, sequence, resolution='480p', voi
                                            void=void_mask if void == 'ignore' and void_mask.any() else None,
                                            bound_th=bound_th)
     return {'sequence': sequence, 'num_objects': num_objects, 'frames': [fid for fid, _ in scored], 'J': j, 'F': f}
+
+
+def check_first_annotation(davis_path, results_path, sequence, first_gt, resolution='480p'):
+    """Raise CRWError when the ground truth's first annotation ``first_gt`` (frame id, path) is not of the
+    sequence's first frame: the first of JPEGImages/<res>/<seq>, or without that folder the first result."""
+    frames_dir = os.path.join(davis_path, 'JPEGImages', resolution, sequence)
+    if os.path.isdir(frames_dir):
+        firsts, where = list_frames(frames_dir)[:1], frames_dir
+    else:
+        res_dir = os.path.join(results_path, sequence)
+        firsts = list_frames(res_dir, extensions=('.png',))[:1] if os.path.isdir(res_dir) else []
+        where = res_dir
+    if firsts and frame_number(firsts[0]) < frame_number(first_gt[1]):
+        raise CRWError(f'{sequence}: the ground truth has no annotation of the first frame '
+                       f'{os.path.basename(firsts[0])} of {where} (its first is {os.path.basename(first_gt[1])}); '
+                       "the first frame's annotation defines the objects scored: restore it")
 
 
 def evaluate(davis_path, results_path, sequences=None, set_name='val', resolution='480p', void='ignore',
@@ -135,6 +161,40 @@ def evaluate(davis_path, results_path, sequences=None, set_name='val', resolutio
 
 
 # ---------------------------------------------------------------------------------------------------- output
+
+def scores_record_path(results_path, tag):
+    return os.path.join(results_path, f'.scores-{tag}.json')
+
+
+def inputs_digest(davis_path, results_path, sequences, **settings):
+    """SHA-256 (hex) of the scorer's settings and of every ground-truth PNG of ``sequences`` and the result PNG
+    of the same name (the bytes; a missing result counts as missing): what the CSV files are computed from."""
+    h = hashlib.sha256(json.dumps({'scorer': 'crw-evaluate_davis/1', 'sequences': list(sequences), **settings},
+                                  sort_keys=True).encode())
+    for seq in sequences:
+        for frame_id, gt_path in annotation_frames(davis_path, seq, settings.get('resolution', '480p')):
+            for path in (gt_path, os.path.join(results_path, seq, f'{frame_id}.png')):
+                h.update(f'\0{seq}/{frame_id}:'.encode())
+                try:
+                    with open(path, 'rb') as f:
+                        h.update(hashlib.sha256(f.read()).digest())
+                except FileNotFoundError:
+                    h.update(b'missing')
+    return h.hexdigest()
+
+
+def stored_digest(results_path, tag):
+    try:
+        with open(scores_record_path(results_path, tag)) as f:
+            return json.load(f).get('inputs')
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_scores_record(results_path, tag, digest):
+    with atomic_write(scores_record_path(results_path, tag), 'w') as f:
+        json.dump({'inputs': digest, 'csv': [os.path.basename(p) for p in csv_paths(results_path, tag)]}, f)
+
 
 def csv_paths(results_path, tag):
     return (os.path.join(results_path, f'global_results-{tag}.csv'),
@@ -233,11 +293,19 @@ def main(argv=None):
             raise CRWError(f'results folder {args.results_path} does not exist')
         sequences, tag = read_split(args.davis_path, args.set)
         g_path, s_path = csv_paths(args.results_path, tag)
-        if os.path.exists(g_path) and os.path.exists(s_path) and not args.force:
-            print('Using precomputed results... (--force recomputes)')
+        settings = {'resolution': args.resolution, 'void': args.void, 'bound_th': dm.BOUND_TH}
+        reuse = os.path.exists(g_path) and os.path.exists(s_path) and not args.force
+        digest = None if args.force else inputs_digest(args.davis_path, args.results_path, sequences, **settings)
+        if reuse and stored_digest(args.results_path, tag) == digest:
+            print('Using precomputed results: the CSV files are from these masks and ground truth (--force '
+                  'recomputes)')
             g_header, g_rows = read_csv(g_path)
             s_header, s_rows = read_csv(s_path)
         else:
+            if reuse:
+                print(f'{os.path.basename(g_path)} exists but is not provably from these masks and ground truth '
+                      f'(no {os.path.basename(scores_record_path(args.results_path, tag))}, or other inputs): '
+                      'recomputing', flush=True)
             print(f'Evaluating sequences for the {args.task} task...', flush=True)
             g, rows = evaluate(args.davis_path, args.results_path, sequences=sequences, resolution=args.resolution,
                                void=args.void, workers=args.workers)
@@ -245,6 +313,8 @@ def main(argv=None):
             s_header, s_rows = SEQUENCE_COLUMNS, [[r['Sequence'], r['J-Mean'], r['F-Mean']] for r in rows]
             try:
                 write_csvs(args.results_path, tag, g, rows)
+                write_scores_record(args.results_path, tag, digest or inputs_digest(
+                    args.davis_path, args.results_path, sequences, **settings))
                 print(f'Global results saved in {g_path}')
                 print(f'Per-sequence results saved in {s_path}')
             except OSError as e:  # the scores are printed below all the same

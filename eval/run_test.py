@@ -18,7 +18,10 @@ modification) or a pretrained model type with no checkpoint (``imagenet18``, ``m
 ``--encoder-weights``, passed on to test.py). The model type is ``--model-type`` or, as in the release,
 ``scratch_zeropad`` when the path mentions 'zero' or 'rel_left_drop' and ``scratch`` otherwise.
 A combination whose ``converted/global_results-val.csv`` exists is skipped unless ``--force``; test.py is
-skipped when its output folder exists (release behaviour) unless ``--force``. ``--dryrun`` prints the commands
+skipped when its output folder exists (release behaviour) unless ``--force``, which reruns it with
+``--overwrite``. convert_davis.py always runs with ``--overwrite`` (each combination's ``converted/`` is this
+script's own) and matches sequences by name; ``--by-order`` passes its flag of that name on, for a
+``--test-script`` that writes no record of the names (the release's test.py). ``--dryrun`` prints the commands
 and runs nothing. Flags this script does not know are passed on to test.py.
 
 With ``--dataset jhmdb`` the chain is ``test.py`` on the JHMDB ``--filelist`` (videoLen 7 and cropSize 320
@@ -44,6 +47,7 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
     sys.path.insert(0, _REPO)
 
 from model import MODEL_TYPES  # noqa: E402
+from utils.arguments import finite_float  # noqa: E402
 from utils.errors import CRWError, report  # noqa: E402
 
 DEFAULT_FILELIST = os.path.join(_REPO, 'eval', 'davis_vallist.txt')
@@ -123,13 +127,15 @@ def test_command(ckpt, model_type, L, K, T, R, crop, raw, filelist, data_root, p
 
 
 def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, filelist, scorer, python,
-                   finetune=0, gpu=0, workers=None, extra=(), force=False, test_script='test.py'):
+                   finetune=0, gpu=0, workers=None, extra=(), force=False, test_script='test.py', by_order=False):
     """The three argument lists (test, convert, score) of one DAVIS combination; they run from the repository
     root."""
     test = test_command(ckpt, model_type, L, K, T, R, crop, raw, filelist, davis, python, finetune, gpu, workers,
                         extra, test_script)
+    if force and test_script == 'test.py':
+        test.append('--overwrite')
     convert = [python, os.path.join('eval', 'convert_davis.py'), '--in_folder', raw, '--out_folder', converted,
-               '--dataset', davis]
+               '--dataset', davis, '--overwrite'] + (['--by-order'] if by_order else [])
     score = [python, _display(scorer), '--task', 'semi-supervised', '--results_path', converted, '--set', 'val',
              '--davis_path', davis]
     if force and os.path.abspath(scorer) == DEFAULT_SCORER:
@@ -138,10 +144,12 @@ def build_commands(ckpt, model_type, L, K, T, R, crop, raw, converted, davis, fi
 
 
 def build_jhmdb_commands(ckpt, model_type, L, K, T, R, crop, raw, pck_csv, filelist, data_root, python,
-                         finetune=0, gpu=0, workers=None, extra=(), test_script='test.py'):
+                         finetune=0, gpu=0, workers=None, extra=(), test_script='test.py', force=False):
     """The two argument lists (test, PCK) of one JHMDB combination; feat-res = cropSize / 8."""
     test = test_command(ckpt, model_type, L, K, T, R, crop, raw, filelist, data_root, python, finetune, gpu,
                         workers, extra, test_script)
+    if force and test_script == 'test.py':
+        test.append('--overwrite')
     pck = [python, os.path.join('eval', 'eval_pck.py'), '--filelist', filelist, '--results', raw,
            '--feat-res', _num(crop / 8), '--csv', pck_csv]
     if data_root:
@@ -165,8 +173,8 @@ def get_args_parser():
     p.add_argument('--L', nargs='+', type=int, default=None,
                    help='--videoLen values (default: 20 for davis, 7 for jhmdb, the release settings)')
     p.add_argument('--K', nargs='+', type=int, default=[10], help='--topk values')
-    p.add_argument('--T', nargs='+', type=float, default=[0.07], help='--temperature values')
-    p.add_argument('--R', nargs='+', type=float, default=[12], help='--radius values')
+    p.add_argument('--T', nargs='+', type=finite_float, default=[0.07], help='--temperature values')
+    p.add_argument('--R', nargs='+', type=finite_float, default=[12], help='--radius values')
     p.add_argument('--cropSize', type=int, default=None,
                    help='test.py --cropSize (default: -1, the native size, for davis; 320 for jhmdb)')
     p.add_argument('--finetune', type=int, default=0,
@@ -188,7 +196,11 @@ def get_args_parser():
                         'or $DAVIS_SCORER)')
     p.add_argument('--test-script', default='test.py',
                    help='label propagation script (default: the repository\'s test.py)')
-    p.add_argument('--force', action='store_true', help='rerun everything, even where results exist')
+    p.add_argument('--force', action='store_true',
+                   help='rerun everything, even where results exist (test.py with --overwrite)')
+    p.add_argument('--by-order', action='store_true',
+                   help="convert_davis.py --by-order: video i is line i of the split (for a --test-script that "
+                        "records no sequence names, e.g. the release's test.py)")
     p.add_argument('--dryrun', action='store_true', help='print the commands, run nothing')
     p.add_argument('--slurm', action='store_true', help='release flag (the authors\' cluster); not supported')
     return p
@@ -271,14 +283,14 @@ def _main(args, extra):
             result = os.path.join(base, 'pck.csv')
             test, pck = build_jhmdb_commands(ckpt, mtype, L, K, T, R, args.cropSize, raw, result, filelist,
                                              args.data_root, python, args.finetune, args.gpu, args.workers, extra,
-                                             args.test_script)
+                                             args.test_script, args.force)
             scoring, stale = [('eval_pck.py', pck)], [result]
         else:
             converted = os.path.join(base, 'converted')
             result = os.path.join(converted, 'global_results-val.csv')
             test, convert, score = build_commands(ckpt, mtype, L, K, T, R, args.cropSize, raw, converted, davis,
                                                   filelist, scorer, python, args.finetune, args.gpu, args.workers,
-                                                  extra, args.force, args.test_script)
+                                                  extra, args.force, args.test_script, args.by_order)
             scoring = [('convert_davis.py', convert), ('scoring', score)]
             stale = [result, os.path.join(converted, 'per-sequence_results-val.csv')]
         head = f'# [{n}/{len(combos)}] {tag}'

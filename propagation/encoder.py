@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from model import CRW
 from propagation.folding import fold_batchnorm
-from utils.checkpoint import load_checkpoint, partial_load
+from utils.checkpoint import checkpoint_args, load_checkpoint, partial_load
 from utils.errors import CRWError
 
 STRIDE = 8   # encoder output stride: a feature cell is 8x8 pixels
@@ -31,9 +31,11 @@ def load_encoder(checkpoint=None, device='cpu', model_type='scratch', remove_lay
 
     Every encoder weight must come from the checkpoint: a file that fills only part of it (another
     architecture, a plain torchvision state dict) raises CRWError unless ``allow_partial``, since the rest
-    would silently stay random. ``trust``: see ``utils.checkpoint.load_checkpoint``. ``fold_bn``: BatchNorm folded
-    into the convolutions (``propagation.folding``: same features up to float rounding, faster; such an
-    encoder cannot be trained: pass False for test-time adaptation)."""
+    would silently stay random. A checkpoint whose stored training args name another ``model_type`` raises
+    CRWError too (``scratch`` and ``scratch_zeropad`` share their weights but give other masks). ``trust``: see
+    ``utils.checkpoint.load_checkpoint``. ``fold_bn``: BatchNorm folded into the convolutions
+    (``propagation.folding``: same features up to float rounding, faster; such an encoder cannot be trained:
+    pass False for test-time adaptation)."""
     model = CRW(SimpleNamespace(model_type=model_type, remove_layers=list(remove_layers), head_depth=-1,
                                 imagenet_weights=imagenet_weights, trust_checkpoint=trust))
     if checkpoint is not None:
@@ -41,6 +43,10 @@ def load_encoder(checkpoint=None, device='cpu', model_type='scratch', remove_lay
         if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, '__fspath__'):
             name = os.fspath(checkpoint)
             checkpoint = load_checkpoint(checkpoint, map_location='cpu', trust=trust)
+        trained = checkpoint_args(checkpoint).get('model_type')
+        if trained is not None and trained != model_type:   # scratch / scratch_zeropad: same weights, other masks
+            raise CRWError(f'--resume {name} was trained with --model-type {trained}, this run has --model-type '
+                           f'{model_type}: pass --model-type {trained}')
         state = checkpoint['model'] if isinstance(checkpoint.get('model'), dict) else checkpoint
         _, missing, _ = partial_load(model, state, skip_keys=('selfsim_fc',))
         missing = [k for k in missing if not k.endswith('num_batches_tracked')]  # counters, unused in eval

@@ -77,11 +77,13 @@ def _inside_radius(d2, radius):
     return d2.to(torch.float32) ** 0.5 < radius
 
 
-def radius_offsets(radius):
-    """[M, 2] long (dy, dx): the grid offsets strictly inside ``radius``, row-major."""
-    r = int(math.ceil(radius))
-    d = torch.arange(-r, r + 1)
-    dy, dx = torch.meshgrid(d, d, indexing='ij')
+def radius_offsets(radius, h=None, w=None):
+    """[M, 2] long (dy, dx): the grid offsets strictly inside ``radius``, row-major. With the feature map's
+    size h x w, only offsets that join two of its nodes (|dy| < h, |dx| < w): a radius beyond the map costs
+    no more than the whole map."""
+    r = math.ceil(radius)
+    ry, rx = (r if h is None else min(r, h - 1)), (r if w is None else min(r, w - 1))
+    dy, dx = torch.meshgrid(torch.arange(-ry, ry + 1), torch.arange(-rx, rx + 1), indexing='ij')
     keep = _inside_radius(dy ** 2 + dx ** 2, radius)
     return torch.stack([dy[keep], dx[keep]], dim=1)
 

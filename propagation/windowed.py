@@ -146,7 +146,7 @@ class WindowedPropagator:
         self.budget = budget_bytes or default_budget(dev)
         self._t = 0
 
-        offsets = radius_offsets(protocol.radius)                        # [M, 2] (dy, dx)
+        offsets = radius_offsets(protocol.radius, h, w)                  # [M, 2] (dy, dx)
         self.num_offsets = offsets.shape[0]
         self.layout = L = TileLayout(h, w, (h, w) if mode == 'full' else tile, int(offsets.abs().max()), dev)
         self.mode = 'full' if L.num_tiles == 1 else 'window'

@@ -116,7 +116,7 @@ def test_convert_release_bgr_masks_to_the_right_ids(onefour, tmp_path, capsys):
     m0[::7] = 0
     Image.fromarray(m0).save(raw / '0_0_mask.png')
     assert convert_davis.main(['--in_folder', str(raw), '--out_folder', str(out), '--dataset', davis,
-                               '--workers', '1']) == 0
+                               '--workers', '1', '--by-order']) == 0     # the release recorded no names
     summary = capsys.readouterr().out.splitlines()[0]
     assert 'red and blue swapped' in summary and 'all 2 sequences' in summary
     assert 'decided by frame 0 for onefour' in summary          # ids {1, 4} fit both colour orders
@@ -143,7 +143,7 @@ def test_convert_refuses_mixed_mask_formats(onefour, tmp_path):
             Image.fromarray(m).save(raw / f'{i}_{t}_mask.png')
     Image.fromarray(davis_palette()[seqs['three']['masks'][2]]).save(raw / '1_2_mask.png')   # one colour mask
     with pytest.raises(CRWError, match='1_2_mask.png is an RGB PNG'):
-        convert_davis.convert(str(raw), str(tmp_path / 'out'), davis, workers=1)
+        convert_davis.convert(str(raw), str(tmp_path / 'out'), davis, workers=1, by_order=True)
 
 
 # ------------------------------------------------------------------------------------------------ 2. resume
@@ -307,11 +307,60 @@ def test_resume_with_foreign_weights_is_refused(davis, tmp_path, capsys):
     (['--dropout', '2'], '--dropout 2'), (['--dropout', '1'], '--dropout 1'), (['--temp', '-1'], '--temp -1'),
     (['--temp', '0'], '--temp 0'), (['--lr', '-1'], '--lr -1'), (['--lr', '0'], '--lr 0'),
     (['--img-size', '8'], 'at least 9x9'), (['--frame-aug', 'grid', '--img-size', '32'], '--patch-size 64'),
-    (['--frame-aug', 'grid', '--patch-size', '8', '8', '--img-size', '64'], '--patch-size 8')])
+    (['--frame-aug', 'grid', '--patch-size', '8', '8', '--img-size', '64'], '--patch-size 8'),
+    (['--temp', 'inf'], '--temp: inf: a finite number'), (['--lr', 'inf'], '--lr: inf: a finite number'),
+    (['--lr', 'nan'], '--lr: nan'), (['--momentum=-inf'], '--momentum: -inf'),
+    (['--lr-gamma', 'nan'], '--lr-gamma: nan'), (['--wd', 'inf'], '--weight-decay: inf')])
 def test_training_values_that_cannot_train_are_refused(frame_list, tmp_path, capsys, extra, needle):
     with pytest.raises(SystemExit) as e:
         cli.parse_train_args(train_argv(frame_list, tmp_path, *extra))
     assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize('extra, needle', [
+    (['--temperature', 'inf'], '--temperature: inf'), (['--temperature', '0'], '--temperature 0'),
+    (['--radius', 'nan'], '--radius: nan'), (['--radius', '0'], '--radius 0'),
+    (['--finetune', '1', '--finetune-lr', 'inf'], '--finetune-lr: inf')])
+def test_propagation_values_that_cannot_work_are_refused(davis, capsys, extra, needle):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_test_args(['--filelist', davis[1], *extra])
+    assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
+
+
+def test_huge_radius_is_clamped_to_the_feature_map(davis, tmp_path):
+    root, filelist, ckpt, _ = davis    # 'three' is 5x6 feature cells: radius 100 already covers it
+    assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'huge', '--radius', '1e9')) == 0
+    assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'map', '--radius', '100')) == 0
+    names = sorted(p.name for p in (tmp_path / 'map').glob('*_mask.png'))
+    assert names and names == sorted(p.name for p in (tmp_path / 'huge').glob('*_mask.png'))
+    for n in names:
+        assert np.array_equal(np.array(Image.open(tmp_path / 'huge' / n)), np.array(Image.open(tmp_path / 'map' / n)))
+
+
+def test_checkpoint_of_another_model_type_is_refused(davis, tmp_path, capsys):
+    root, filelist, ckpt, _ = davis    # trained as scratch; scratch_zeropad has the same weights
+    assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'z', '--model-type', 'scratch_zeropad')) == 1
+    msg = one_line(capsys.readouterr().err)
+    assert f'--resume {ckpt} was trained with --model-type scratch' in msg and 'scratch_zeropad' in msg
+    assert not (tmp_path / 'z').exists() or not list((tmp_path / 'z').glob('*_mask.png'))
+    # a release checkpoint (args an argparse Namespace) is compared too
+    rel = str(tmp_path / 'release.pth')
+    torch.save({'model': torch.load(ckpt, weights_only=True)['model'],
+                'args': argparse.Namespace(model_type='scratch_zeropad')}, rel)
+    assert run_test_py(prop_argv(filelist, rel, tmp_path / 'r')) == 1
+    assert 'was trained with --model-type scratch_zeropad' in one_line(capsys.readouterr().err)
+    assert run_test_py(prop_argv(filelist, rel, tmp_path / 'r', '--model-type', 'scratch_zeropad')) == 0
+
+
+def test_partial_reload_that_loads_nothing_is_refused(frame_list, tmp_path, capsys):
+    import torchvision
+    other = str(tmp_path / 'torchvision.pth')
+    torch.save({'model': torchvision.models.resnet18(weights=None).state_dict()}, other)  # no key matches CRW
+    out = tmp_path / 'run'
+    assert train.cli(train_argv(frame_list, out, '--partial-reload', other)) == 1
+    msg = one_line(capsys.readouterr().err)
+    assert f'--partial-reload {other}: no weight matches' in msg
+    assert not (out / 'checkpoint.pth').exists()
 
 
 def test_smallest_sizes_run_and_test_crop_size_is_checked(davis, capsys):
@@ -476,7 +525,7 @@ def test_ctrl_c_during_checkpoint_write(frame_list, tmp_path, capsys, monkeypatc
     assert train.cli(train_argv(frame_list, out, '--steps-per-epoch', '1')) == 130
     msg = one_line(capsys.readouterr().err, 'interrupted')
     assert msg.startswith('train.py: interrupted') and 'no checkpoint was written yet' in msg
-    assert os.listdir(out) == ['train_log.jsonl']          # no partial file left
+    assert sorted(os.listdir(out)) == ['.crw.lock', 'train_log.jsonl']    # no partial file left
     monkeypatch.setattr(torch.serialization, '_open_zipfile_writer', real)
     assert train.cli(train_argv(frame_list, out, '--steps-per-epoch', '1')) == 0
     monkeypatch.setattr(torch.serialization, '_open_zipfile_writer', lambda f: real(_InterruptingFile(f)))
@@ -484,6 +533,14 @@ def test_ctrl_c_during_checkpoint_write(frame_list, tmp_path, capsys, monkeypatc
     msg = one_line(capsys.readouterr().err, 'interrupted')
     assert f'{out / "checkpoint.pth"} is intact' in msg
     assert torch.load(out / 'checkpoint.pth', weights_only=True)['epoch'] == 0
+
+
+def test_sigterm_in_training_is_one_line(frame_list, tmp_path, capsys, monkeypatch):
+    import signal
+    monkeypatch.setattr(train, 'save_state', lambda *a, **kw: os.kill(os.getpid(), signal.SIGTERM))
+    assert train.cli(train_argv(frame_list, tmp_path / 'run', '--steps-per-epoch', '1')) == 143
+    text = capsys.readouterr().err
+    assert one_line(text, 'interrupted').startswith('train.py: interrupted (SIGTERM)') and 'Traceback' not in text
 
 
 def test_non_finite_loss_message_names_no_missing_checkpoint(frame_list, tmp_path, capsys, monkeypatch):

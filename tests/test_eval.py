@@ -4,6 +4,7 @@ Only synthetic or hand-made data. Expected values are worked out by hand in the 
 """
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from eval import davis_metrics as dm
 from eval import evaluate_davis as ed
 from eval import run_test as rt
 from utils.errors import CRWError
+from utils.output_folders import write_manifest
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 ENV.pop('DAVIS_ROOT', None)
@@ -260,11 +262,26 @@ def test_cli_writes_csvs_and_reuses_them(layout, tmp_path):
     assert table[0] == ['Sequence', 'J-Mean', 'F-Mean']
     assert [r[0] for r in table[1:]] == ['rects_1', 'rects_2', 'synth_1', 'synth_2', 'synth_3']
     assert all(r[1:] == ['1.000', '1.000'] for r in table[1:])
-    # existing CSVs are reused (a marker value shows it), --force recomputes
+    # existing CSVs are reused when the record beside them matches these inputs (a marker value shows it)
+    assert os.path.isfile(os.path.join(res, '.scores-val.json'))
     with open(os.path.join(res, 'global_results-val.csv'), 'w') as f:
         f.write(','.join(ed.GLOBAL_COLUMNS) + '\n0.123,0.100,0.100,0.100,0.146,0.100,0.100\n')
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis)
     assert p.returncode == 0 and 'precomputed' in p.stdout and '0.123' in p.stdout
+    # other masks in the same folder (another model's run): recomputed, not the old score
+    blank = seqs['synth']['masks'].copy()
+    blank[1:-1] = 0
+    write_results(res, 'synth', blank)
+    p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
+    assert p.returncode == 0 and 'precomputed' not in p.stdout and 'recomputing' in p.stdout
+    assert '0.123' not in p.stdout and '1.000,' not in open(os.path.join(res, 'global_results-val.csv')).read()
+    # CSVs without the record (e.g. the official scorer's): recomputed as well
+    write_results(res, 'synth', seqs['synth']['masks'])
+    os.remove(os.path.join(res, '.scores-val.json'))
+    with open(os.path.join(res, 'global_results-val.csv'), 'w') as f:
+        f.write(','.join(ed.GLOBAL_COLUMNS) + '\n0.123,0.100,0.100,0.100,0.146,0.100,0.100\n')
+    p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
+    assert p.returncode == 0 and 'precomputed' not in p.stdout and '0.123' not in p.stdout
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--force',
                    '--workers', '1')
     assert p.returncode == 0 and '0.123' not in p.stdout
@@ -300,6 +317,17 @@ def test_missing_result_frame_and_unknown_object(layout, tmp_path):
         ed.evaluate(davis, res, workers=1)
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
     assert_one_line_error(p, 'rects', '00002', 'object id')
+    # ground truth without frame 0: refused, not scored from frame 1 as the first frame
+    write_results(res, 'rects', seqs['rects']['masks'])
+    os.remove(os.path.join(davis, 'Annotations', '480p', 'rects', '00000.png'))
+    with pytest.raises(CRWError, match=r'rects: the ground truth has no annotation of the first frame 00000'):
+        ed.evaluate(davis, res, workers=1)
+    p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--workers', '1')
+    assert_one_line_error(p, 'rects', 'first frame', '00001.png')
+    # without the frames folder the first result frame is the first frame
+    shutil.rmtree(os.path.join(davis, 'JPEGImages', '480p', 'rects'))
+    with pytest.raises(CRWError, match=r'rects: the ground truth has no annotation of the first frame 00000.png'):
+        ed.evaluate(davis, res, workers=1)
     # a bad task or a missing dataset: one line too
     p = run_script('eval/evaluate_davis.py', '--results_path', res, '--davis_path', davis, '--task', 'unsupervised')
     assert_one_line_error(p, 'semi-supervised')
@@ -309,7 +337,9 @@ def test_missing_result_frame_and_unknown_object(layout, tmp_path):
 
 # -------------------------------------------------------------------------------------------- convert_davis.py
 
-def write_raw(raw, seqs, size=None, skip=()):
+def write_raw(raw, seqs, size=None, skip=(), record=True):
+    """test.py --filelist's masks {i}_{t}_mask.png of ``seqs`` (video i = the i-th sequence) and, as test.py does,
+    the record of its run naming each video (``record=False``: masks only, like the release's test.py)."""
     os.makedirs(raw, exist_ok=True)
     for i, s in enumerate(seqs.values()):
         for t, m in enumerate(s['masks']):
@@ -319,6 +349,11 @@ def write_raw(raw, seqs, size=None, skip=()):
             if size:
                 im = im.resize((size, size), Image.NEAREST)
             im.save(os.path.join(raw, f'{i}_{t}_mask.png'))
+    if record:
+        videos = [{'index': i, 'name': name, 'kind': 'davis', 'num_frames': len(s['masks'])}
+                  for i, (name, s) in enumerate(seqs.items())]
+        write_manifest(raw, [{'tool': 'test.py', 'unit': '*', 'status': 'complete', 'command': 'test.py',
+                              'files': sorted(os.listdir(raw)), 'info': {'videos': videos}}])
 
 
 @pytest.mark.slow
@@ -473,7 +508,7 @@ def test_run_test_full_chain_then_skip(layout, tmp_path):
     fake.write_text(FAKE_TEST)
     out = tmp_path / 'out'
     args = ['eval/run_test.py', '--model-path', 'imagenet18', '--L', '20', '--K', '10', '--T', '0.05',
-            '--cropSize', '-1', '--filelist', filelist, '--test-script', str(fake)]
+            '--cropSize', '-1', '--filelist', filelist, '--test-script', str(fake), '--by-order']   # no record
     env = {**ENV, 'DAVIS_ROOT': davis, 'CRW_RESULTS': str(out)}
     p = run_script(*args, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -486,3 +521,58 @@ def test_run_test_full_chain_then_skip(layout, tmp_path):
     assert p.returncode == 0 and 'skipped' in p.stdout and str(fake) not in p.stdout
     p = run_script(*args, '--force', '--dryrun', env=env)
     assert p.returncode == 0 and 'skipped' not in p.stdout and str(fake) in p.stdout
+
+
+# ------------------------------------------------------------------- convert_davis.py: names, inputs, mixed folders
+
+def test_convert_matches_sequences_by_name_not_by_line(layout, tmp_path, capsys):
+    # test.py ran a filelist in another order than val.txt (video 0 = synth, video 1 = rects): matched by the
+    # names test.py recorded, the conversion is exact; by line it would score the wrong sequences
+    from eval import convert_davis as cd
+    davis, seqs, _ = layout
+    raw, out = str(tmp_path / 'raw'), str(tmp_path / 'converted')
+    write_raw(raw, {'synth': seqs['synth'], 'rects': seqs['rects']})
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 0
+    assert ed.evaluate(davis, out, workers=1)[0]['J&F-Mean'] == 1.0
+    # by line: video 0 (7 frames of synth) is not rects (6 frames): refused, not scored
+    assert cd.main(['--in_folder', raw, '--out_folder', str(tmp_path / 'o2'), '--dataset', davis,
+                    '--by-order']) == 1
+    assert 'video 0 has more frames than rects' in capsys.readouterr().err
+    # masks without test.py's record (the release's): refused unless --by-order says the order is the split's
+    os.remove(os.path.join(raw, '.crw_outputs.json'))
+    assert cd.main(['--in_folder', raw, '--out_folder', str(tmp_path / 'o3'), '--dataset', davis]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'no record of which video is which sequence' in err[0] and '--by-order' in err[0]
+    # a record that lacks a sequence of the split
+    write_raw(raw, {'rects': seqs['rects']})
+    with pytest.raises(CRWError, match='test.py propagated no video named synth'):
+        cd.convert(raw, str(tmp_path / 'o4'), davis, workers=1)
+    assert not any(os.path.exists(tmp_path / o) for o in ('o2', 'o3', 'o4'))
+
+
+def test_convert_out_folder_onto_ground_truth_or_another_run_is_refused(layout, tmp_path, capsys):
+    from eval import convert_davis as cd
+    davis, seqs, _ = layout
+    raw = str(tmp_path / 'raw')
+    write_raw(raw, seqs)
+
+    def tree(folder):
+        return {str(p): p.read_bytes() for p in __import__('pathlib').Path(folder).rglob('*') if p.is_file()}
+
+    before = tree(davis)
+    gt = os.path.join(davis, 'Annotations', '480p')
+    for out in (gt, gt + '/../480p/', davis, raw):
+        assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and '--out_folder' in err[0] and 'an input' in err[0], err
+    assert tree(davis) == before and sorted(os.listdir(raw)) == sorted(
+        ['.crw_outputs.json'] + [f'{i}_{t}_mask.png' for i, s in enumerate(seqs.values()) for t in range(len(s['masks']))])
+    # a converted folder with its scores: a second conversion is refused; --overwrite replaces both
+    out = str(tmp_path / 'converted')
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 0
+    ed.write_csvs(out, 'val', *ed.evaluate(davis, out, workers=1))
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1']) == 1
+    assert 'holds the outputs of convert_davis.py' in capsys.readouterr().err
+    assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1',
+                    '--overwrite']) == 0
+    assert sorted(os.listdir(out)) == ['.crw_outputs.json', 'rects', 'synth']     # the old scores are gone

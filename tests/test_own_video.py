@@ -1,6 +1,9 @@
 """Your own video: test.py --video/--mask, the Python API (propagation.propagate / VideoPropagator), masks on
 later frames, and bad masks and videos. Synthetic clips with exact masks, built here; tiny sizes."""
 import argparse
+import errno
+import io
+import json
 import os
 import subprocess
 import sys
@@ -365,3 +368,189 @@ def test_later_mask_with_wide_ids_refused_before_anything_is_written(clip, ckpt,
     line = one_line(capsys)
     assert '00004.png' in line and '0..255' in line
     assert not (tmp_path / 'o').exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# outputs: never on an input, never mixed with another run's (utils/output_folders.py)
+# ----------------------------------------------------------------------------------------------------------
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder."""
+    out = {}
+    for r, _, files in os.walk(folder):
+        for n in files:
+            out[os.path.relpath(os.path.join(r, n), folder)] = open(os.path.join(r, n), 'rb').read()
+    return out
+
+
+@pytest.mark.parametrize('where', ['ground truth', 'frames'])
+def test_save_path_onto_an_input_is_refused_before_anything_is_written(where, ckpt, tmp_path, capsys):
+    # --save-path D/Annotations/480p would write D/Annotations/480p/clip/<frame>.png over the ground truth;
+    # the parent of a PNG frames folder would write <parent>/clip/<frame>.png over the frames
+    seq = make_sequence(num_frames=3, height=24, width=40, num_objects=2, seed=1)
+    write_davis_layout(str(tmp_path / 'D'), {'clip': seq}, ext='png')
+    save = {'ground truth': tmp_path / 'D' / 'Annotations' / '480p',
+            'frames': tmp_path / 'D' / 'JPEGImages' / '480p' / '.' / ''}[where]
+    before = snapshot(tmp_path)
+    assert run_test(['--video', str(tmp_path / 'D' / 'JPEGImages' / '480p' / 'clip'), '--mask',
+                     str(tmp_path / 'D' / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt,
+                     '--save-path', str(save)] + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert line.startswith('test.py: error: --save-path') and 'an input' in line
+    assert ('the folder of the mask' if where == 'ground truth' else 'the frames folder') in line
+    assert snapshot(tmp_path) == before
+
+
+def test_output_folder_of_another_run_is_refused_then_overwritten_exactly(clip, ckpt, tmp_path, capsys):
+    # a 9-frame "clip" ran into the folder first; the 6-frame clip of the same name must not leave it mixed
+    long = make_sequence(num_frames=9, height=48, width=80, num_objects=3, seed=6)
+    long_dir = tmp_path / 'long' / 'clip'
+    write_frame_folder(str(long_dir), long['frames'], ext='png')
+    save_indexed_png(str(tmp_path / 'long_first.png'), long['masks'][0])
+    out = tmp_path / 'out'
+    assert run_test(['--video', str(long_dir), '--mask', str(tmp_path / 'long_first.png'), '--resume', ckpt,
+                     '--save-path', str(out)] + PROTOCOL) == 0
+    assert len(os.listdir(out / 'clip')) == 9
+    (out / 'notes.txt').write_text('mine')
+    root, _, seq = clip
+    argv = ['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
+            str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt, '--save-path', str(out)]
+    capsys.readouterr()
+    before = snapshot(out)
+    assert run_test(argv + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert 'holds the outputs of test.py --video' in line and '(10 files)' in line and '--overwrite' in line
+    assert snapshot(out) == before
+    assert run_test(argv + PROTOCOL + ['--overwrite']) == 0
+    assert sorted(os.listdir(out / 'clip')) == [f'{t:05d}.png' for t in range(6)]      # 00006..00008 removed
+    assert (out / 'notes.txt').read_text() == 'mine' and probe_video(str(out / 'clip_overlay.mp4'))[0] == 6
+    runs = json.loads((out / '.crw_outputs.json').read_text())['runs']
+    assert len(runs) == 1 and runs[0]['status'] == 'complete' and '--overwrite' in runs[0]['command']
+    assert runs[0]['files'] == [f'clip/{t:05d}.png' for t in range(6)] + ['clip_overlay.mp4']
+
+
+def test_save_path_that_is_a_file_is_one_line(clip, ckpt, tmp_path, capsys):
+    root, _, seq = clip
+    (tmp_path / 'results').write_text('not a folder')
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
+                     str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt,
+                     '--save-path', str(tmp_path / 'results')] + PROTOCOL) == 1
+    assert 'results: is a file, not a folder' in one_line(capsys)
+    assert (tmp_path / 'results').read_text() == 'not a folder'
+
+
+@pytest.mark.parametrize('sig, status', [('SIGINT', 130), ('SIGTERM', 143)])
+def test_ctrl_c_or_sigterm_mid_video_is_one_line_and_leaves_no_partial_overlay(sig, status, clip, ckpt, tmp_path,
+                                                                               capsys, monkeypatch):
+    import signal
+    from data.inference import outputs
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
+    real_write = outputs.SequenceWriter.write
+
+    def write_then_signal(self, frame):   # the signal arrives while frame 3 is being written (a real signal)
+        real_write(self, frame)
+        if frame.t == 3:
+            os.kill(os.getpid(), getattr(signal, sig))
+    monkeypatch.setattr(outputs.SequenceWriter, 'write', write_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / 'v'
+    argv = ['--video', str(frames_dir), '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
+            '--save-path', str(out)] + PROTOCOL
+    assert run_test(argv) == status
+    text = capsys.readouterr().err
+    err = [line for line in text.replace('\r', '\n').splitlines() if 'test.py' in line]   # not the progress bar
+    assert len(err) == 1 and err[0].startswith(f'test.py: interrupted ({"Ctrl-C" if sig == "SIGINT" else sig})'), text
+    assert 'Traceback' not in text and '--overwrite' in err[0]
+    # no overlay video, not even its hidden temporary file; the run is recorded as unfinished
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp') or n.endswith('.mp4')]
+    assert json.loads((out / '.crw_outputs.json').read_text())['runs'][0]['status'] == 'running'
+    assert signal.getsignal(signal.SIGTERM) is before
+    # the re-run the message asks for completes
+    monkeypatch.setattr(outputs.SequenceWriter, 'write', real_write)
+    assert run_test(argv + ['--overwrite']) == 0
+    assert probe_video(str(out / 'clip_overlay.mp4'))[0] == 6
+
+
+def test_temporary_overlay_of_a_killed_run_is_removed(clip, ckpt, tmp_path):
+    root, _, seq = clip
+    save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
+    out = tmp_path / 'v'
+    out.mkdir()
+    (out / '.clip_overlay.mp4.k1ll3d.tmp').write_bytes(b'half a video')   # SIGKILL: no clean-up ran
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
+                     '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 0
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+
+
+class _FullDisk(io.RawIOBase):
+    """A file on a disk with ``room`` bytes free: a write beyond them raises ENOSPC."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def seekable(self):
+        return self.f.seekable()
+
+    def seek(self, *a):
+        return self.f.seek(*a)
+
+    def tell(self):
+        return self.f.tell()
+
+    def flush(self):
+        self.f.flush()
+
+    def fileno(self):
+        return self.f.fileno()
+
+
+@pytest.mark.parametrize('what', ['masks', 'overlay'])
+def test_full_disk_stops_at_the_first_failed_write_in_one_line(what, clip, ckpt, tmp_path, capsys, monkeypatch):
+    import contextlib
+    from data import video_io
+    from data.inference import outputs
+    root, _, seq = clip
+    save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
+    frames_written = []
+    real_write = outputs.SequenceWriter.write
+    monkeypatch.setattr(outputs.SequenceWriter, 'write',
+                        lambda self, frame: (frames_written.append(frame.t), real_write(self, frame)))
+    if what == 'masks':    # the mask PNG of frame 1 (the first after the given one) finds the disk full
+        real_png = outputs.save_indexed_png
+
+        def png(path, *a):
+            if not path.endswith('00000.png'):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_png(path, *a)
+        monkeypatch.setattr(outputs, 'save_indexed_png', png)
+        culprit = os.path.join('clip', '00001.png')
+    else:                  # the overlay video's own file: PyAV's writes fail after 2000 bytes
+        real_atomic = video_io.atomic_write
+
+        @contextlib.contextmanager
+        def small_disk(path, *a, **kw):
+            with real_atomic(path, *a, **kw) as f:
+                yield _FullDisk(f, 2000)
+        monkeypatch.setattr(video_io, 'atomic_write', small_disk)
+        culprit = 'clip_overlay.mp4'
+    out = tmp_path / 'v'
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
+                     '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 1
+    text = capsys.readouterr().err
+    err = [line for line in text.replace('\r', '\n').splitlines() if 'test.py' in line]
+    assert len(err) == 1 and 'Traceback' not in text
+    assert err[0].startswith(f'test.py: error: {out / culprit}: cannot write (No space left on device)')
+    if what == 'masks':    # stopped at the next frames, not after the whole video
+        assert max(frames_written) < len(seq['frames']) - 1, frames_written
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp') or n.endswith('.mp4')]

@@ -2,6 +2,7 @@
 the filelist builders, test.py's VIP layout and the JHMDB chain test.py -> eval_pck.py on a synthetic clip.
 Expected values are worked out by hand in the comments."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -187,6 +188,40 @@ def test_eval_pck_cli_table_csv_and_errors(tmp_path, capsys):
     assert eval_pck.main(['--filelist', filelist, '--results', results]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and '0.dat: no prediction' in err and ':1:' in err
+
+
+class _Planted:
+    """Unpickling this runs ``open(marker, 'w')``: a stand-in for any code a planted .dat could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_eval_pck_loads_predictions_without_running_code(tmp_path, capsys):
+    gt = spread_joints()
+    filelist, results = write_case(tmp_path, [(gt, gt, (H, W))])
+    # the release's pickled ndarray (write_case uses ndarray.dump) and test.py's .npy format both load
+    pickled = eval_pck.load_prediction(os.path.join(results, '0.dat'))
+    with open(os.path.join(results, '0.dat'), 'wb') as f:
+        np.save(f, pickled)
+    assert np.array_equal(eval_pck.load_prediction(os.path.join(results, '0.dat')), pickled)
+    # a planted pickle is refused before anything in it runs
+    marker = tmp_path / 'ran'
+    with open(os.path.join(results, '0.dat'), 'wb') as f:
+        pickle.dump(_Planted(str(marker)), f, protocol=2)
+    assert eval_pck.main(['--filelist', filelist, '--results', results]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and '0.dat' in err and 'io.open' in err and 'nothing in it was run' in err
+    assert not marker.exists()
+    # an object array (pickles inside the pickle) is refused too
+    with open(os.path.join(results, '0.dat'), 'wb') as f:
+        np.array([_Planted(str(marker))], dtype=object).dump(f)
+    assert eval_pck.main(['--filelist', filelist, '--results', results]) == 1
+    assert not marker.exists()
+    assert '0.dat' in capsys.readouterr().err
 
 
 def test_jhmdb_filelist_builder(tmp_path):
@@ -378,3 +413,28 @@ def test_vip_filelist_builder_errors(tmp_path):
         vip_filelist.build(str(vip))
     with pytest.raises(Exception, match='no such video list'):
         vip_filelist.build(str(vip), str(vip / 'lists' / 'other.txt'))
+
+
+def test_eval_vip_refuses_ground_truth_videos_without_predictions(tmp_path, capsys):
+    # v3 has ground truth but no prediction: scoring v1 and v2 only would report a score for a part of the set
+    gt, pre = _vip_case(str(tmp_path))
+    _grey(f'{gt}/v3/c.png', np.zeros((2, 2)))
+    assert eval_vip.main(['-g', gt, '-p', pre]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '1 of the 3 videos of the videos of --gt_dir' in err[0] and '(v3)' in err[0], err
+    # the videos to score can be named: a list, or test.py's record of the filelist it ran
+    (tmp_path / 'two.txt').write_text('v1\nv2\n')
+    assert eval_vip.main(['-g', gt, '-p', pre, '--list', str(tmp_path / 'two.txt')]) == 0
+    assert 'result of' in capsys.readouterr().out
+    (tmp_path / 'three.txt').write_text('v1\nv2\nv3\n')
+    assert eval_vip.main(['-g', gt, '-p', pre, '--list', str(tmp_path / 'three.txt')]) == 1
+    assert '(v3)' in capsys.readouterr().err
+    from utils.output_folders import write_manifest
+    record = {'tool': 'test.py', 'unit': '*', 'status': 'complete', 'command': 'test.py', 'files': [],
+              'info': {'filelist': 'vip.txt', 'videos': [{'name': 'v1', 'kind': 'vip'}, {'name': 'v2', 'kind': 'vip'}]}}
+    write_manifest(pre, [record])
+    assert eval_vip.main(['-g', gt, '-p', pre]) == 0
+    record['status'] = 'running'                          # a test.py run that did not finish
+    write_manifest(pre, [record])
+    assert eval_vip.main(['-g', gt, '-p', pre]) == 1
+    assert 'did not finish' in capsys.readouterr().err

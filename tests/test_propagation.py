@@ -1,6 +1,7 @@
 """Label propagation: the windowed path == the release's reference algorithm, known-answer propagation, the
 test.py pipeline end to end. Synthetic data only, tiny sizes."""
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -136,6 +137,8 @@ CASES = [
     (6, 16, 7, 11, 2, 3, 10, 0, [0], 'auto'),           # L=0: long-term memory only
     (12, 32, 40, 40, 3, 12, 10, 8, [0], 'auto'),        # the --cropSize 320 map (40x40), t > L
     (23, 16, 15, 27, 2, 12, 10, 20, [0], 'window'),     # 854x480-shaped map at a quarter scale
+    (6, 16, 7, 10, 2, 1e9, 10, 3, [0], 'window'),       # --radius 1e9: offsets clamped to the map
+    (6, 16, 7, 10, 2, 1e9, 10, 3, [0], 'auto'),
 ]
 
 
@@ -202,6 +205,9 @@ def test_context_and_offsets():
     assert len(radius_offsets(1.5)) == 9
     assert len(radius_offsets(2)) == 9                          # distance 2 itself is excluded (strict <)
     assert len(radius_offsets(12)) == int((radius_offsets(12) ** 2).sum(1).lt(144).sum())
+    # clamped to the map: a huge radius gives every offset that joins two nodes of a 3x4 map, no more
+    assert radius_offsets(1e9, 3, 4).shape == (5 * 7, 2) and radius_offsets(1e9, 3, 4).abs().amax(0).tolist() == [2, 3]
+    assert torch.equal(radius_offsets(2.5, 30, 40), radius_offsets(2.5))
 
 
 def test_min_max_normalize():
@@ -289,7 +295,7 @@ def run_main(argv):
 
 
 @pytest.mark.parametrize('crop', [-1, 64])
-def test_end_to_end(davis, tmp_path, crop):
+def test_end_to_end(davis, tmp_path, crop, capsys):
     root, filelist, ckpt, seqs = davis
     out = tmp_path / 'out'
     argv = ['--filelist', filelist, '--model-type', 'scratch', '--resume', ckpt, '--save-path', str(out),
@@ -306,6 +312,33 @@ def test_end_to_end(davis, tmp_path, crop):
             assert blend.size == (ids.shape[1], ids.shape[0])
         if crop < 0:   # frame 0 is its ground truth
             assert np.array_equal(_mask_ids(out / f'{i}_0_mask.png'), first)
+    # the record of the run names each video (eval/convert_davis.py matches sequences by it) ...
+    run = json.loads((out / '.crw_outputs.json').read_text())['runs'][0]
+    assert run['status'] == 'complete' and [(v['index'], v['name']) for v in run['info']['videos']] == \
+        [(0, 'three'), (1, 'two')] and len(run['files']) == 2 * (5 + 4)
+    # ... and a second run into the folder is refused, before anything is written, unless --overwrite
+    if crop < 0:
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        assert run_main(argv) == 1
+        assert 'holds the outputs of test.py --filelist' in capsys.readouterr().err
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize('where', ['annotations', 'frames', 'data root'])
+def test_save_path_onto_an_input_is_refused(davis, tmp_path, capsys, where):
+    # an output folder that is an input folder (compared as real paths: '..', trailing '/') is refused before
+    # anything is written
+    root, filelist, ckpt, seqs = davis
+    save = {'annotations': f'{root}/Annotations/480p/three/', 'frames': f'{root}/JPEGImages/480p/three/../two',
+            'data root': str(root)}[where]
+    before = {str(p): p.stat().st_mtime_ns for p in root.rglob('*')}
+    assert run_main(['--filelist', filelist, '--resume', ckpt, '--save-path', save, '--data-root', str(root),
+                     '--device', 'cpu', '--workers', '0']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('test.py: error: --save-path') and 'an input' in err[0], err
+    assert {'annotations': 'the annotations folder of', 'frames': 'the frames folder of',
+            'data root': '--data-root'}[where] in err[0]
+    assert {str(p): p.stat().st_mtime_ns for p in root.rglob('*')} == before
 
 
 @pytest.mark.slow
@@ -425,7 +458,8 @@ def test_jhmdb_pose_end_to_end(davis, tmp_path):
     out = tmp_path / 'out'
     assert run_main(['--filelist', str(fl), '--resume', ckpt, '--save-path', str(out), '--cropSize', '64',
                      '--workers', '0', '--device', 'cpu']) == 0
-    coords = np.load(out / '0.dat', allow_pickle=True)
+    coords = np.load(out / '0.dat', allow_pickle=False)
+    assert open(out / '0.dat', 'rb').read(6) == b'\x93NUMPY'   # .npy format: loads without unpickling
     assert coords.shape == (2, 15, T)
     # frame 0 comes from the ground-truth heat maps: within a cell of the scaled joints
     assert np.abs(coords[:, :, 0] - (pos[:, :, 0] - 1) * 64 / 40 / 8).max() < 1.0

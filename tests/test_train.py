@@ -1,4 +1,7 @@
 """train.py end to end on tiny synthetic frame folders: checkpoints, exact resume, errors, torchrun."""
+import errno
+import io
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import torch
 import train
 from conftest import ROOT, small_train_args
 from model import CRW
+from utils.errors import CRWError
 
 
 def weights(path):
@@ -60,6 +64,14 @@ def test_mid_epoch_resume_is_bit_identical(train_frame_list, tmp_path, monkeypat
     assert mid['iteration'] == 2 and not mid['epoch_complete']
     train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '4', '--save-every', '2'))
     assert_same_weights(weights(out / 'model_0.pth'), weights(ref / 'model_0.pth'))
+    # log.txt's epoch record is the uninterrupted run's: the means over all 4 iterations, the time since the start
+    (rec,) = [json.loads(line) for line in open(out / 'log.txt')]
+    (ref_rec,) = [json.loads(line) for line in open(ref / 'log.txt')]
+    assert mid['meters']['loss']['count'] == 2 and mid['train_time_s'] > 0
+    train_keys = [k for k in ref_rec if k.startswith('train_')]
+    assert 'train_loss' in train_keys and {k: rec[k] for k in train_keys} == {k: ref_rec[k] for k in train_keys}
+    assert (rec['iterations'], rec['global_step']) == (ref_rec['iterations'], ref_rec['global_step']) == (4, 4)
+    assert rec['time_s'] >= round(mid['train_time_s'], 1)
     # and the resumed run really trained: weights differ from the step-2 snapshot
     assert any(not torch.equal(v, mid['model'][k]) for k, v in weights(out / 'model_0.pth').items()
                if v.dtype.is_floating_point)
@@ -111,21 +123,83 @@ def test_sigterm_is_one_line_and_keeps_the_checkpoint(train_frame_list, tmp_path
     assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['global_step'] == 3
 
 
-def test_crash_during_checkpoint_write_keeps_previous(train_frame_list, tmp_path, monkeypatch):
+class _FullDisk(io.RawIOBase):
+    """A file on a disk with ``room`` bytes free: a write beyond them raises ENOSPC, as the OS does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_full_disk_during_checkpoint_write_keeps_previous_and_names_it(train_frame_list, tmp_path, monkeypatch,
+                                                                         capsys):
+    import contextlib
+    import utils.checkpoint as ck
     out = tmp_path / 'run'
     train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
     before = weights(out / 'checkpoint.pth')
-    real_save = torch.save
+    real_atomic = ck.atomic_write
 
-    def dying_save(obj, f, *a, **kw):
-        f.write(b'partial garbage')
-        raise OSError('disk full (simulated)')
-    monkeypatch.setattr(torch, 'save', dying_save)
-    with pytest.raises(OSError):
-        train.main(small_train_args(train_frame_list, out, '--epochs', '2', '--steps-per-epoch', '1'))
-    monkeypatch.setattr(torch, 'save', real_save)
+    @contextlib.contextmanager
+    def small_disk(path, *a, **kw):     # torch's zip writer meets ENOSPC after 100 kB (it says 'unexpected pos')
+        with real_atomic(path, *a, **kw) as f:
+            yield _FullDisk(f, 100_000)
+    monkeypatch.setattr(ck, 'atomic_write', small_disk)
+    argv = small_train_args(train_frame_list, out, '--epochs', '2', '--steps-per-epoch', '1')
+    with pytest.raises(CRWError, match=r'model_1.pth: cannot write the checkpoint \(No space left on device\); '
+                                       rf'{out / "checkpoint.pth"} is intact: free some space'):
+        train.main(argv)
+    # through the entry point: one line, exit status 1
+    assert train.cli(['--data-path', train_frame_list, '--frame-aug', 'grid', '--img-size', '64', '--patch-size',
+                      '32', '32', '--clip-len', '3', '--frame-skip', '1', '--batch-size', '2', '--workers', '0',
+                      '--device', 'cpu', '--output-dir', str(out), '--seed', '3', '--remove-layers', 'layer4',
+                      '--temp', '0.05', '--dropout', '0.1', '--print-freq', '1',
+                      '--epochs', '2', '--steps-per-epoch', '1']) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-1].startswith('train.py: error: ') and 'is intact' in err[-1] and len(err) == 1, err
+    monkeypatch.setattr(ck, 'atomic_write', real_atomic)
     assert_same_weights(weights(out / 'checkpoint.pth'), before)
     assert not [p for p in os.listdir(out) if p.endswith('.tmp')]
+    # with space again, the same command resumes from it
+    train.main(argv)
+    assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['epoch'] == 1
+
+
+def test_second_run_on_an_output_dir_is_refused_and_a_killed_one_leaves_no_lock(train_frame_list, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    # another process holds the folder's lock (as a running train.py does for its lifetime)
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; from utils.output_folders import FolderLock; '
+                               f'FolderLock({str(out)!r}).acquire("--output-dir"); '
+                               'print("locked", flush=True); time.sleep(60)'],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        (out / '.checkpoint.pth.abc.tmp').write_bytes(b'the running write')   # its checkpoint write in progress
+        assert train.cli(['--data-path', train_frame_list, '--output-dir', str(out), '--device', 'cpu',
+                          '--workers', '0', '--epochs', '1']) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f'--output-dir {out}: another train.py run (pid {holder.pid}) is using it' in err[0]
+        assert (out / '.checkpoint.pth.abc.tmp').exists() and not (out / 'checkpoint.pth').exists()
+    finally:
+        holder.kill()   # SIGKILL: no clean-up code runs
+        holder.wait()
+    # the killed holder left its lock file, but not the lock: the next run trains
+    assert (out / '.crw.lock').exists()
+    train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
+    assert (out / 'checkpoint.pth').is_file() and not (out / '.checkpoint.pth.abc.tmp').exists()
 
 
 def test_non_finite_loss_stops_naming_iteration(train_frame_list, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ above it.
 """
 import argparse
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -30,6 +31,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def finite_float(text):
+    """argparse type: a finite float (``inf`` or ``nan`` would train at chance or write NaN weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'{text}: a finite number is needed')
+    return value
 
 
 FRAME_AUG_WORDS = ('grid', 'cj', 'flip', 'none')
@@ -95,9 +107,9 @@ def get_train_args_parser(add_help=True):
     p.add_argument('--model-type', default='scratch', type=str, help=MODEL_TYPE_HELP)
     p.add_argument('--encoder-weights', '--imagenet-weights', dest='imagenet_weights', default='', type=str,
                    help=WEIGHTS_HELP)
-    p.add_argument('--temp', default=0.07, type=float, help='softmax temperature of the transitions (README: 0.05)')
-    p.add_argument('--dropout', default=0.0, type=float, help='edge dropout rate on the affinities (README: 0.1)')
-    p.add_argument('--featdrop', default=0.0, type=float, help='dropout on the node feature maps')
+    p.add_argument('--temp', default=0.07, type=finite_float, help='softmax temperature of the transitions (README: 0.05)')
+    p.add_argument('--dropout', default=0.0, type=finite_float, help='edge dropout rate on the affinities (README: 0.1)')
+    p.add_argument('--featdrop', default=0.0, type=finite_float, help='dropout on the node feature maps')
     p.add_argument('--head-depth', default=0, type=int, help='hidden layers of the MLP head; 0 = linear, <0 = none')
     p.add_argument('--remove-layers', default=[], nargs='*', type=str,
                    help='ResNet layers to drop (e.g. layer4); none while training')
@@ -113,15 +125,15 @@ def get_train_args_parser(add_help=True):
     p.add_argument('--epochs', default=25, type=int)
     p.add_argument('--steps-per-epoch', default=None, type=int, help='cap on iterations per epoch (default: all)')
     p.add_argument('--optim', default='adam', type=str, help='adam (release) | sgd')
-    p.add_argument('--lr', default=1e-4, type=float)
-    p.add_argument('--momentum', default=0.9, type=float, help='SGD momentum')
-    p.add_argument('--wd', '--weight-decay', default=1e-4, type=float, dest='weight_decay',
+    p.add_argument('--lr', default=1e-4, type=finite_float)
+    p.add_argument('--momentum', default=0.9, type=finite_float, help='SGD momentum')
+    p.add_argument('--wd', '--weight-decay', default=1e-4, type=finite_float, dest='weight_decay',
                    help='weight decay for SGD; Adam ignores it unless --adam-wd is set, as in the release')
     p.add_argument('--adam-wd', action='store_true',
                    help='apply --wd to Adam too (the release built Adam without weight decay)')
     p.add_argument('--lr-milestones', nargs='+', default=[20, 30, 40], type=int,
                    help='epochs at which the lr is multiplied by --lr-gamma (scheduler steps per iteration)')
-    p.add_argument('--lr-gamma', default=0.3, type=float)
+    p.add_argument('--lr-gamma', default=0.3, type=finite_float)
     p.add_argument('--lr-warmup-epochs', default=0, type=int, help='linear lr warm-up, in epochs')
     p.add_argument('--amp', action='store_true', help='bf16 autocast on CUDA (ignored on CPU, with a warning)')
     p.add_argument('--seed', default=0, type=int, help='seeds weights, sampling and augmentation (resume is exact)')
@@ -284,6 +296,10 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--save-path', default='./results', type=str,
                    help='where {i}_{t}_mask.png/_blend.jpg (DAVIS), {i}.dat (JHMDB) or <video>/<frame>.png (VIP) go '
                         '(--filelist), or <video>/ and <video>_overlay.mp4 (--video)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the outputs of an earlier run in --save-path (only the files its record '
+                        '.crw_outputs.json lists, or files of this run\'s output names; by default such a folder '
+                        'is refused)')
     p.add_argument('--vip', action='store_true',
                    help='treat the filelist as VIP (write <save>/<video>/<frame>.png label ids at the annotation '
                         'size); automatic when the annotation folders lie in a folder named Category_ids')
@@ -307,9 +323,9 @@ def get_test_args_parser(add_help=True):
     # protocol
     p.add_argument('--topk', default=10, type=int, help='k nearest context nodes that vote')
     p.add_argument('--videoLen', default=20, type=int, help='L: short-term context frames before the target')
-    p.add_argument('--radius', default=12, type=float,
+    p.add_argument('--radius', default=12, type=finite_float,
                    help='short-term context nodes must lie strictly within this distance (feature cells)')
-    p.add_argument('--temperature', default=None, type=float,
+    p.add_argument('--temperature', default=None, type=finite_float,
                    help='softmax temperature (default: 0.07 with --filelist, the release; 0.05 with --video, the '
                         'README)')
     p.add_argument('--cropSize', default=None, type=int,
@@ -336,7 +352,7 @@ def get_test_args_parser(add_help=True):
                    help='before propagating each video, adapt a copy of the encoder with N Adam steps of the walk '
                         'loss on clips of that video (0 = off, the release default); the next video starts from '
                         'the original weights')
-    p.add_argument('--finetune-lr', default=1e-5, type=float,
+    p.add_argument('--finetune-lr', default=1e-5, type=finite_float,
                    help='Adam learning rate of the adaptation: a tenth of the training lr, so N steps on one video '
                         'nudge the features rather than overwrite them')
     p.add_argument('--finetune-clip-len', default=4, type=int,
@@ -390,6 +406,10 @@ def _finish_test_args(p, args):
     if args.cropSize == 0 or args.cropSize < -1:
         p.error('--cropSize takes a positive size or -1 (native)')
     _check_weights_flag(p, args)
+    if not args.temperature > 0:
+        p.error(f'--temperature {args.temperature:g}: the softmax temperature must be positive (README: 0.05)')
+    if not args.radius > 0:
+        p.error(f'--radius {args.radius:g}: the context radius must be positive, in feature cells (README: 12)')
     # the encoder's smallest input is checked by cli.py (it needs the model)
     args.imgSize = args.cropSize
     args.visdom_server = args.server  # the release's attribute name

@@ -19,17 +19,34 @@ from utils.misc import atomic_write
 
 # ---------------------------------------------------------------------------------------------- saving
 def atomic_save(obj, path):
-    """torch.save ``obj`` to ``path`` all or nothing (see ``utils.misc.atomic_write``). Ctrl-C in the middle
+    """torch.save ``obj`` to ``path`` all or nothing (see ``utils.misc.atomic_write``); a failed write (a full
+    disk) raises CRWError naming ``path``, the previous file at ``path`` intact. Ctrl-C in the middle
     raises KeyboardInterrupt (torch's zip writer would replace it by 'RuntimeError: ... unexpected pos' while
     closing the half-written archive)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_write(path) as f:
-        try:
-            torch.save(obj, f)
-        except Exception as e:
-            if _interrupted(e):
-                raise KeyboardInterrupt from None
-            raise
+    try:
+        with atomic_write(path) as f:
+            try:
+                torch.save(obj, f)
+            except Exception as e:
+                if _interrupted(e):
+                    raise KeyboardInterrupt from None
+                raise
+    except (OSError, RuntimeError) as e:    # a full disk (torch reports it as 'unexpected pos'), a lost mount
+        cause = _os_error(e)
+        reason = cause.strerror if cause is not None and cause.strerror else 'is the disk full?'
+        raise CRWError(f'{path}: cannot write the checkpoint ({reason})') from e
+
+
+def _os_error(error):
+    """The first OSError in the chain of exceptions that led to ``error`` (itself included), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _interrupted(error):

@@ -4,8 +4,11 @@ Library code raises ``CRWError`` (or its subclass ``DecodeError``) with a one-li
 file or flag at fault and says what to do. Each entry script catches it in its ``main`` and prints
 ``<script>: error: <message>`` with exit status 1 (``report``); nothing below an entry script exits.
 """
+import contextlib
 import re
+import signal
 import sys
+import threading
 
 
 _WORKER_MESSAGE = re.compile(r'^Caught \w+ in (DataLoader worker process \d+)\.\nOriginal Traceback', re.DOTALL)
@@ -33,3 +36,32 @@ def report(prog, error, stream=None):
     text = ' '.join(str(error).split('\n')) or type(error).__name__
     print(f'{prog}: error: {text}', file=stream or sys.stderr, flush=True)
     return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so that the same clean-up runs."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread (clean-up in ``finally`` and
+    ``except BaseException`` blocks runs, as for Ctrl-C); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(prog, error, what, stream=None):
+    """Print the one line of an entry script stopped by Ctrl-C or SIGTERM (``error``), then ``what`` (the state
+    on disk); returns the exit status a shell reports for that signal (130 or 143)."""
+    sig = 'SIGTERM' if isinstance(error, Terminated) else 'Ctrl-C'
+    print(f'{prog}: interrupted ({sig}); {what}', file=stream or sys.stderr, flush=True)
+    return 143 if isinstance(error, Terminated) else 130

@@ -58,6 +58,15 @@ class MetricLogger:
     def __str__(self):
         return self.delimiter.join(f'{k}: {m}' for k, m in self.meters.items())
 
+    def state_dict(self):
+        """{name: {'total', 'count'}}: what the meters' global averages are made of (kept in a mid-epoch
+        checkpoint so that a resumed epoch averages over all of its iterations)."""
+        return {k: {'total': m.total, 'count': m.count} for k, m in self.meters.items()}
+
+    def load_state_dict(self, state):
+        for k, v in (state or {}).items():
+            self.meters[k].total, self.meters[k].count = float(v['total']), int(v['count'])
+
     def log_every(self, iterable, print_freq, header='', total=None, start=0):
         """Yield from ``iterable`` (``total`` items, counting from ``start``), timing data loading and steps."""
         total = len(iterable) if total is None else total

@@ -58,24 +58,32 @@ def write_mask_and_blend(prefix, ids, image):
     write_jpeg(prefix + '_blend.jpg', blend_labels(image, ids))
 
 
+def checked_write(path, fn, *args):
+    """``fn(*args)``, a write of ``path`` (a file, or a prefix of files); an OSError (a full disk, a folder
+    removed meanwhile) becomes a one-line CRWError naming it."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        raise CRWError(f'{path}: cannot write ({e.strerror or e}); free some space or choose another '
+                       '--save-path') from e
+
+
 class _FileSink:
-    """Writes each frame with ``_jobs(frame)`` -> [(fn, *args)] on background threads."""
+    """Writes each frame with ``_jobs(frame)`` -> [(fn, path, *args)] on background threads; a failed write
+    stops the run at the next frame (CRWError naming the file)."""
 
     def __init__(self):
         self.jobs = AsyncWriter()
 
     def write(self, frame):
-        for job in self._jobs(frame):
-            self.jobs.submit(*job)
+        for fn, path, *args in self._jobs(frame):
+            self.jobs.submit(checked_write, path, fn, path, *args)
 
     def close(self):
         self.jobs.close()
 
     def abort(self, error=None):
-        try:
-            self.jobs.close()
-        except Exception:  # noqa: BLE001 - the error being handled is the one to report
-            pass
+        self.jobs.abort()
 
 
 class DavisWriter(_FileSink):
@@ -85,8 +93,10 @@ class DavisWriter(_FileSink):
         super().__init__()
         self.prefix = prefix
 
-    def _jobs(self, frame):
-        return [(write_mask_and_blend, f'{self.prefix}_{frame.t}', frame.ids, frame.image)]
+    def write(self, frame):
+        prefix = f'{self.prefix}_{frame.t}'
+        self.jobs.submit(checked_write, prefix + '_mask.png/_blend.jpg', write_mask_and_blend, prefix, frame.ids,
+                         frame.image)
 
 
 class PartsWriter(_FileSink):
@@ -105,7 +115,7 @@ class PartsWriter(_FileSink):
 class PoseWriter(_FileSink):
     """JHMDB: each frame's joints decoded from its soft maps (``pose_from_soft_map``, feature cells), drawn as
     ``{prefix}_{t}_blend.jpg`` (pixels = cells x ``stride``); ``close()`` writes them all as ``{prefix}.dat``
-    ([2, J, T], the release's format: a pickled ndarray, ``ndarray.dump``)."""
+    ([2, J, T] float64 in ``.npy`` format, which loads without unpickling; the release pickled it)."""
 
     def __init__(self, prefix, stride):
         super().__init__()
@@ -123,8 +133,11 @@ class PoseWriter(_FileSink):
 
     def close(self):
         super().close()
+        checked_write(self.prefix + '.dat', self._write_dat)
+
+    def _write_dat(self):
         with atomic_write(self.prefix + '.dat') as f:
-            np.stack(self.coords, axis=-1).dump(f)
+            np.save(f, np.stack(self.coords, axis=-1).astype(np.float64), allow_pickle=False)
 
 
 def label_picture(frame):
@@ -172,8 +185,9 @@ class SequenceWriter:
         """frame.ids [H, W] uint8 label ids and frame.image [H, W, 3] uint8, the frame they belong to."""
         name = self.names[frame.t]
         if self.mask_dir:
-            self.files.submit(save_indexed_png, os.path.join(self.mask_dir, name + '.png'), frame.ids, self.palette)
-        self.video_jobs.submit(self._overlay, name, frame.ids, frame.image)
+            path = os.path.join(self.mask_dir, name + '.png')
+            self.files.submit(checked_write, path, save_indexed_png, path, frame.ids, self.palette)
+        self.video_jobs.submit(checked_write, self.overlay_path, self._overlay, name, frame.ids, frame.image)
         self.frames += 1
 
     def _overlay(self, name, ids, image):
@@ -188,17 +202,16 @@ class SequenceWriter:
             self.files.close()
             self.video_jobs.close()
         except BaseException as e:
-            self.video.abort(e)
+            self.abort(e)
             raise
-        self.video.close()
+        checked_write(self.overlay_path, self.video.close)
 
     def abort(self, error=None):
-        """Stop after an error: pending writes finish, the overlay video is dropped."""
+        """Stop after an error: queued writes are dropped (the PNGs written are complete files), the running
+        ones finish, the overlay video is dropped."""
         try:
-            self.files.close()
-            self.video_jobs.close()
-        except Exception:  # noqa: BLE001 - the error being handled is the one to report
-            pass
+            self.files.abort()
+            self.video_jobs.abort()
         finally:
             self.video.abort(error)
 
