@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from model import make_resnet18
+from model import make_resnet
 from propagation import encode_frames, load_encoder
 from propagation.finetune import VideoAdapter, training_settings, FinetuneSettings
 from propagation.folding import fold_batchnorm
@@ -23,8 +23,8 @@ def _randomise_bn(net, seed=0):
 
 
 @pytest.mark.parametrize('build', [
-    lambda: make_resnet18('scratch', ['layer4']),                       # reflect padding, stride-1 layer3
-    lambda: make_resnet18('scratch_zeropad', []),
+    lambda: make_resnet('scratch', ['layer4']),                       # reflect padding, stride-1 layer3
+    lambda: make_resnet('scratch_zeropad', []),
     lambda: ResNetBottleneckTrunk(),                                    # Bottleneck blocks (conv3/bn3)
 ])
 def test_fold_batchnorm_same_function(build):
