@@ -237,13 +237,13 @@ class VideoPropagator:
 
     def _annotate(self, soft, mask, given, out_size, proc_size):
         """A later annotated frame: ``mask`` (ids at out_size; ``given`` its ids) merged with the prediction
-        ``soft`` [h, w, K]. 0 means "not annotated here"; every other id is taken as given from this frame on:
-        a new id gets a new channel (zero in earlier frames); the pixels the annotation gives an id take it,
-        the others keep the prediction without the annotated ids, renormalised (background where nothing is
-        left); earlier context frames' labels for the annotated ids become 0, so each is propagated from its
-        latest annotation only; the frame's corrected soft labels (the annotation's one-hot at the feature
-        map plus the rest of the prediction where it leaves a cell uncovered) replace its prediction in the
-        context. Returns (label ids at out_size, the corrected soft labels)."""
+        ``soft`` [h, w, K]. 0 means "not annotated here"; every other id is taken as given: a new id gets a new
+        channel (zero in earlier frames); the pixels the annotation gives an id take it, the others keep the
+        prediction without the annotated ids, renormalised (background where nothing is left). The frame's
+        corrected soft labels (the annotation's one-hot at the feature map plus the rest of the prediction
+        where it leaves a cell uncovered) become a long-term context frame and restart the short-term context
+        (``correct`` of the propagators; README "Corrections"). Returns (label ids at out_size, the corrected
+        soft labels)."""
         ann = resize_nearest(mask, proc_size)
         new = [int(v) for v in given if v != 0 and v not in self.values]
         if new:
@@ -270,8 +270,7 @@ class VideoPropagator:
         given_onehot = downsample_labels(one_hot(table[ann], K + 1), soft.shape[:2])[..., :K].to(soft)
         cover = given_onehot.sum(-1, keepdim=True)
         corrected = given_onehot + (1 - cover) * rest
-        self.prop.drop_labels(annotated)
-        self.prop.set_labels(corrected)
+        self.prop.correct(corrected)
         ids = self.values[soft_to_index(rest, out_size, self.norm_mask).cpu().numpy()].astype(np.uint8)
         annotated_pixels = mask != 0
         ids[annotated_pixels] = mask[annotated_pixels]

@@ -97,7 +97,7 @@ class WindowedPropagator:
 
     The bank holds features in tiled order [slots, padded_nodes, C] and labels in the same order
     [slots, padded_nodes, K]; slot 0 is frame 0, then one slot per long-term frame m > 0, then a ring of
-    ``video_len`` slots for the most recent frames.
+    ``video_len`` slots for the most recent frames, then one slot per corrected frame (``correct``).
 
     tile: (th, tw) tile size of the windowed scores (cost per node ~ (th+2r)(tw+2r) dot products).
     mode: 'window' (scores inside the radius only), 'full' (every score of a context frame, then a boolean
@@ -138,6 +138,7 @@ class WindowedPropagator:
         self.bank_labels = torch.zeros(slots, L.padded_nodes, self.K, dtype=dt, device=dev)
         self.slot_frame = [-1] * slots
         self.full_feats = {}     # slot -> [N, C] row-major copy, for frames compared in full (long-term)
+        self.anchor, self.correction_slots = 0, []    # see correct()
         self._store(0, 0, first_feat, first_labels.reshape(self.N, self.K).to(dt))
 
     def _build_window_index(self, offsets):
@@ -170,7 +171,7 @@ class WindowedPropagator:
 
     # -- bank -------------------------------------------------------------------------------------------
     def _store(self, slot, frame, feat, labels):
-        if slot < self.first_ring_slot:
+        if slot < self.first_ring_slot or slot in self.correction_slots:
             self.full_feats[slot] = feat.reshape(self.C, self.N).t().contiguous()
         self.bank_feats[slot] = self.layout.tiled(feat)
         self.bank_labels[slot].zero_()
@@ -191,11 +192,6 @@ class WindowedPropagator:
         self.bank_labels = torch.cat([self.bank_labels, pad], dim=-1)
         self.K += n
 
-    def drop_labels(self, channels):
-        """Zero label ``channels`` in every stored frame: what earlier frames said about those objects no longer
-        votes (their annotation on a later frame supersedes it)."""
-        self.bank_labels[..., list(channels)] = 0
-
     def set_labels(self, labels):
         """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K] (an annotated
         frame's corrected labels), for the frames after it."""
@@ -205,6 +201,24 @@ class WindowedPropagator:
         for slot in slots:
             self.bank_labels[slot].zero_()
             self.bank_labels[slot, self.layout.to_tiled] = labels
+
+    def correct(self, labels):
+        """The frame last stepped is corrected to ``labels`` [h, w, K] (an annotation merged with its
+        prediction): it becomes a long-term frame (compared in full, like frame 0, for every later target;
+        frame 0 and earlier corrections stay), and the short-term context restarts from it (frames before it
+        are copies of it, as frame 0 pads the start), so no prediction it contradicts votes again. Each
+        correction keeps one more frame on the device."""
+        t = self._t
+        if t == 0:
+            raise ValueError('correct() is for a frame after the first')
+        self.set_labels(labels)
+        slot = self.bank_feats.shape[0]
+        self.bank_feats = torch.cat([self.bank_feats, self.bank_feats.new_zeros(1, *self.bank_feats.shape[1:])])
+        self.bank_labels = torch.cat([self.bank_labels, self.bank_labels.new_zeros(1, *self.bank_labels.shape[1:])])
+        self.slot_frame.append(-1)
+        self.correction_slots.append(slot)
+        self._store(slot, t, self._last_feat, labels.reshape(self.N, self.K).to(self.device, self.dtype))
+        self.anchor = t
 
     # -- scores -----------------------------------------------------------------------------------------
     def _node_chunks(self, per_node_bytes):
@@ -273,8 +287,8 @@ class WindowedPropagator:
         feat = feat.to(self.device, self.dtype)
         if tuple(feat.shape) != (self.C, self.h, self.w):
             raise ValueError(f'frame {t}: features {tuple(feat.shape)}, expected {(self.C, self.h, self.w)}')
-        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem)
-        full = Counter(self._slot(m, True) for m in long_term)          # slot -> multiplicity
+        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem, self.anchor)
+        full = Counter(self._slot(m, True) for m in long_term) + Counter(self.correction_slots)   # slot -> copies
         windowed = Counter(self._slot(j, False) for j in short_term)
         q = feat.reshape(self.C, self.N).t()                             # [N, C] (a view)
 
@@ -336,6 +350,6 @@ class WindowedPropagator:
             self._store(self._slot(t, False), t, feat, pred)
         if t in self.long_term_slot:
             self._store(self.long_term_slot[t], t, feat, pred)
-        self._t = t
+        self._t, self._last_feat = t, feat
         pred = pred.view(self.h, self.w, self.K)
         return (pred, info) if return_topk else pred
