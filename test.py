@@ -10,9 +10,10 @@ and ``_blend.jpg`` (read by eval/convert_davis.py); VIP (annotations in ``.../Ca
 ``--vip``) ``{save}/<video>/<frame>.png`` greyscale ids at the annotation's size (eval/eval_vip.py); JHMDB
 (``<frames folder> <joint_positions.mat>``) ``{save}/{i}.dat`` and skeleton blends (eval/eval_pck.py);
 your own video (``--video clip.mp4 --mask first.png``, README "Your own video") ``{save}/clip/<frame>.png``
-and ``{save}/clip_overlay.mp4``. ``--finetune N`` adapts a copy of the encoder to each video first; frames
+and ``{save}/clip_overlay.mp4`` (``--bidirectional``: also back from the first annotated frame to frame 0). ``--finetune N`` adapts a copy of the encoder to each video first; frames
 are read by DataLoader workers and outputs written on background threads, so memory stays at a few frames.
 """
+import functools
 import os
 import random
 import sys
@@ -31,6 +32,7 @@ from data.inference.jhmdb import JhmdbVideo
 from data.inference.outputs import DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, label_picture
 from data.inference.user_video import UserVideo, VideoMasks
 from data.inference.vos import VOSVideo
+from data.labels import read_ids
 from propagation import STRIDE, PropagationOptions, load_encoder
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH
@@ -113,23 +115,41 @@ class TestRun:
 
     def own_video(self, encoder, video, masks, progress=None):
         """--video: a UserVideo from its first annotated frame on, its VideoMasks -> ``{save}/<video>/<frame>.png``,
-        ``<video>_overlay.mp4`` (and with --save-blend ``<video>_blend/``). Returns the frames written."""
-        frames = video.dataset(processing_size(video.size, self.options.crop_size, self.options.max_side),
-                               masks.start)
+        ``<video>_overlay.mp4`` (and with --save-blend ``<video>_blend/``); with --bidirectional, first from the
+        first annotated frame back to frame 0 (PNGs), whose frames then open the overlay video. Returns the
+        frames written."""
+        proc_size = processing_size(video.size, self.options.crop_size, self.options.max_side)
         os.makedirs(self.args.save_path, exist_ok=True)
-        sink = SequenceWriter(self.args.save_path, video.name, video.frame_names, masks.palette, video.fps,
-                              self.args.save_blend)
-        self._run((0, video.name), encoder, frames, masks, sink, video.size, progress, len(video) - masks.start)
-        return sink.frames
+        writer = functools.partial(SequenceWriter, self.args.save_path, video.name, video.frame_names,
+                                   masks.palette, video.fps, self.args.save_blend)
+        start, written = masks.start, 0
+        if self.args.bidirectional and start > 0:
+            sink = writer(overlay=False, skip=start)
+            self._run((0, video.name), encoder, video.dataset(proc_size, start, reverse=True), masks.first_only(),
+                      sink, video.size, progress, start + 1)
+            written = sink.frames
+        sink = writer()
+        if self.args.bidirectional:
+            for t, image in enumerate(video.images(start)):   # the backward run's frames, in order
+                ids = read_ids(os.path.join(sink.mask_dir, video.frame_names[t] + '.png'), 'written by this run')
+                sink.overlay_frame(ids.astype(np.uint8), image)
+        self._run((0, video.name), encoder, video.dataset(proc_size, start), masks, sink, video.size, progress,
+                  len(video) - start, reset=not written)
+        return written + sink.frames
 
-    def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture):
+    def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture,
+             reset=True):
         """``frames`` (a dataset of (input, frame, t)) through the loop into ``sink`` and, with a viewer, into
-        visdom as video ``video_id`` (index, name)."""
+        visdom as video ``video_id`` (index, name). ``reset``: restart the progress bar at ``total`` (else
+        ``total`` more frames are added to it)."""
         sinks = [sink]
         if self.viewer is not None:
             sinks.append(ViewerSink(self.viewer, *video_id, draw))
         if progress is not None:
-            progress.reset(total=total)
+            if reset:
+                progress.reset(total=total)
+            else:
+                progress.total += total
         batches = frame_loader(frames, FEATURE_BATCH, self.args.workers, self.device)
         self.options.propagator(encoder, self.device).run(batches, masks, sinks, out_size, progress)
 
@@ -153,12 +173,13 @@ def run_user_video(run):
               file=sys.stderr) as bar:
         video = UserVideo(args.video)
         masks = VideoMasks(args.mask, video)
-        if masks.start > 0:
+        if masks.start > 0 and not args.bidirectional:
             masks.reader.note(f'{args.mask}: the first annotated frame is {video.frame_names[masks.start]}; the '
                               f'{masks.start} frame(s) before it get no output')
         n = run.own_video(encoder, video, masks, bar)
     dt = time.time() - t0
-    print(f'{args.video}: {n} frames from frame {video.frame_names[masks.start]}, {n / dt:.2f} frames/s, peak '
+    first = video.frame_names[0 if args.bidirectional else masks.start]
+    print(f'{args.video}: {n} frames from frame {first}, {n / dt:.2f} frames/s, peak '
           f'{"GPU" if device.type == "cuda" else "RSS"} memory {peak_memory_bytes(device) / 2 ** 20:.0f} MB; '
           f'masks and overlay video in {args.save_path}', flush=True)
 

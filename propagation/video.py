@@ -148,7 +148,8 @@ class VideoPropagator:
         """The one loop over a video's frames: yields a PropagatedFrame per frame from the first annotated one on.
 
         batches: iterable of (prepared frames [B, 3, H', W'], the frames as they are to be written [B, H, W, 3]
-        uint8, their indices t [B]), consecutive and in order (``data.inference.frames.frame_loader``).
+        uint8, their indices t [B]), consecutive and in order (``data.inference.frames.frame_loader``), or in
+        reverse order for a backward run (time reversed; the protocol is the same).
         masks: {t: mask} (anything with ``get(t)``): label ids or label image paths, resized with nearest
         neighbour to ``out_size`` (default: each batch's frame size), the size ids are returned at; or, for
         the first annotated frame only, a function (h, w) -> soft labels [h, w, K] at the feature map (JHMDB's
@@ -156,8 +157,11 @@ class VideoPropagator:
         for imgs, images, ts in batches:
             ts = ts.tolist() if torch.is_tensor(ts) else list(ts)
             size = tuple(out_size) if out_size is not None else tuple(images[0].shape[:2])
+            started = self.started
             for t, image, out in zip(ts, images, self._batch(imgs, [masks.get(t) for t in ts], size)):
                 if out is not None:
+                    if not started:
+                        self.start, started = t, True
                     image = image.numpy() if torch.is_tensor(image) else image
                     yield PropagatedFrame(t, image, *out)
 
@@ -277,25 +281,39 @@ class VideoPropagator:
         return ids, corrected
 
 
-def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEATURE_BATCH, **options):
+def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEATURE_BATCH, reverse=False,
+              **options):
     """Propagate masks through ``frames``, streaming: a generator of (t, label ids [H, W] uint8) for every frame
     from the first annotated one on (earlier frames are counted, not read).
 
     frames: an iterable of frames (uint8 [H, W, 3] RGB arrays/tensors or image paths), consumed lazily;
     masks: the mask of frame 0, or {t: mask} for annotations on any frames (label ids or label image paths);
+    reverse: propagate backward in time (the same protocol on the time-reversed video): from the last
+    annotated frame down to frame 0, yielded in that order, earlier annotations correcting as later ones do
+    forward; ``frames`` must then be a sequence (``len`` and indexing; a list of paths holds no pixels).
     options: those of ``VideoPropagator`` (crop_size, max_side, l2, norm_mask, reference, note, ...).
     Frames are encoded ``batch_size`` at a time (test.py's batching), so at most that many are held."""
     vp = VideoPropagator(encoder, protocol, device, **options)
     masks = dict(masks) if isinstance(masks, dict) else {0: masks}
     if not masks:
         raise CRWError('no mask: give the first frame\'s mask, or {frame index: mask}')
-    first = min(masks)
+    if reverse:
+        if not hasattr(frames, '__getitem__') or not hasattr(frames, '__len__'):
+            raise CRWError('propagate(reverse=True) needs the frames as a sequence (a list of arrays or paths)')
+        missing = sorted(t for t in masks if not 0 <= t < len(frames))
+        if missing:
+            raise CRWError(f'masks given for frames {missing[:5]} but the video has {len(frames)} frames')
+        order = range(max(masks), -1, -1)
+        ordered = ((t, frames[t]) for t in order)
+    else:
+        first = min(masks)
+        ordered = ((t, f) if t >= first else (t, None) for t, f in enumerate(frames))
     fitted = {}   # t -> the mask read and fitted to its frame, filled as the frames are read
 
     def batches():
         batch, images, ts, size = [], [], [], None
-        for t, frame in enumerate(frames):
-            if t < first:
+        for t, frame in ordered:
+            if frame is None:
                 vp.skip()
                 continue
             img = as_frame(frame)
@@ -317,5 +335,5 @@ def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEA
     for frame in vp.stream(batches(), fitted):
         yield frame.t, frame.ids
     missing = sorted(t for t in masks if t > vp.t)
-    if missing:
+    if missing and not reverse:
         raise CRWError(f'masks given for frames {missing[:5]} but the video has {vp.t + 1} frames')

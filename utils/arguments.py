@@ -236,6 +236,10 @@ def get_test_args_parser(add_help=True):
     p.add_argument('--max-side', default=None, type=int,
                    help='with --video: propagate at most this many pixels on the longer side (masks are still written '
                         'at the video\'s size); default: the size --cropSize gives (-1: the video\'s own)')
+    p.add_argument('--bidirectional', action='store_true',
+                   help='with --video: also propagate from the first annotated frame back to frame 0 (the same protocol '
+                        'in reverse time), so that every frame gets a mask; without it the frames before the first '
+                        'mask get none')
     p.add_argument('--save-blend', action='store_true',
                    help='with --video: also write the overlays as <save-path>/<video>_blend/<frame>.jpg')
     p.add_argument('--save-path', default='./results', type=str,
@@ -317,7 +321,7 @@ def _finish_test_args(p, args):
         if not os.path.exists(args.mask):
             p.error(f'--mask {args.mask}: no such file or folder')
     else:
-        for flag in ('mask', 'max_side', 'save_blend'):
+        for flag in ('mask', 'max_side', 'save_blend', 'bidirectional'):
             if getattr(args, flag):
                 p.error(f"--{flag.replace('_', '-')} goes with --video")
     if args.max_side is not None and args.max_side < 8:
