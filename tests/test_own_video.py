@@ -247,6 +247,34 @@ def test_propagator_label_channels_grow_on_both_paths():
     assert outs[0][..., 2].sum() > 0 and torch.allclose(outs[0].sum(-1), torch.ones(6, 7), atol=1e-5)
 
 
+@pytest.mark.parametrize('video_len', [2, 5])
+def test_correction_is_the_same_on_both_paths(video_len):
+    """correct(): the corrected frame joins the long-term frames and restarts the short-term context; the
+    windowed and the reference propagators agree through two corrections."""
+    from propagation import ReferencePropagator, WindowedPropagator
+    g = torch.Generator().manual_seed(1)
+    feats = F.normalize(torch.randn(12, 8, 6, 7, generator=g), dim=1)
+    labels = torch.softmax(torch.randn(6, 7, 2, generator=g) * 3, -1)
+    p = Protocol(topk=5, video_len=video_len, radius=3, temperature=0.05)
+    outs = []
+    for cls in (WindowedPropagator, ReferencePropagator):
+        prop, out = cls(feats[0], labels, p), []
+        for t in range(1, 12):
+            out.append(prop.step(feats[t]))
+            if t in (3, 7):
+                prop.correct(torch.softmax(torch.randn(6, 7, 2, generator=torch.Generator().manual_seed(t)), -1))
+        outs.append(torch.stack(out))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    # the context of frame 8 (after the correction at 7): frames 0, 3, 7 long-term, copies of 7 short-term
+    prop = ReferencePropagator(feats[0], labels, p)
+    for t in range(1, 8):
+        prop.step(feats[t])
+        if t in (3, 7):
+            prop.correct(labels)
+    _, (frames, _, _) = prop.step(feats[8], return_topk=True)
+    assert set(frames.unique().tolist()) <= {0, 3, 7}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # bad input: one line, nothing written half
 # ----------------------------------------------------------------------------------------------------------
