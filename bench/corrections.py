@@ -1,6 +1,6 @@
 """Corrections and backward propagation on real frames (davis-dev), through ``propagation.propagate``.
 
-    nice -n 10 python bench/corrections.py --data ../shared/data/davis-dev --max-side 427
+    python bench/corrections.py --data ../shared/data/davis-dev --max-side 320
 
 Per sequence of T frames, M = T // 2, object IoU averaged over frames M+1 ... T-1 for: no correction (frame 0's
 ground truth only); a correction with the ground truth of frame M (this code: the corrected frame becomes a
@@ -14,6 +14,7 @@ Prints a markdown table and appends it to bench/RESULTS.md.
 """
 import argparse
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -43,6 +44,13 @@ def get_args_parser():
                    help='a DAVIS-layout folder (davis-dev)')
     p.add_argument('--resume', default=os.path.join(ROOT, 'pretrained.pth'), help='encoder checkpoint')
     p.add_argument('--max-side', type=int, default=427, help='longer side frames are propagated at')
+    p.add_argument('--sequences', nargs='+', default=None,
+                   help='only these sequences (default: all of val.txt); with --out, run several processes on parts '
+                        'of the list, then one with --collect')
+    p.add_argument('--out', default=os.path.join(ROOT, 'results', 'bench_corrections'),
+                   help='folder of the per-sequence results (a finished sequence is not run again)')
+    p.add_argument('--collect', action='store_true', help='only gather the per-sequence results into the table')
+    p.add_argument('--threads', type=int, default=None, help='torch threads')
     p.add_argument('--no-write', action='store_true', help="print the table, don't append it to RESULTS.md")
     return p
 
@@ -79,45 +87,74 @@ def run(encoder, frames, masks, a, reverse=False):
     return dict(propagate(encoder, frames, masks, PROTOCOL, 'cpu', max_side=a.max_side, reverse=reverse))
 
 
+def run_sequence(encoder, seq, a):
+    """One sequence's IoUs (none, corrected, previous, fresh) and its forward and backward J&F."""
+    frames = sequence_frames(a.data, seq)
+    gts = [p for _, p in annotation_frames(a.data, seq)]
+    T, M = len(frames), len(frames) // 2
+    truth = [read_label_png(p) > 0 for p in gts]
+    score = lambda out: float(np.mean([iou(out[t] > 0, truth[t]) for t in range(M + 1, T)]))  # noqa: E731
+    t0 = time.time()
+    none = run(encoder, frames, {0: gts[0]}, a)
+    corrected = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
+    with mock.patch.object(WindowedPropagator, 'correct', previous_correct):
+        previous = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
+    fresh = run(encoder, frames, {M: gts[M]}, a)
+    backward = run(encoder, frames, {T - 1: gts[T - 1]}, a, reverse=True)
+    res = {'sequence': seq, 'T': T, 'M': M, 'none': score(none), 'corrected': score(corrected),
+           'previous': score(previous), 'fresh': score(fresh), 'seconds': time.time() - t0}
+    scored = tempfile.mkdtemp(prefix='bench_corrections_')
+    for name, out in (('forward', none), ('backward', backward)):
+        os.makedirs(os.path.join(scored, name, seq))
+        for t, ids in out.items():
+            save_indexed_png(os.path.join(scored, name, seq, f'{t:05d}.png'), ids)
+        g = evaluate(a.data, os.path.join(scored, name), [seq], workers=1)[0]
+        res[name] = {k: g[k] for k in ('J&F-Mean', 'J-Mean', 'F-Mean')}
+    return res
+
+
 def main():
     a = get_args_parser().parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     t0, load0 = time.time(), os.getloadavg()[0]
-    encoder = CachedEncoder(load_encoder(a.resume, 'cpu'))
-    sequences, _ = read_split(a.data, 'val')
-    rows, scored = [], tempfile.mkdtemp(prefix='bench_corrections_')
+    sequences = a.sequences or read_split(a.data, 'val')[0]
+    os.makedirs(a.out, exist_ok=True)
+    path = lambda seq: os.path.join(a.out, f'{seq}_{a.max_side}.json')  # noqa: E731
+    if not a.collect:
+        encoder = CachedEncoder(load_encoder(a.resume, 'cpu'))
+        for seq in sequences:
+            if not os.path.isfile(path(seq)):
+                res = run_sequence(encoder, seq, a)
+                res['load'] = [load0, os.getloadavg()[0]]
+                with open(path(seq), 'w') as f:
+                    json.dump(res, f)
+                print(res, flush=True)
+        if a.sequences:
+            return
+    rows = []
     for seq in sequences:
-        frames = sequence_frames(a.data, seq)
-        gts = [p for _, p in annotation_frames(a.data, seq)]
-        T, M = len(frames), len(frames) // 2
-        truth = [read_label_png(p) > 0 for p in gts]
-        score = lambda out: float(np.mean([iou(out[t] > 0, truth[t]) for t in range(M + 1, T)]))  # noqa: E731
-        none = run(encoder, frames, {0: gts[0]}, a)
-        corrected = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
-        with mock.patch.object(WindowedPropagator, 'correct', previous_correct):
-            previous = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
-        fresh = run(encoder, frames, {M: gts[M]}, a)
-        backward = run(encoder, frames, {T - 1: gts[T - 1]}, a, reverse=True)
-        for name, out in (('forward', none), ('backward', backward)):
-            os.makedirs(os.path.join(scored, name, seq), exist_ok=True)
-            for t, ids in out.items():
-                save_indexed_png(os.path.join(scored, name, seq, f'{t:05d}.png'), ids)
-        rows.append((seq, T, M, score(none), score(corrected), score(previous), score(fresh)))
-        print(rows[-1], flush=True)
-    jf = {name: evaluate(a.data, os.path.join(scored, name), sequences, workers=1)[0]
-          for name in ('forward', 'backward')}
-    mean = lambda i: float(np.mean([r[i] for r in rows]))  # noqa: E731
+        with open(path(seq)) as f:
+            rows.append(json.load(f))
+    mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
+    loads = [x for r in rows for x in r['load']]
     lines = [f"### corrections — {time.strftime('%Y-%m-%d %H:%M')} — {device_name('cpu')}, git {git_revision()}",
              f'`python bench/corrections.py --max-side {a.max_side}` — davis-dev (5 sequences, 854x480 frames '
-             f'propagated at longer side {a.max_side}), pretrained.pth, L 20, k 10, R 12, tau 0.05; load average '
-             f'{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (shared machine); {time.time() - t0:.0f} s',
+             f'propagated at longer side {a.max_side}, outputs at 854x480), pretrained.pth, L 20, k 10, R 12, '
+             f'tau 0.05; load average {min(loads):.1f} to {max(loads):.1f} (shared machine); '
+             f"{sum(r['seconds'] for r in rows):.0f} s of propagation in all",
              '', 'Mean IoU of frames M+1 ... T-1 (M = T // 2):', '',
              '| sequence | T | M | no correction | corrected at M | corrected at M, previous behaviour | '
              'fresh start at M |', '|---|---:|---:|---:|---:|---:|---:|']
-    lines += [f'| {s} | {T} | {M} | {n:.3f} | {c:.3f} | {p:.3f} | {f:.3f} |' for s, T, M, n, c, p, f in rows]
-    lines += [f'| mean | | | {mean(3):.3f} | {mean(4):.3f} | {mean(5):.3f} | {mean(6):.3f} |', '',
-              '| direction (start) | J&F-Mean | J-Mean | F-Mean |', '|---|---:|---:|---:|']
-    lines += [f"| {name} ({'frame 0' if name == 'forward' else 'last frame'}) | {g['J&F-Mean']:.3f} | "
-              f"{g['J-Mean']:.3f} | {g['F-Mean']:.3f} |" for name, g in jf.items()]
+    lines += [f"| {r['sequence']} | {r['T']} | {r['M']} | {r['none']:.3f} | {r['corrected']:.3f} | "
+              f"{r['previous']:.3f} | {r['fresh']:.3f} |" for r in rows]
+    lines += [f"| mean | | | {mean('none'):.3f} | {mean('corrected'):.3f} | {mean('previous'):.3f} | "
+              f"{mean('fresh'):.3f} |", '',
+              'J&F (eval/evaluate_davis.py, frames 1 ... T-2; one object per sequence, so the mean over sequences):',
+              '', '| direction (start) | J&F-Mean | J-Mean | F-Mean |', '|---|---:|---:|---:|']
+    for name, start in (('forward', 'frame 0'), ('backward', 'last frame')):
+        g = {k: float(np.mean([r[name][k] for r in rows])) for k in ('J&F-Mean', 'J-Mean', 'F-Mean')}
+        lines.append(f"| {name} ({start}) | {g['J&F-Mean']:.3f} | {g['J-Mean']:.3f} | {g['F-Mean']:.3f} |")
     publish('\n'.join(lines) + '\n', write=not a.no_write)
 
 
