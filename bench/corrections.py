@@ -7,7 +7,9 @@ ground truth only); a correction with the ground truth of frame M (this code: th
 long-term frame and restarts the short-term context); the same correction with the previous behaviour
 (the corrected ids zeroed in every stored frame, emulated here); a fresh start from frame M's ground truth.
 Then davis-dev J&F (eval/evaluate_davis.py's scorer, frames 1 ... T-2) of forward propagation from frame 0's
-ground truth and of backward propagation (``reverse=True``) from frame T-1's. Encoder: the bundled
+ground truth and of backward propagation (``reverse=True``) from the last frame where the object covers at
+least 1 % of the frame (T-1, except surf, whose surfer leaves: frame 51, and from there forward too, as
+``test.py --bidirectional`` does). Encoder: the bundled
 pretrained.pth; README protocol (topk 10, videoLen 20, radius 12, temperature 0.05); frames propagated at
 ``--max-side`` (outputs at 854x480). Each frame's features are computed once and reused by every run.
 Prints a markdown table and appends it to bench/RESULTS.md.
@@ -49,6 +51,8 @@ def get_args_parser():
                         'of the list, then one with --collect')
     p.add_argument('--out', default=os.path.join(ROOT, 'results', 'bench_corrections'),
                    help='folder of the per-sequence results (a finished sequence is not run again)')
+    p.add_argument('--redo-directions', action='store_true',
+                   help='recompute only the forward/backward J&F of finished sequences')
     p.add_argument('--collect', action='store_true', help='only gather the per-sequence results into the table')
     p.add_argument('--threads', type=int, default=None, help='torch threads')
     p.add_argument('--no-write', action='store_true', help="print the table, don't append it to RESULTS.md")
@@ -100,11 +104,21 @@ def run_sequence(encoder, seq, a):
     with mock.patch.object(WindowedPropagator, 'correct', previous_correct):
         previous = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
     fresh = run(encoder, frames, {M: gts[M]}, a)
-    backward = run(encoder, frames, {T - 1: gts[T - 1]}, a, reverse=True)
     res = {'sequence': seq, 'T': T, 'M': M, 'none': score(none), 'corrected': score(corrected),
            'previous': score(previous), 'fresh': score(fresh), 'seconds': time.time() - t0}
+    res.update(score_directions(encoder, seq, frames, gts, truth, a, none))
+    return res
+
+
+def score_directions(encoder, seq, frames, gts, truth, a, forward):
+    """J&F of ``forward`` (from frame 0) and of both directions from the last frame showing the object
+    (at least 1 % of the pixels; backward to frame 0 and, when the object leaves before the end, forward from there too)."""
+    last = max(t for t, m in enumerate(truth) if m.mean() >= 0.01)
+    backward = run(encoder, frames, {last: gts[last]}, a, reverse=True)
+    backward.update(run(encoder, frames, {last: gts[last]}, a))
+    res = {'backward_start': last}
     scored = tempfile.mkdtemp(prefix='bench_corrections_')
-    for name, out in (('forward', none), ('backward', backward)):
+    for name, out in (('forward', forward), ('backward', backward)):
         os.makedirs(os.path.join(scored, name, seq))
         for t, ids in out.items():
             save_indexed_png(os.path.join(scored, name, seq, f'{t:05d}.png'), ids)
@@ -124,7 +138,18 @@ def main():
     if not a.collect:
         encoder = CachedEncoder(load_encoder(a.resume, 'cpu'))
         for seq in sequences:
-            if not os.path.isfile(path(seq)):
+            if a.redo_directions and os.path.isfile(path(seq)):
+                with open(path(seq)) as f:
+                    res = json.load(f)
+                frames = sequence_frames(a.data, seq)
+                gts = [p for _, p in annotation_frames(a.data, seq)]
+                truth = [read_label_png(p) > 0 for p in gts]
+                forward = run(encoder, frames, {0: gts[0]}, a)
+                res.update(score_directions(encoder, seq, frames, gts, truth, a, forward))
+                with open(path(seq), 'w') as f:
+                    json.dump(res, f)
+                print(res, flush=True)
+            elif not os.path.isfile(path(seq)):
                 res = run_sequence(encoder, seq, a)
                 res['load'] = [load0, os.getloadavg()[0]]
                 with open(path(seq), 'w') as f:
@@ -152,7 +177,7 @@ def main():
               f"{mean('fresh'):.3f} |", '',
               'J&F (eval/evaluate_davis.py, frames 1 ... T-2; one object per sequence, so the mean over sequences):',
               '', '| direction (start) | J&F-Mean | J-Mean | F-Mean |', '|---|---:|---:|---:|']
-    for name, start in (('forward', 'frame 0'), ('backward', 'last frame')):
+    for name, start in (('forward', 'frame 0'), ('backward', 'the last frame showing the object')):
         g = {k: float(np.mean([r[name][k] for r in rows])) for k in ('J&F-Mean', 'J-Mean', 'F-Mean')}
         lines.append(f"| {name} ({start}) | {g['J&F-Mean']:.3f} | {g['J-Mean']:.3f} | {g['F-Mean']:.3f} |")
     publish('\n'.join(lines) + '\n', write=not a.no_write)
