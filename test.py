@@ -10,7 +10,8 @@ and ``_blend.jpg`` (read by eval/convert_davis.py); VIP (annotations in ``.../Ca
 ``--vip``) ``{save}/<video>/<frame>.png`` greyscale ids at the annotation's size (eval/eval_vip.py); JHMDB
 (``<frames folder> <joint_positions.mat>``) ``{save}/{i}.dat`` and skeleton blends (eval/eval_pck.py);
 your own video (``--video clip.mp4 --mask first.png``, README "Your own video") ``{save}/clip/<frame>.png``
-and ``{save}/clip_overlay.mp4`` (``--bidirectional``: also back from the first annotated frame to frame 0). ``--finetune N`` adapts a copy of the encoder to each video first; frames
+and ``{save}/clip_overlay.mp4`` (``--bidirectional``: also back from the first annotated frame to frame 0).
+``--finetune N`` adapts a copy of the encoder to each video first; frames
 are read by DataLoader workers and outputs written on background threads, so memory stays at a few frames.
 """
 import functools

@@ -45,7 +45,7 @@ def get_args_parser():
     p.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'davis-dev'),
                    help='a DAVIS-layout folder (davis-dev)')
     p.add_argument('--resume', default=os.path.join(ROOT, 'pretrained.pth'), help='encoder checkpoint')
-    p.add_argument('--max-side', type=int, default=427, help='longer side frames are propagated at')
+    p.add_argument('--max-side', type=int, default=320, help='longer side frames are propagated at')
     p.add_argument('--sequences', nargs='+', default=None,
                    help='only these sequences (default: all of val.txt); with --out, run several processes on parts '
                         'of the list, then one with --collect')
@@ -112,7 +112,8 @@ def run_sequence(encoder, seq, a):
 
 def score_directions(encoder, seq, frames, gts, truth, a, forward):
     """J&F of ``forward`` (from frame 0) and of both directions from the last frame showing the object
-    (at least 1 % of the pixels; backward to frame 0 and, when the object leaves before the end, forward from there too)."""
+    (at least 1 % of the pixels; backward to frame 0 and, when the object leaves before the end, forward from
+    there too)."""
     last = max(t for t, m in enumerate(truth) if m.mean() >= 0.01)
     backward = run(encoder, frames, {last: gts[last]}, a, reverse=True)
     backward.update(run(encoder, frames, {last: gts[last]}, a))
