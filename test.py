@@ -10,10 +10,12 @@ and ``_blend.jpg`` (read by eval/convert_davis.py); VIP (annotations in ``.../Ca
 ``--vip``) ``{save}/<video>/<frame>.png`` greyscale ids at the annotation's size (eval/eval_vip.py); JHMDB
 (``<frames folder> <joint_positions.mat>``) ``{save}/{i}.dat`` and skeleton blends (eval/eval_pck.py);
 your own video (``--video clip.mp4 --mask first.png``, README "Your own video") ``{save}/clip/<frame>.png``
-and ``{save}/clip_overlay.mp4``. ``--finetune N`` adapts a copy of the encoder to each video first; frames
+and ``{save}/clip_overlay.mp4`` (``--bidirectional``: also back from the first annotated frame to frame 0).
+``--finetune N`` adapts a copy of the encoder to each video first; frames
 are read by DataLoader workers and outputs written on background threads, so memory stays at a few frames.
 """
 import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
+import functools
 import os
 import random
 import shlex
@@ -35,6 +37,7 @@ from data.inference.outputs import (DavisWriter, PartsWriter, PoseWriter, Sequen
 from data.inference.user_video import UserVideo, VideoMasks
 from data.inference.vos import VOSVideo
 from model import PRETRAINED_TYPES
+from data.labels import read_ids
 from propagation import STRIDE, PropagationOptions, load_encoder
 from propagation.finetune import VideoAdapter
 from propagation.video import FEATURE_BATCH
@@ -117,29 +120,45 @@ class TestRun:
         return len(video)
 
     def own_video(self, encoder, video, masks, progress=None):
-        """--video: a UserVideo from its first annotated frame on, its VideoMasks -> ``<video>_overlay.mp4`` (and
-        with --save-blend ``<video>_blend/``) and the --export formats (``{save}/<video>/<frame>.png``, ...).
-        Returns the frames written."""
-        frames = video.dataset(processing_size(video.size, self.options.crop_size, self.options.max_side),
-                               masks.start)
+        """--video: a UserVideo from its first annotated frame on, its VideoMasks -> ``{save}/<video>/<frame>.png``,
+        ``<video>_overlay.mp4`` (and with --save-blend ``<video>_blend/``) and the --export formats; with
+        --bidirectional, first from the first annotated frame back to frame 0 (PNGs), whose frames then open the
+        overlay video. Returns the frames written."""
         a = self.args
-        sink = SequenceWriter(a.save_path, video.name, video.frame_names, masks.palette, video.fps, a.save_blend,
-                              masks='palette' in a.export)
+        proc_size = processing_size(video.size, self.options.crop_size, self.options.max_side)
+        writer = functools.partial(SequenceWriter, a.save_path, video.name, video.frame_names, masks.palette,
+                                   video.fps, a.save_blend, 'palette' in a.export)
+        start, written = masks.start, 0
+        if a.bidirectional and start > 0:
+            sink = writer(overlay=False, skip=start)
+            self._run((0, video.name), encoder, video.dataset(proc_size, start, reverse=True), masks.first_only(),
+                      sink, video.size, progress, start + 1)
+            written = sink.frames
+        sink = writer()
+        if a.bidirectional:
+            for t, image in enumerate(video.images(start)):   # the backward run's frames, in order
+                ids = read_ids(os.path.join(sink.mask_dir, video.frame_names[t] + '.png'), 'written by this run')
+                sink.overlay_frame(ids.astype(np.uint8), image)
         extra = export_sinks(a.export, a.save_path, video.name, video.frame_names, video.file_names,
                              masks.object_ids, {'video': a.video, 'masks': a.mask})
-        self._run((0, video.name), encoder, frames, masks, [sink] + extra, video.size, progress,
-                  len(video) - masks.start)
-        return sink.frames
+        self._run((0, video.name), encoder, video.dataset(proc_size, start), masks, [sink] + extra, video.size,
+                  progress, len(video) - start, reset=not written)
+        return written + sink.frames
 
-    def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture):
+    def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture,
+             reset=True):
         """``frames`` (a dataset of (input, frame, t)) through the loop into ``sink`` (or a list of sinks) and,
-        with a viewer, into visdom as video ``video_id`` (index, name)."""
+        with a viewer, into visdom as video ``video_id`` (index, name). ``reset``: restart the progress bar at
+        ``total`` (else ``total`` more frames are added to it)."""
         sinks = list(sink) if isinstance(sink, list) else [sink]
         if self.viewer is not None:
             sinks.append(ViewerSink(self.viewer, *video_id, draw))
         if progress is not None:
-            progress.reset(total=total)   # draws the bar at once, delay or not:
-            progress.delay = 0            # so that closing it ends its line (tqdm skips that within the delay)
+            if reset:
+                progress.reset(total=total)   # draws the bar at once, delay or not:
+                progress.delay = 0            # so that closing it ends its line (tqdm skips that within the delay)
+            else:
+                progress.total += total
         batches = frame_loader(frames, FEATURE_BATCH, self.args.workers, self.device)
         self.options.propagator(encoder, self.device).run(batches, masks, sinks, out_size, progress)
 
@@ -153,8 +172,13 @@ def run_user_video(run):
                        'extract the frames to a folder (e.g. ffmpeg -i clip.mp4 frames/%05d.jpg) and pass it')
     video = UserVideo(args.video)
     masks = VideoMasks(args.mask, video)
-    claim = OutputClaim(video_plan(args, video, masks.start, masks.object_ids), video_inputs(args),
-                        args.overwrite)
+    if args.bidirectional and set(args.export) - {'palette'}:
+        raise CRWError('--bidirectional writes palette PNGs only for now: leave out --export '
+                       f'{",".join(sorted(set(args.export) - {"palette"}))}, or run without --bidirectional')
+    if args.bidirectional and 'palette' not in args.export:
+        raise CRWError('--bidirectional needs --export palette (the backward run\'s masks open the overlay video)')
+    first = 0 if args.bidirectional else masks.start
+    claim = OutputClaim(video_plan(args, video, first, masks.object_ids), video_inputs(args), args.overwrite)
     encoder = build_encoder(args, device)
     adapter = build_adapter(args, device)
     claim.take()
@@ -164,14 +188,15 @@ def run_user_video(run):
     run.open_viewer()
     reset_peak_memory(device)
     t0 = time.time()
-    if masks.start > 0:
+    if masks.start > 0 and not args.bidirectional:
         masks.reader.note(f'{args.mask}: the first annotated frame is {video.frame_names[masks.start]}; the '
                           f'{masks.start} frame(s) before it get no output')
     with tqdm(desc=video.name, unit='frame', mininterval=1.0, delay=1.0, file=sys.stderr) as bar:
         n = run.own_video(encoder, video, masks, bar)
     claim.finish(frames=n)
     dt = time.time() - t0
-    print(f'{args.video}: {n} frames from frame {video.frame_names[masks.start]}, {n / dt:.2f} frames/s, peak '
+    first = video.frame_names[0 if args.bidirectional else masks.start]
+    print(f'{args.video}: {n} frames from frame {first}, {n / dt:.2f} frames/s, peak '
           f'{"GPU" if device.type == "cuda" else "RSS"} memory {peak_memory_bytes(device) / 2 ** 20:.0f} MB; '
           f'masks and overlay video in {args.save_path}', flush=True)
 

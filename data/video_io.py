@@ -260,6 +260,33 @@ def iter_frames(path, start=0):
     raise DecodeError(f'{path}: cannot decode ({"; ".join(errors)})')
 
 
+REVERSE_CHUNK = 16   # frames decoded at a time by iter_frames_reversed
+
+
+def iter_frames_reversed(path, last, chunk=REVERSE_CHUNK):
+    """Yield (index, uint8 [H, W, 3] RGB frame) for frames ``last``, last-1, ..., 0 of ``path``: decoded forward
+    ``chunk`` frames at a time (at most that many in memory), each chunk yielded in reverse. TorchCodec seeks
+    to each chunk (one decoder, so each keyframe interval is decoded about once more per chunk it spans); the
+    PyAV fallback decodes from the start for every chunk (about last**2 / (2 * chunk) frames in all)."""
+    backends = _backends()
+    decoder = None
+    if 'torchcodec' in backends and path not in _TC_FAILED_FILES:
+        try:
+            decoder = _open_torchcodec(path)
+        except Exception as e:  # noqa: BLE001 - PyAV's turn
+            if len(backends) == 1:
+                raise DecodeError(f'{path}: cannot decode (torchcodec: {_short(e)})') from e
+    for b in range(last + 1, 0, -chunk):
+        indices = list(range(max(0, b - chunk), b))
+        try:
+            frames = (decoder.get_frames_at(indices).data if decoder is not None
+                      else _decode_pyav(path, indices))
+        except Exception as e:
+            raise DecodeError(f'{path}: decoding frames {indices[0]}-{indices[-1]} failed ({_short(e)})') from e
+        for i, frame in zip(reversed(indices), reversed(list(frames))):
+            yield i, np.asarray(frame)
+
+
 # ---------------------------------------------------------------------------------------------- writing
 class VideoWriter:
     """Encode RGB frames into a video file with PyAV, one at a time: H.264 (libx264, crf 18) or MPEG-4 where

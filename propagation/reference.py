@@ -31,6 +31,7 @@ class ReferencePropagator:
         # additive mask [context node, target node]: 0 inside the radius, -1e10 outside
         self.mask = torch.zeros(self.N, self.N, dtype=first_feat.dtype, device=dev)
         self.mask.masked_fill_(~radius_mask(h, w, protocol.radius).to(dev), MASK_VALUE)
+        self.anchor, self.corrections = 0, []   # see correct()
 
     @property
     def t(self):
@@ -42,21 +43,24 @@ class ReferencePropagator:
         self.labels = [torch.cat([lab, lab.new_zeros(lab.shape[0], n)], dim=1) for lab in self.labels]
         self.K += n
 
-    def drop_labels(self, channels):
-        """Zero label ``channels`` in every stored frame (see WindowedPropagator.drop_labels)."""
-        for lab in self.labels:
-            lab[:, list(channels)] = 0
-
     def set_labels(self, labels):
         """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K]."""
         self.labels[-1] = labels.reshape(self.N, self.K).to(self.labels[-1])
+
+    def correct(self, labels):
+        """The frame last stepped is corrected to ``labels`` [h, w, K] (see WindowedPropagator.correct): it
+        becomes a long-term frame and the short-term context restarts from it."""
+        self.set_labels(labels)
+        self.anchor = self.t
+        self.corrections.append(self.t)
 
     def step(self, feat, return_topk=False):
         """Predict the next frame from its features [C, h, w] -> soft labels [h, w, K]
         (and, with return_topk, (frame ids [N, k], node ids [N, k], logits [N, k]) of the chosen context)."""
         p = self.protocol
         t = len(self.feats)
-        lm, st = context_frames(t, p.video_len, p.long_mem)
+        lm, st = context_frames(t, p.video_len, p.long_mem, self.anchor)
+        lm = lm + self.corrections
         ids = lm + st
         n_ctx, N, k = len(ids), self.N, p.topk
         keys = torch.cat([self.feats[j] for j in ids], dim=1)            # [C, n*N]

@@ -151,7 +151,8 @@ class VideoPropagator:
         """The one loop over a video's frames: yields a PropagatedFrame per frame from the first annotated one on.
 
         batches: iterable of (prepared frames [B, 3, H', W'], the frames as they are to be written [B, H, W, 3]
-        uint8, their indices t [B]), consecutive and in order (``data.inference.frames.frame_loader``).
+        uint8, their indices t [B]), consecutive and in order (``data.inference.frames.frame_loader``), or in
+        reverse order for a backward run (time reversed; the protocol is the same).
         masks: {t: mask} (anything with ``get(t)``): label ids or label image paths, resized with nearest
         neighbour to ``out_size`` (default: each batch's frame size), the size ids are returned at; or, for
         the first annotated frame only, a function (h, w) -> soft labels [h, w, K] at the feature map (JHMDB's
@@ -160,8 +161,11 @@ class VideoPropagator:
             ts = ts.tolist() if torch.is_tensor(ts) else list(ts)
             size = tuple(out_size) if out_size is not None else tuple(images[0].shape[:2])
             given = [masks.get(t) for t in ts]
+            started = self.started
             for t, image, mask, out in zip(ts, images, given, self._batch(imgs, given, size)):
                 if out is not None:
+                    if not started:
+                        self.start, started = t, True
                     image = image.numpy() if torch.is_tensor(image) else image
                     labels = None if self.values is None else self.values[:out[1].shape[-1]].copy()
                     yield PropagatedFrame(t, image, *out, labels=labels, annotated=mask is not None)
@@ -242,13 +246,13 @@ class VideoPropagator:
 
     def _annotate(self, soft, mask, given, out_size, proc_size):
         """A later annotated frame: ``mask`` (ids at out_size; ``given`` its ids) merged with the prediction
-        ``soft`` [h, w, K]. 0 means "not annotated here"; every other id is taken as given from this frame on:
-        a new id gets a new channel (zero in earlier frames); the pixels the annotation gives an id take it,
-        the others keep the prediction without the annotated ids, renormalised (background where nothing is
-        left); earlier context frames' labels for the annotated ids become 0, so each is propagated from its
-        latest annotation only; the frame's corrected soft labels (the annotation's one-hot at the feature
-        map plus the rest of the prediction where it leaves a cell uncovered) replace its prediction in the
-        context. Returns (label ids at out_size, the corrected soft labels)."""
+        ``soft`` [h, w, K]. 0 means "not annotated here"; every other id is taken as given: a new id gets a new
+        channel (zero in earlier frames); the pixels the annotation gives an id take it, the others keep the
+        prediction without the annotated ids, renormalised (background where nothing is left). The frame's
+        corrected soft labels (the annotation's one-hot at the feature map plus the rest of the prediction
+        where it leaves a cell uncovered) become a long-term context frame and restart the short-term context
+        (``correct`` of the propagators; README "Corrections"). Returns (label ids at out_size, the corrected
+        soft labels)."""
         ann = resize_nearest(mask, proc_size)
         new = [int(v) for v in given if v != 0 and v not in self.values]
         if new:
@@ -275,8 +279,7 @@ class VideoPropagator:
         given_onehot = downsample_labels(one_hot(table[ann], K + 1), soft.shape[:2])[..., :K].to(soft)
         cover = given_onehot.sum(-1, keepdim=True)
         corrected = given_onehot + (1 - cover) * rest
-        self.prop.drop_labels(annotated)
-        self.prop.set_labels(corrected)
+        self.prop.correct(corrected)
         ids = self.values[soft_to_index(rest, out_size, self.norm_mask).cpu().numpy()].astype(np.uint8)
         annotated_pixels = mask != 0
         ids[annotated_pixels] = mask[annotated_pixels]
@@ -284,6 +287,7 @@ class VideoPropagator:
 
 
 def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEATURE_BATCH, per_object=False,
+              reverse=False,
               **options):
     """Propagate masks through ``frames``, streaming: a generator of (t, label ids [H, W] uint8) for every frame
     from the first annotated one on (earlier frames are counted, not read); with ``per_object``, of
@@ -291,20 +295,34 @@ def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEA
 
     frames: an iterable of frames (uint8 [H, W, 3] RGB arrays/tensors or image paths), consumed lazily;
     masks: the mask of frame 0, or {t: mask} for annotations on any frames (label ids or label image paths);
-    protocol: default ``Protocol()``, the README's; options: those of ``VideoPropagator`` (crop_size, max_side
-    (default 854), l2, norm_mask, reference, note, ...), the defaults of test.py --video.
+    protocol: default ``Protocol()``, the README's;
+    reverse: propagate backward in time (the same protocol on the time-reversed video): from the last
+    annotated frame down to frame 0, yielded in that order, earlier annotations correcting as later ones do
+    forward; ``frames`` must then be a sequence (``len`` and indexing; a list of paths holds no pixels).
+    options: those of ``VideoPropagator`` (crop_size, max_side (default 854), l2, norm_mask, reference, note,
+    ...), the defaults of test.py --video.
     Frames are encoded ``batch_size`` at a time (test.py's batching), so at most that many are held."""
     vp = VideoPropagator(encoder, protocol, device, **options)
     masks = dict(masks) if isinstance(masks, dict) else {0: masks}
     if not masks:
         raise CRWError('no mask: give the first frame\'s mask, or {frame index: mask}')
-    first = min(masks)
+    if reverse:
+        if not hasattr(frames, '__getitem__') or not hasattr(frames, '__len__'):
+            raise CRWError('propagate(reverse=True) needs the frames as a sequence (a list of arrays or paths)')
+        missing = sorted(t for t in masks if not 0 <= t < len(frames))
+        if missing:
+            raise CRWError(f'masks given for frames {missing[:5]} but the video has {len(frames)} frames')
+        order = range(max(masks), -1, -1)
+        ordered = ((t, frames[t]) for t in order)
+    else:
+        first = min(masks)
+        ordered = ((t, f) if t >= first else (t, None) for t, f in enumerate(frames))
     fitted = {}   # t -> the mask read and fitted to its frame, filled as the frames are read
 
     def batches():
         batch, images, ts, size = [], [], [], None
-        for t, frame in enumerate(frames):
-            if t < first:
+        for t, frame in ordered:
+            if frame is None:
                 vp.skip()
                 continue
             img = as_frame(frame)
@@ -326,5 +344,5 @@ def propagate(encoder, frames, masks, protocol=None, device=None, batch_size=FEA
     for frame in vp.stream(batches(), fitted):
         yield frame.t, object_masks(frame.ids, frame.labels) if per_object else frame.ids
     missing = sorted(t for t in masks if t > vp.t)
-    if missing:
+    if missing and not reverse:
         raise CRWError(f'masks given for frames {missing[:5]} but the video has {vp.t + 1} frames')

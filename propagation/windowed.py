@@ -124,7 +124,8 @@ class WindowedPropagator:
     Bank slots: 0 is frame 0, 1..L the ring of the ``video_len`` most recent frames (frame j >= 1 in slot
     1 + (j-1) % L), then one slot per long-term frame m > 0. ``ring`` [num_tiles, 1 + L, tile_nodes, C] holds
     the features of slots 0..L by tile; ``full_feats`` the row-major features [N, C] of the frames compared
-    in full (frame 0 and the long-term frames); ``labels`` [slots, N, K] the soft labels (row-major nodes).
+    in full (frame 0, the long-term frames, the corrected frames); ``labels`` [slots, N, K] the soft labels
+    (row-major nodes). A corrected frame (``correct``) takes one more slot, compared in full.
 
     tile: (th, tw) tile size of the windowed scores (cost per node ~ (th+2r)(tw+2r) dot products per frame).
     mode: 'window' or 'auto' (tiles of ``tile``), 'full' (one tile: every score of a context frame, then the
@@ -164,6 +165,7 @@ class WindowedPropagator:
         self.slot_frame = [-1] * slots
         self.full_feats = {}
         self._max = self._scores = None    # reused buffers: per-position maxima (+ a -inf sentinel), scores
+        self.correction_slots, self._last_feat = [], None    # see correct()
         self._store(0, 0, first_feat, first_labels.reshape(self.N, self.K).to(dt))
 
     # -- bank -------------------------------------------------------------------------------------------
@@ -184,11 +186,6 @@ class WindowedPropagator:
         self.labels = torch.cat([self.labels, self.labels.new_zeros(*self.labels.shape[:2], n)], dim=-1)
         self.K += n
 
-    def drop_labels(self, channels):
-        """Zero label ``channels`` in every stored frame: what earlier frames said about those objects no longer
-        votes (their annotation on a later frame supersedes it)."""
-        self.labels[..., list(channels)] = 0
-
     def set_labels(self, labels):
         """Replace the soft labels of the frame last stepped (or frame 0) by ``labels`` [h, w, K] (an annotated
         frame's corrected labels), for the frames after it."""
@@ -196,6 +193,30 @@ class WindowedPropagator:
         for slot, f in enumerate(self.slot_frame):
             if f == self._t:
                 self.labels[slot] = labels
+
+    def correct(self, labels):
+        """The frame last stepped is corrected to ``labels`` [h, w, K] (an annotation merged with its
+        prediction): it becomes a long-term frame (compared in full, like frame 0, for every later target;
+        frame 0 and earlier corrections stay), and the short-term context restarts from it: every ring slot
+        of an earlier frame now holds a copy of it, as copies of frame 0 pad the start (``context_frames``
+        with ``anchor``), so no prediction it contradicts votes again. Each correction keeps one more frame."""
+        t = self._t
+        if t == 0:
+            raise ValueError('correct() is for a frame after the first')
+        self.set_labels(labels)
+        labels = labels.reshape(self.N, self.K).to(self.device, self.dtype)
+        if self.video_len > 0:
+            own = self._ring_slot(t)
+            for slot in range(1, self.video_len + 1):
+                if slot != own:
+                    self.ring[:, slot] = self.ring[:, own]
+                    self.labels[slot] = labels
+                    self.slot_frame[slot] = t
+        slot = self.labels.shape[0]
+        self.labels = torch.cat([self.labels, labels[None]])
+        self.slot_frame.append(t)
+        self.full_feats[slot] = self._last_feat.reshape(self.C, self.N).t().contiguous()
+        self.correction_slots.append(slot)
 
     # -- scores -----------------------------------------------------------------------------------------
     def _topk_full(self, q, slot):
@@ -296,6 +317,10 @@ class WindowedPropagator:
                 r = r[:, None].expand(-1, copies, -1).reshape(self.N, -1)
             cand_v.append(v)
             cand_r.append(r)
+        for slot in self.correction_slots:
+            v, r = self._topk_full(q, slot)
+            cand_v.append(v)
+            cand_r.append(r)
         if short_term:
             first_copies = short_term.count(0)
             lo, hi = (0, t) if first_copies else (1, self.video_len + 1)   # ring slots of the short-term frames
@@ -326,6 +351,6 @@ class WindowedPropagator:
             self._store(self._ring_slot(t), t, feat, pred)
         if t in self.long_term_slot:
             self._store(self.long_term_slot[t], t, feat, pred)
-        self._t = t
+        self._t, self._last_feat = t, feat
         pred = pred.view(self.h, self.w, self.K)
         return (pred, info) if return_topk else pred

@@ -283,6 +283,10 @@ def get_test_args_parser(add_help=True):
                    help=f'with --video: propagate at most this many pixels on the longer side, aspect ratio kept '
                         f'(masks are still written at the video\'s size); 0: the video\'s own size however large '
                         f'(default: {VIDEO_MAX_SIDE}, DAVIS 480p\'s width)')
+    p.add_argument('--bidirectional', action='store_true',
+                   help='with --video: also propagate from the first annotated frame back to frame 0 (the same protocol '
+                        'in reverse time), so that every frame gets a mask; without it the frames before the first '
+                        'mask get none')
     p.add_argument('--save-blend', action='store_true',
                    help='with --video: also write the overlays as <save-path>/<video>_blend/<frame>.jpg')
     p.add_argument('--export', action='append', default=None, metavar='FORMATS',
@@ -382,7 +386,7 @@ def _finish_test_args(p, args):
         if not os.path.exists(args.mask):
             p.error(f'--mask {args.mask}: no such file or folder')
     else:
-        for flag in ('mask', 'max_side', 'save_blend', 'export', 'random_init'):
+        for flag in ('mask', 'max_side', 'save_blend', 'export', 'random_init', 'bidirectional'):
             if getattr(args, flag) is not None and getattr(args, flag) is not False:
                 p.error(f"--{flag.replace('_', '-')} goes with --video")
     if args.max_side is not None and (args.max_side < 0 or 0 < args.max_side < 8):

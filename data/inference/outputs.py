@@ -165,10 +165,13 @@ class ViewerSink:
 
 class SequenceWriter:
     """The outputs of one video of ``test.py --video``, frame t named ``names[t]``; ``close()`` (or
-    ``abort()`` on error: the overlay video is dropped; the PNGs written are complete files)."""
+    ``abort()`` on error: the overlay video is dropped; the PNGs written are complete files). ``overlay``:
+    False writes the PNGs only (a backward run; ``overlay_frame`` puts its frames into the next writer's video).
+    ``skip``: a frame index not to write (the first annotated frame, which the forward run writes)."""
 
-    def __init__(self, save_path, name, names, palette, fps, save_blend=False, masks=True):
-        self.names = names
+    def __init__(self, save_path, name, names, palette, fps, save_blend=False, masks=True, overlay=True,
+                 skip=None):
+        self.names, self.skip = names, skip
         self.palette = np.asarray(palette, np.uint8)
         self.mask_dir = os.path.join(save_path, name) if masks else None
         self.blend_dir = os.path.join(save_path, name + '_blend') if save_blend else None
@@ -178,11 +181,13 @@ class SequenceWriter:
                 os.makedirs(d, exist_ok=True)
         self.files = AsyncWriter()
         self.video_jobs = AsyncWriter(threads=1)     # frames must reach the encoder in order
-        self.video = VideoWriter(self.overlay_path, fps)
+        self.video = VideoWriter(self.overlay_path, fps) if overlay else None
         self.frames = 0
 
     def write(self, frame):
         """frame.ids [H, W] uint8 label ids and frame.image [H, W, 3] uint8, the frame they belong to."""
+        if frame.t == self.skip:
+            return
         name = self.names[frame.t]
         if self.mask_dir:
             path = os.path.join(self.mask_dir, name + '.png')
@@ -190,10 +195,15 @@ class SequenceWriter:
         self.video_jobs.submit(checked_write, self.overlay_path, self._overlay, name, frame.ids, frame.image)
         self.frames += 1
 
+    def overlay_frame(self, ids, image):
+        """Add a frame written earlier (label ids [H, W], the frame [H, W, 3]) to the overlay video only."""
+        self.video_jobs.submit(self._overlay, None, ids, image)
+
     def _overlay(self, name, ids, image):
         overlay = blend_labels(image, ids, self.palette, overlay=True)
-        self.video.write(overlay)
-        if self.blend_dir:
+        if self.video is not None:
+            self.video.write(overlay)
+        if self.blend_dir and name is not None:
             write_jpeg(os.path.join(self.blend_dir, name + '.jpg'), overlay)
 
     def close(self):
@@ -204,7 +214,8 @@ class SequenceWriter:
         except BaseException as e:
             self.abort(e)
             raise
-        checked_write(self.overlay_path, self.video.close)
+        if self.video is not None:
+            checked_write(self.overlay_path, self.video.close)
 
     def abort(self, error=None):
         """Stop after an error: queued writes are dropped (the PNGs written are complete files), the running
@@ -213,7 +224,8 @@ class SequenceWriter:
             self.files.abort()
             self.video_jobs.abort()
         finally:
-            self.video.abort(error)
+            if self.video is not None:
+                self.video.abort(error)
 
 
 # ---------------------------------------------------------------------------------------------- --export

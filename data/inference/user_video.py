@@ -18,7 +18,7 @@ import torch
 from data.images import IMAGE_EXTENSIONS, frame_number, image_size, list_frames, read_image
 from data.inference.frames import prepare_frame
 from data.labels import MaskReader
-from data.video_io import VIDEO_EXTENSIONS, iter_frames, probe_video, warn
+from data.video_io import VIDEO_EXTENSIONS, iter_frames, iter_frames_reversed, probe_video, warn
 from utils.errors import CRWError, DecodeError
 
 FOLDER_FPS = 24   # frame rate of the overlay video for a folder of frames (DAVIS's)
@@ -59,12 +59,24 @@ class UserVideo:
     def __len__(self):
         return len(self.frame_names)
 
-    def dataset(self, proc_size, start=0):
-        """Frames t >= start as (prepared network input [3, H', W'] at ``proc_size``, the frame uint8 [H, W, 3],
-        t): a map-style Dataset for a folder, a streaming IterableDataset for a video file."""
+    def dataset(self, proc_size, start=0, reverse=False):
+        """Frames t >= start (``reverse``: t = start, start-1, ..., 0) as (prepared network input [3, H', W'] at
+        ``proc_size``, the frame uint8 [H, W, 3], t): a map-style Dataset for a folder, a streaming
+        IterableDataset for a video file (reversed: decoded by chunks, ``data.video_io.iter_frames_reversed``)."""
+        order = range(start, -1, -1) if reverse else range(start, len(self))
         if self.paths is not None:
-            return _FolderFrames(self.paths[start:], self.size, proc_size, start)
-        return _DecodedFrames(self.path, self.size, proc_size, start)
+            return _FolderFrames(self.paths, order, self.size, proc_size)
+        return _DecodedFrames(self.path, self.size, proc_size, start, reverse)
+
+    def images(self, stop):
+        """Frames 0 ... stop-1 as uint8 [H, W, 3] arrays, in order."""
+        if self.paths is not None:
+            yield from (read_image(p) for p in self.paths[:stop])
+            return
+        for t, img in iter_frames(self.path):
+            if t >= stop:
+                return
+            yield img
 
 
 def _check_size(frame, size, where):
@@ -74,24 +86,26 @@ def _check_size(frame, size, where):
 
 
 class _FolderFrames(torch.utils.data.Dataset):
-    def __init__(self, paths, size, proc_size, start):
-        self.paths, self.size, self.proc_size, self.start = paths, size, proc_size, start
+    def __init__(self, paths, order, size, proc_size):
+        self.paths, self.order, self.size, self.proc_size = paths, list(order), size, proc_size
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.order)
 
     def __getitem__(self, i):
-        img = read_image(self.paths[i])
-        _check_size(img, self.size, self.paths[i])
-        return prepare_frame(img, self.proc_size), torch.from_numpy(img), self.start + i
+        t = self.order[i]
+        img = read_image(self.paths[t])
+        _check_size(img, self.size, self.paths[t])
+        return prepare_frame(img, self.proc_size), torch.from_numpy(img), t
 
 
 class _DecodedFrames(torch.utils.data.IterableDataset):
-    def __init__(self, path, size, proc_size, start):
-        self.path, self.size, self.proc_size, self.start = path, size, proc_size, start
+    def __init__(self, path, size, proc_size, start, reverse=False):
+        self.path, self.size, self.proc_size, self.start, self.reverse = path, size, proc_size, start, reverse
 
     def __iter__(self):
-        for t, img in iter_frames(self.path, self.start):
+        frames = iter_frames_reversed(self.path, self.start) if self.reverse else iter_frames(self.path, self.start)
+        for t, img in frames:
             _check_size(img, self.size, f'{self.path} frame {t}')
             yield prepare_frame(img, self.proc_size), torch.from_numpy(img), t
 
@@ -143,3 +157,7 @@ class VideoMasks:
     def get(self, t, default=None):
         path = self.files.get(t)
         return default if path is None else self.reader.ids(path, self.size)
+
+    def first_only(self):
+        """These masks without the later ones (a backward run starts from the first and has no other)."""
+        return {self.start: self.get(self.start)}
