@@ -219,10 +219,11 @@ def video_plan(args, video, start, object_ids=()):
     share the folder)."""
     name, names = video.name, video.frame_names[start:]
     export = getattr(args, 'export', None) or ['palette']
-    files, dirs = [f'{name}_overlay.mp4'], []
+    files, dirs = [], []
     if 'palette' in export:
         files += [f'{name}/{n}.png' for n in names]
         dirs.append(name)
+    files.append(f'{name}_overlay.mp4')
     if args.save_blend:
         files += [f'{name}_blend/{n}.jpg' for n in names]
         dirs.append(f'{name}_blend')

@@ -165,7 +165,7 @@ class WindowedPropagator:
         self.slot_frame = [-1] * slots
         self.full_feats = {}
         self._max = self._scores = None    # reused buffers: per-position maxima (+ a -inf sentinel), scores
-        self.correction_slots, self._last_feat = [], None    # see correct()
+        self.anchor, self.correction_slots, self._last_feat = 0, [], None    # see correct()
         self._store(0, 0, first_feat, first_labels.reshape(self.N, self.K).to(dt))
 
     # -- bank -------------------------------------------------------------------------------------------
@@ -217,6 +217,7 @@ class WindowedPropagator:
         self.slot_frame.append(t)
         self.full_feats[slot] = self._last_feat.reshape(self.C, self.N).t().contiguous()
         self.correction_slots.append(slot)
+        self.anchor = t
 
     # -- scores -----------------------------------------------------------------------------------------
     def _topk_full(self, q, slot):
@@ -307,7 +308,7 @@ class WindowedPropagator:
         feat = feat.to(self.device, self.dtype)
         if tuple(feat.shape) != (self.C, self.h, self.w):
             raise ValueError(f'frame {t}: features {tuple(feat.shape)}, expected {(self.C, self.h, self.w)}')
-        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem)
+        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem, self.anchor)
         q = feat.reshape(self.C, self.N).t().contiguous()               # [N, C]
         cand_v, cand_r = [], []
         for m, copies in Counter(long_term).items():

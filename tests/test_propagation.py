@@ -364,7 +364,7 @@ def test_missing_resume_is_one_line_error(davis, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('flags, needle', [(['--topk', '0'], '--topk must be >= 1'),
-                                           (['--temperature', '-1'], '--temperature must be > 0'),
+                                           (['--temperature', '-1'], '--temperature -1: the softmax temperature must be positive'),
                                            (['--videoLen', '0', '--long-mem'], 'no context')])
 def test_protocol_values_are_one_line_parse_errors(davis, tmp_path, capsys, flags, needle):
     # the protocol's range checks (propagation.Protocol) are test.py's parse errors: exit 2, one line
