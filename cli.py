@@ -5,8 +5,8 @@ and every check that needs only the values; it imports nothing above ``utils/``.
 encoder: the smallest frame or patch the chosen ``--model-type`` takes (``model.min_input_size``). They run
 right after parsing, before any work, and fail like the others: one line naming the flag, exit status 2.
 """
-from model import min_input_size
-from utils.arguments import get_test_args_parser, get_train_args_parser, parse_frame_aug, test_args, train_args
+from crw.model import min_input_size
+from crw.utils.arguments import get_test_args_parser, get_train_args_parser, parse_frame_aug, test_args, train_args
 
 
 def train_size_error(args):

@@ -21,9 +21,9 @@ import time
 
 from PIL import Image, ImageDraw
 
-from data.images import list_frames
-from eval import evaluate_davis
-from utils.misc import atomic_write
+from crw.data.images import list_frames
+from crw.eval import evaluate_davis
+from crw.utils.misc import atomic_write
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

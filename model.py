@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from utils.encoder_weights import PRETRAINED_TYPES, SOURCES, encoder_state_dict
-from utils.errors import CRWError
+from crw.utils.encoder_weights import PRETRAINED_TYPES, SOURCES, encoder_state_dict
+from crw.utils.errors import CRWError
 
 EPS = 1e-20          # added to walk probabilities before the log (release value)
 MASKED_LOGIT = -1e20  # value of a dropped edge's affinity (release value)

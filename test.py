@@ -14,7 +14,7 @@ and ``{save}/clip_overlay.mp4`` (``--bidirectional``: also back from the first a
 ``--finetune N`` adapts a copy of the encoder to each video first; frames
 are read by DataLoader workers and outputs written on background threads, so memory stays at a few frames.
 """
-import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
+import crw.utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
 import functools
 import os
 import random
@@ -27,24 +27,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import parse_test_args as test_args
-from data.images import list_frames
-from data.inference.filelists import read_filelist
-from data.inference.frames import frame_loader, processing_size
-from data.inference.jhmdb import JhmdbVideo
-from data.inference.outputs import (DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, export_sinks,
+from crw.cli import parse_test_args as test_args
+from crw.data.images import list_frames
+from crw.data.inference.filelists import read_filelist
+from crw.data.inference.frames import frame_loader, processing_size
+from crw.data.inference.jhmdb import JhmdbVideo
+from crw.data.inference.outputs import (DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, export_sinks,
                                     label_picture)
-from data.inference.user_video import UserVideo, VideoMasks
-from data.inference.vos import VOSVideo
-from model import PRETRAINED_TYPES
-from data.labels import read_ids
-from propagation import STRIDE, PropagationOptions, load_encoder
-from propagation.finetune import VideoAdapter
-from propagation.video import FEATURE_BATCH
-from utils.arguments import describe_settings, get_test_args_parser
-from utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
-from utils.output_folders import Inputs, OutputClaim, Plan
+from crw.data.inference.user_video import UserVideo, VideoMasks
+from crw.data.inference.vos import VOSVideo
+from crw.model import PRETRAINED_TYPES
+from crw.data.labels import read_ids
+from crw.propagation import STRIDE, PropagationOptions, load_encoder
+from crw.propagation.finetune import VideoAdapter
+from crw.propagation.video import FEATURE_BATCH
+from crw.utils.arguments import describe_settings, get_test_args_parser
+from crw.utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
+from crw.utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
+from crw.utils.output_folders import Inputs, OutputClaim, Plan
 
 # ----------------------------------------------------------------------------------------------------------
 # Model
@@ -85,7 +85,7 @@ class TestRun:
     def open_viewer(self):
         """--visdom / --pca-vis: connect to the server (without one: one warning, results are still written)."""
         if self.args.visdom or self.args.pca_vis:
-            from vis.sinks import PropagationViewer
+            from crw.vis.sinks import PropagationViewer
             a = self.args
             self.viewer = PropagationViewer(a.server, a.port, blend=a.visdom, pca=a.pca_vis) or None
 

@@ -7,7 +7,7 @@
 
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
-import utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
+import crw.utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
 import contextlib
 import os
 import sys
@@ -16,20 +16,20 @@ import time
 import torch
 import torch.nn as nn
 
-import utils.dist as dist_utils
-from cli import parse_train_args
-from data.training.gpu_augment import BatchAugment
-from data.training.sampler import build_train_sampler, mix_seed
-from data.training.video_dataset import build_train_dataset
-from model import CRW
-from utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, is_release_scheduler,
+import crw.utils.dist as dist_utils
+from crw.cli import parse_train_args
+from crw.data.training.gpu_augment import BatchAugment
+from crw.data.training.sampler import build_train_sampler, mix_seed
+from crw.data.training.video_dataset import build_train_dataset
+from crw.model import CRW
+from crw.utils.checkpoint import (atomic_save, check_architecture, checkpoint_args, is_release_scheduler,
                               load_checkpoint, load_state_strict, partial_load, release_scheduler_state, rng_state,
                               set_rng_state, unwrap_model)
-from utils.errors import CRWError, Terminated, interrupted, report, sigterm_as_interrupt
-from utils.logger import MetricLogger, append_json_line, truncate_json_lines
-from utils.output_folders import FolderLock
-from utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
-from vis.sinks import Visualizer
+from crw.utils.errors import CRWError, Terminated, interrupted, report, sigterm_as_interrupt
+from crw.utils.logger import MetricLogger, append_json_line, truncate_json_lines
+from crw.utils.output_folders import FolderLock
+from crw.utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
+from crw.vis.sinks import Visualizer
 
 # files written atomically into --output-dir (the temporary files of an interrupted write are removed at start)
 CHECKPOINT_FILES = ('checkpoint.pth', 'model_*.pth', 'train_log.jsonl', 'log.txt')

@@ -30,13 +30,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-from bench.results import device_name, publish  # noqa: E402
-from data.training.gpu_augment import BatchAugment  # noqa: E402
-from data.training.video_dataset import build_train_dataset  # noqa: E402
-from model import CRW  # noqa: E402
-from utils.arguments import train_args  # noqa: E402
-from utils.checkpoint import load_checkpoint, partial_load  # noqa: E402
-from utils.misc import git_revision  # noqa: E402
+from crw.bench.results import device_name, publish  # noqa: E402
+from crw.data.training.gpu_augment import BatchAugment  # noqa: E402
+from crw.data.training.video_dataset import build_train_dataset  # noqa: E402
+from crw.model import CRW  # noqa: E402
+from crw.utils.arguments import train_args  # noqa: E402
+from crw.utils.checkpoint import load_checkpoint, partial_load  # noqa: E402
+from crw.utils.misc import git_revision  # noqa: E402
 
 
 def pick_clips(ds, n):

@@ -30,12 +30,12 @@ if __name__ == '__main__' and not __package__:  # run by path: bench/, not the r
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.results import device_name, publish  # noqa: E402
-from data.labels import save_indexed_png  # noqa: E402
-from eval.davis_io import annotation_frames, read_label_png, read_split, sequence_frames  # noqa: E402
-from eval.evaluate_davis import evaluate  # noqa: E402
-from propagation import Protocol, WindowedPropagator, load_encoder, propagate  # noqa: E402
-from utils.misc import git_revision  # noqa: E402
+from crw.bench.results import device_name, publish  # noqa: E402
+from crw.data.labels import save_indexed_png  # noqa: E402
+from crw.eval.davis_io import annotation_frames, read_label_png, read_split, sequence_frames  # noqa: E402
+from crw.eval.evaluate_davis import evaluate  # noqa: E402
+from crw.propagation import Protocol, WindowedPropagator, load_encoder, propagate  # noqa: E402
+from crw.utils.misc import git_revision  # noqa: E402
 
 PROTOCOL = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
 

@@ -18,11 +18,11 @@ import torch
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.training.gpu_augment import BatchAugment  # noqa: E402
-from data.training.sampler import build_train_sampler  # noqa: E402
-from data.synthetic import smooth_texture  # noqa: E402
-from data.training.video_dataset import build_train_dataset  # noqa: E402
-from utils.arguments import train_args  # noqa: E402
+from crw.data.training.gpu_augment import BatchAugment  # noqa: E402
+from crw.data.training.sampler import build_train_sampler  # noqa: E402
+from crw.data.synthetic import smooth_texture  # noqa: E402
+from crw.data.training.video_dataset import build_train_dataset  # noqa: E402
+from crw.utils.arguments import train_args  # noqa: E402
 
 
 def make_videos(root, n=8, seconds=10, fps=30, height=256, width=340):

@@ -25,16 +25,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-import utils.threads  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
+import crw.utils.threads  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.results import device_name  # noqa: E402
-from bench.train_throughput import make_args, time_data, time_model_step  # noqa: E402
-from model import CRW  # noqa: E402
-from propagation import Protocol, load_encoder, propagate  # noqa: E402
-from utils.errors import CRWError  # noqa: E402
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
+from crw.bench.results import device_name  # noqa: E402
+from crw.bench.train_throughput import make_args, time_data, time_model_step  # noqa: E402
+from crw.model import CRW  # noqa: E402
+from crw.propagation import Protocol, load_encoder, propagate  # noqa: E402
+from crw.utils.errors import CRWError  # noqa: E402
+from crw.utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
 
 PROTOCOL = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
 SIZES = {   # quick: tiny; full: the README sizes
@@ -141,7 +141,7 @@ def data_speed(device, videos, size, workers):
 
 def davis_clip(davis, frames=None):
     """{'frames': paths, 'mask': frame 0's annotation path, 'name'} of the first sequence of a DAVIS folder."""
-    from data.images import list_frames
+    from crw.data.images import list_frames
     with open(os.path.join(davis, 'ImageSets', '2017', 'val.txt')) as f:
         name = f.readline().strip()
     paths = list_frames(os.path.join(davis, 'JPEGImages', '480p', name))[:frames]
@@ -153,7 +153,7 @@ def davis_clip(davis, frames=None):
 
 def synthetic_clip(size):
     """A synthetic sequence at size['clip'] (H, W) with exact masks (data.synthetic)."""
-    from data.synthetic import make_sequence
+    from crw.data.synthetic import make_sequence
     h, w = size['clip']
     seq = make_sequence(num_frames=size['frames'] or 40, height=h, width=w, num_objects=2, seed=0,
                         object_size=(h // 4, h // 3), cell=max(4, h // 16))
@@ -162,7 +162,7 @@ def synthetic_clip(size):
 
 def synthetic_videos(root, size):
     """A Kinetics-style folder of 4 short synthetic videos (train_256/<class>/<video>.mp4)."""
-    from data.synthetic import make_sequence, write_video
+    from crw.data.synthetic import make_sequence, write_video
     for v in range(4):
         seq = make_sequence(num_frames=24, height=96 if size['train'] else 256, width=128 if size['train'] else 340,
                             seed=v)

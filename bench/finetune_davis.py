@@ -27,10 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-from bench.results import device_name, publish  # noqa: E402
-from eval.run_test import build_commands, resolve_model  # noqa: E402
-from utils.arguments import get_test_args_parser  # noqa: E402
-from utils.misc import git_revision  # noqa: E402
+from crw.bench.results import device_name, publish  # noqa: E402
+from crw.eval.run_test import build_commands, resolve_model  # noqa: E402
+from crw.utils.arguments import get_test_args_parser  # noqa: E402
+from crw.utils.misc import git_revision  # noqa: E402
 
 REVISION = os.environ.get('BENCH_GIT_REVISION') or git_revision()   # set when run from an exported copy
 

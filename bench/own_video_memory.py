@@ -21,11 +21,11 @@ if __name__ == '__main__' and not __package__:  # run by path: bench/, not the r
 
 import torch  # noqa: E402
 
-from bench.results import device_name, publish  # noqa: E402
-from data.images import list_frames, read_image  # noqa: E402
-from data.video_io import VideoWriter, iter_frames  # noqa: E402
-from propagation import Protocol, load_encoder, propagate  # noqa: E402
-from utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
+from crw.bench.results import device_name, publish  # noqa: E402
+from crw.data.images import list_frames, read_image  # noqa: E402
+from crw.data.video_io import VideoWriter, iter_frames  # noqa: E402
+from crw.propagation import Protocol, load_encoder, propagate  # noqa: E402
+from crw.utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
 
 
 def get_args_parser():

@@ -91,9 +91,9 @@ def measure_rss_isolated(cmd, cwd):
 def davis_video(data, name):
     """(VOSVideo of davis-dev sequence ``name``, map size -> frame 0's soft labels [h, w, K])."""
     import numpy as np
-    from data.inference.filelists import VideoEntry
-    from data.inference.vos import VOSVideo
-    from data.labels import resize_nearest, soft_labels
+    from crw.data.inference.filelists import VideoEntry
+    from crw.data.inference.vos import VOSVideo
+    from crw.data.labels import resize_nearest, soft_labels
     v = VOSVideo(VideoEntry(0, os.path.join(data, 'JPEGImages', '480p', name),
                             os.path.join(data, 'Annotations', '480p', name), 'davis', 1), -1)
     values = np.unique(v.mask)
@@ -106,13 +106,13 @@ def stages_worker(a):
     """Per-stage seconds of the first --seqs sequence, with the modules of the current working directory."""
     sys.path.insert(0, os.getcwd())
     try:
-        import utils.threads  # noqa: F401  (the tree's thread defaults, as its test.py)
+        import crw.utils.threads  # noqa: F401  (the tree's thread defaults, as its test.py)
     except ImportError:
         pass
     import torch
-    from data.inference.outputs import write_mask_and_blend
-    from propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
-    from propagation import windowed
+    from crw.data.inference.outputs import write_mask_and_blend
+    from crw.propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
+    from crw.propagation import windowed
 
     parts = {}
 
@@ -191,7 +191,7 @@ def stage_means(rows, t_min):
 def reference_worker(a):
     import numpy as np
     import torch
-    from propagation import Protocol, ReferencePropagator, WindowedPropagator, encode_frames, load_encoder
+    from crw.propagation import Protocol, ReferencePropagator, WindowedPropagator, encode_frames, load_encoder
     v, first_labels = davis_video(a.data, a.seqs[0])
     protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
     L, n = protocol.video_len, a.reference_frames
@@ -241,8 +241,8 @@ def main():
         return
     if not os.path.isdir(os.path.join(a.data, 'JPEGImages', '480p')):
         raise SystemExit(f'--data {a.data}: not a DAVIS-layout folder (JPEGImages/480p missing)')
-    from bench.results import device_name, publish
-    from utils.misc import git_revision
+    from crw.bench.results import device_name, publish
+    from crw.utils.misc import git_revision
     trees = {'this tree': ROOT}
     if a.compare_with:
         trees = {os.path.basename(os.path.abspath(a.compare_with)): os.path.abspath(a.compare_with), **trees}

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from utils.misc import cpu_name
+from crw.utils.misc import cpu_name
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'RESULTS.md')
 

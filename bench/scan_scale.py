@@ -48,9 +48,9 @@ def child(a):
     import resource
 
     import torch
-    from data.training.sampler import build_train_sampler
-    from data.training.video_dataset import build_train_dataset
-    from utils.arguments import train_args
+    from crw.data.training.sampler import build_train_sampler
+    from crw.data.training.video_dataset import build_train_dataset
+    from crw.utils.arguments import train_args
     torch.set_num_threads(1)
     args = train_args(['--data-path', a.root, '--clip-len', '4', '--workers', str(a.workers[0]), '--cache-dataset'])
     def cpu():
@@ -76,7 +76,7 @@ def gil_check(sources, seconds=8.0):
     slows only if the probe holds the GIL) and beside a process that probes them (the CPU share alone)."""
     import threading
 
-    from data.video_io import probe_video
+    from crw.data.video_io import probe_video
     probe_code = ('import sys, time; sys.path.insert(0, %r); from data.video_io import probe_video\n'
                   't = time.time()\nwhile time.time() - t < %r:\n    [probe_video(p) for p in %r]'
                   % (ROOT, seconds, sources))
@@ -138,9 +138,9 @@ def main(argv=None):
     if a.videos <= SMALL:
         p.error(f'--videos must be more than {SMALL}')
 
-    from bench.results import publish
-    from data.video_io import VIDEO_EXTENSIONS
-    from utils.misc import cpu_name, git_revision
+    from crw.bench.results import publish
+    from crw.data.video_io import VIDEO_EXTENSIONS
+    from crw.utils.misc import cpu_name, git_revision
     work = tempfile.mkdtemp(prefix='crw-scan-scale-', dir=a.tmp)
     try:
         if a.source:
@@ -148,7 +148,7 @@ def main(argv=None):
                              if f.lower().endswith(VIDEO_EXTENSIONS))
             what = f'{len(sources)} real videos of {a.source}'
         else:
-            from bench.data_pipeline import make_videos
+            from crw.bench.data_pipeline import make_videos
             make_videos(os.path.join(work, 'src'), n=4)
             sources = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(work, 'src')) for f in fs)
             what = '4 synthetic 340x256 30 fps 10 s H.264 videos'

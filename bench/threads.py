@@ -34,12 +34,12 @@ POLICIES = {'spin (libgomp default)': {'GOMP_SPINCOUNT': None, 'OMP_WAIT_POLICY'
 
 def worker_propagation(a):
     import torch
-    from propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
+    from crw.propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
     torch.manual_seed(0)
     enc = load_encoder(os.path.join(ROOT, 'pretrained.pth'), 'cpu')
     protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
     if a.data:
-        from bench.propagation import davis_video
+        from crw.bench.propagation import davis_video
         with open(os.path.join(a.data, 'ImageSets', '2017', 'val.txt')) as f:
             name = f.readline().strip()
         v, first = davis_video(a.data, name)
@@ -59,9 +59,9 @@ def worker_propagation(a):
 
 def worker_training(a):
     import torch
-    from model import CRW
+    from crw.model import CRW
     from train import build_optimizer
-    from utils.arguments import train_args
+    from crw.utils.arguments import train_args
     args = train_args(['--data-path', '.', '--img-size', '128', '--remove-layers', 'layer4', '--clip-len', '4',
                        '--temp', '0.05', '--dropout', '0.1', '--batch-size', '8', '--lr', '0.0001'])
     torch.manual_seed(0)
@@ -104,8 +104,8 @@ def main():
     if a.worker:
         print(json.dumps({'seconds': {'propagation': worker_propagation, 'training': worker_training}[a.worker](a)}))
         return
-    from bench.results import device_name, publish
-    from utils.misc import git_revision
+    from crw.bench.results import device_name, publish
+    from crw.utils.misc import git_revision
     rows, t_start = [], time.time()
     for load in a.load:
         burners = [subprocess.Popen([sys.executable, __file__, '--burner'], env=dict(os.environ, OMP_NUM_THREADS='1'),

@@ -23,13 +23,13 @@ import torch
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.results import device_name, publish  # noqa: E402
-from data.training.gpu_augment import BatchAugment  # noqa: E402
-from data.synthetic import make_sequence  # noqa: E402
-from model import CRW  # noqa: E402
-from utils.misc import git_revision  # noqa: E402
+from crw.bench.results import device_name, publish  # noqa: E402
+from crw.data.training.gpu_augment import BatchAugment  # noqa: E402
+from crw.data.synthetic import make_sequence  # noqa: E402
+from crw.model import CRW  # noqa: E402
+from crw.utils.misc import git_revision  # noqa: E402
 from tests.visdom_server import local_visdom_server  # noqa: E402
-from vis.sinks import Visualizer  # noqa: E402
+from crw.vis.sinks import Visualizer  # noqa: E402
 
 CONFIGS = {  # name: (frame_aug, img_size, remove_layers)
     'grid 7x7 of 64², 256² frames (README)': ('grid', 256, []),

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from utils.errors import CRWError, DecodeError
+from crw.utils.errors import CRWError, DecodeError
 
 cv2.setNumThreads(1)  # callers parallelise over frames or sequences themselves
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.images import open_image
-from utils.errors import CRWError
-from utils.misc import atomic_write
+from crw.data.images import open_image
+from crw.utils.errors import CRWError
+from crw.utils.misc import atomic_write
 
 MAX_MASK_COLOURS = 32   # more distinct values in a greyscale/RGB mask: anti-aliased edges, not objects
 SINGLE_CHANNEL_MODES = ('P', 'L', 'I', 'I;16', '1')

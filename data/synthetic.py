@@ -8,8 +8,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from data.labels import save_indexed_png
-from data.video_io import VideoWriter
+from crw.data.labels import save_indexed_png
+from crw.data.video_io import VideoWriter
 
 
 def smooth_texture(rng, h, w, cell=4, channels=3):

@@ -18,8 +18,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from utils.errors import DecodeError
-from utils.misc import atomic_write
+from crw.utils.errors import DecodeError
+from crw.utils.misc import atomic_write
 
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.avi', '.mov')
 

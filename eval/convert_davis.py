@@ -44,13 +44,13 @@ import numpy as np
 if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.images import image_size  # noqa: E402
-from data.labels import (MaskReader, as_uint8_ids, colour_codes, decode_colours, load_label_image,  # noqa: E402
+from crw.data.images import image_size  # noqa: E402
+from crw.data.labels import (MaskReader, as_uint8_ids, colour_codes, decode_colours, load_label_image,  # noqa: E402
                          resize_nearest, save_indexed_png)
-from eval.davis_io import annotation_frames, read_split, sequence_frames  # noqa: E402
-from utils.errors import CRWError, report  # noqa: E402
-from utils.misc import default_workers  # noqa: E402
-from utils.output_folders import MANIFEST, Inputs, OutputClaim, Plan, find_run  # noqa: E402
+from crw.eval.davis_io import annotation_frames, read_split, sequence_frames  # noqa: E402
+from crw.utils.errors import CRWError, report  # noqa: E402
+from crw.utils.misc import default_workers  # noqa: E402
+from crw.utils.output_folders import MANIFEST, Inputs, OutputClaim, Plan, find_run  # noqa: E402
 
 SCORE_FILES = (r'global_results-.*\.csv', r'per-sequence_results-.*\.csv', r'\.scores-.*\.json')  # evaluate_davis.py
 
@@ -294,5 +294,5 @@ def main(argv=None):
 
 if __name__ == '__main__':
     # run through the package module so that worker processes pickle eval.convert_davis functions
-    from eval.convert_davis import main as _main
+    from crw.eval.convert_davis import main as _main
     sys.exit(_main())

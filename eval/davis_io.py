@@ -7,9 +7,9 @@
 import os
 
 
-from data.images import list_frames
-from data.labels import read_ids
-from utils.errors import CRWError
+from crw.data.images import list_frames
+from crw.data.labels import read_ids
+from crw.utils.errors import CRWError
 
 
 def read_split(davis_path, set_name):

@@ -41,12 +41,12 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
 
 import numpy as np  # noqa: E402
 
-from data.images import image_size, list_frames  # noqa: E402
-from data.inference.filelists import read_filelist  # noqa: E402
-from data.inference.jhmdb import load_joints  # noqa: E402
-from utils.arguments import finite_float  # noqa: E402
-from utils.errors import CRWError, report  # noqa: E402
-from utils.misc import atomic_write  # noqa: E402
+from crw.data.images import image_size, list_frames  # noqa: E402
+from crw.data.inference.filelists import read_filelist  # noqa: E402
+from crw.data.inference.jhmdb import load_joints  # noqa: E402
+from crw.utils.arguments import finite_float  # noqa: E402
+from crw.utils.errors import CRWError, report  # noqa: E402
+from crw.utils.misc import atomic_write  # noqa: E402
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
 BOX_SCALE = 0.6

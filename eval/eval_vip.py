@@ -41,11 +41,11 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
 
 import numpy as np  # noqa: E402
 
-from data.labels import load_label_image, read_ids, resize_nearest  # noqa: E402
-from utils.errors import CRWError, report  # noqa: E402
-from eval.vip_filelist import read_video_list  # noqa: E402
-from utils.misc import atomic_write  # noqa: E402
-from utils.output_folders import find_run  # noqa: E402
+from crw.data.labels import load_label_image, read_ids, resize_nearest  # noqa: E402
+from crw.utils.errors import CRWError, report  # noqa: E402
+from crw.eval.vip_filelist import read_video_list  # noqa: E402
+from crw.utils.misc import atomic_write  # noqa: E402
+from crw.utils.output_folders import find_run  # noqa: E402
 
 N_CLASSES = 20
 CLASSES = ('background', 'hat', 'hair', 'sun-glasses', 'upper-clothes', 'dress', 'coat', 'socks', 'pants',

@@ -45,11 +45,11 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
 
 import numpy as np  # noqa: E402
 
-from eval import davis_metrics as dm  # noqa: E402
-from data.images import frame_number, list_frames  # noqa: E402
-from eval.davis_io import annotation_frames, read_label_png, read_split  # noqa: E402
-from utils.errors import CRWError, report  # noqa: E402
-from utils.misc import atomic_write, default_workers  # noqa: E402
+from crw.eval import davis_metrics as dm  # noqa: E402
+from crw.data.images import frame_number, list_frames  # noqa: E402
+from crw.eval.davis_io import annotation_frames, read_label_png, read_split  # noqa: E402
+from crw.utils.errors import CRWError, report  # noqa: E402
+from crw.utils.misc import atomic_write, default_workers  # noqa: E402
 
 GLOBAL_COLUMNS = ['J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall', 'F-Decay']
 SEQUENCE_COLUMNS = ['Sequence', 'J-Mean', 'F-Mean']
@@ -331,5 +331,5 @@ def main(argv=None):
 
 if __name__ == '__main__':
     # run through the package module so that worker processes pickle eval.evaluate_davis functions
-    from eval.evaluate_davis import main as _main
+    from crw.eval.evaluate_davis import main as _main
     sys.exit(_main())

@@ -22,8 +22,8 @@ import sys
 if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.inference.filelists import write_filelist  # noqa: E402
-from utils.errors import CRWError, report  # noqa: E402
+from crw.data.inference.filelists import write_filelist  # noqa: E402
+from crw.utils.errors import CRWError, report  # noqa: E402
 
 SETS = {'train': '1', 'test': '2'}
 

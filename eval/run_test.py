@@ -46,9 +46,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: eval/, not the repository, is on sys.path
     sys.path.insert(0, _REPO)
 
-from model import MODEL_TYPES  # noqa: E402
-from utils.arguments import finite_float  # noqa: E402
-from utils.errors import CRWError, report  # noqa: E402
+from crw.model import MODEL_TYPES  # noqa: E402
+from crw.utils.arguments import finite_float  # noqa: E402
+from crw.utils.errors import CRWError, report  # noqa: E402
 
 DEFAULT_FILELIST = os.path.join(_REPO, 'eval', 'davis_vallist.txt')
 DEFAULT_SCORER = os.path.join(_REPO, 'eval', 'evaluate_davis.py')

@@ -9,12 +9,12 @@ video      the one loop: VideoPropagator (frames and masks in, PropagatedFrame o
            generator for your own code), PropagationOptions (test.py's flags), make_propagator
 finetune   test-time adaptation (``test.py --finetune``)
 """
-from propagation.encoder import STRIDE, encode_frames, load_encoder
-from propagation.protocol import Protocol
-from propagation.reference import ReferencePropagator
-from propagation.video import (PropagatedFrame, PropagationOptions, VideoPropagator, make_propagator, propagate,
+from crw.propagation.encoder import STRIDE, encode_frames, load_encoder
+from crw.propagation.protocol import Protocol
+from crw.propagation.reference import ReferencePropagator
+from crw.propagation.video import (PropagatedFrame, PropagationOptions, VideoPropagator, make_propagator, propagate,
                                soft_to_index)
-from propagation.windowed import WindowedPropagator
+from crw.propagation.windowed import WindowedPropagator
 
 __all__ = ['STRIDE', 'PropagatedFrame', 'PropagationOptions', 'Protocol', 'ReferencePropagator', 'VideoPropagator',
            'WindowedPropagator', 'encode_frames', 'load_encoder', 'make_propagator', 'propagate', 'soft_to_index']

@@ -1,6 +1,6 @@
 """The encoder for propagation and the features it computes.
 
-    from propagation import encode_frames, load_encoder
+    from crw.propagation import encode_frames, load_encoder
     encoder = load_encoder('pretrained.pth', device)          # eval mode, layer4 removed (stride 8)
     feats = encode_frames(encoder, batch)                      # [B, 3, H, W] normalised -> [B, C, h, w]
 
@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from model import CRW
-from propagation.folding import fold_batchnorm
-from utils.checkpoint import checkpoint_args, load_checkpoint, partial_load
-from utils.errors import CRWError
+from crw.model import CRW
+from crw.propagation.folding import fold_batchnorm
+from crw.utils.checkpoint import checkpoint_args, load_checkpoint, partial_load
+from crw.utils.errors import CRWError
 
 STRIDE = 8   # encoder output stride: a feature cell is 8x8 pixels
 

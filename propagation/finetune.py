@@ -32,16 +32,16 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from data.images import list_frames
-from data.training.gpu_augment import BatchAugment
-from data.training.sampler import mix_seed
-from data.training.transforms import FrameTransform, parse_frame_transforms
-from data.training.video_dataset import FrameFolderDataset
-from model import CRW
-from propagation.folding import fold_batchnorm
-from utils.arguments import get_train_args_parser, parse_frame_aug
-from utils.checkpoint import checkpoint_args, clean_state_dict, load_checkpoint
-from utils.errors import CRWError
+from crw.data.images import list_frames
+from crw.data.training.gpu_augment import BatchAugment
+from crw.data.training.sampler import mix_seed
+from crw.data.training.transforms import FrameTransform, parse_frame_transforms
+from crw.data.training.video_dataset import FrameFolderDataset
+from crw.model import CRW
+from crw.propagation.folding import fold_batchnorm
+from crw.utils.arguments import get_train_args_parser, parse_frame_aug
+from crw.utils.checkpoint import checkpoint_args, clean_state_dict, load_checkpoint
+from crw.utils.errors import CRWError
 
 HEAD_PREFIX = 'selfsim_fc.'
 # training settings the adaptation copies from the checkpoint's args (train.py's flag names)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.errors import CRWError
+from crw.utils.errors import CRWError
 
 MASK_VALUE = -1e10   # the release's additive radius mask
 

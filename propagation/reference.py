@@ -11,7 +11,7 @@ Shapes: features [C, h, w] per frame (already L2-normalised if wanted), label ma
 import torch
 import torch.nn.functional as F
 
-from propagation.protocol import MASK_VALUE, check_first_frame, context_frames, default_budget, radius_mask
+from crw.propagation.protocol import MASK_VALUE, check_first_frame, context_frames, default_budget, radius_mask
 
 
 class ReferencePropagator:

@@ -1,7 +1,7 @@
 """The propagation loop: ``VideoPropagator`` carries labels through one video, frame by frame; every path
 (test.py's DAVIS, VIP, JHMDB and --video runs, and ``propagate`` for your own code) runs it.
 
-    from propagation import VideoPropagator, load_encoder, propagate
+    from crw.propagation import VideoPropagator, load_encoder, propagate
     encoder = load_encoder('pretrained.pth', 'cpu')
     for t, ids in propagate(encoder, frames, 'first.png'):   # streams any length; README protocol, <= 854 px
         ...                                   # ids [H, W] uint8 label ids of frame t, at the frame's size
@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.inference.frames import DEFAULT_MAX_SIDE, as_frame, prepare_frame, processing_size
-from data.labels import MaskReader, downsample_labels, object_masks, one_hot, resize_nearest, soft_labels
-from propagation.encoder import encode_frames
-from propagation.protocol import Protocol, min_max_normalize
-from propagation.reference import ReferencePropagator
-from propagation.windowed import WindowedPropagator
-from utils.errors import CRWError
+from crw.data.inference.frames import DEFAULT_MAX_SIDE, as_frame, prepare_frame, processing_size
+from crw.data.labels import MaskReader, downsample_labels, object_masks, one_hot, resize_nearest, soft_labels
+from crw.propagation.encoder import encode_frames
+from crw.propagation.protocol import Protocol, min_max_normalize
+from crw.propagation.reference import ReferencePropagator
+from crw.propagation.windowed import WindowedPropagator
+from crw.utils.errors import CRWError
 
 FEATURE_BATCH = 4   # frames per encoder call
 

@@ -37,7 +37,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from propagation.protocol import check_first_frame, context_frames, default_budget, radius_offsets
+from crw.propagation.protocol import check_first_frame, context_frames, default_budget, radius_offsets
 
 TILE = (4, 4)             # tile size of the windowed scores (chosen by bench/propagation.py --tiles on 854x480)
 CPU_BLOCK = 8 * 2 ** 20   # bytes of scores computed at once on the CPU: a block stays in cache until reduced

@@ -13,8 +13,8 @@ import sys
 if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.checkpoint import atomic_save, checkpoint_args, clean_state_dict, load_checkpoint  # noqa: E402
-from utils.errors import CRWError, report  # noqa: E402
+from crw.utils.checkpoint import atomic_save, checkpoint_args, clean_state_dict, load_checkpoint  # noqa: E402
+from crw.utils.errors import CRWError, report  # noqa: E402
 
 
 def main(argv=None):

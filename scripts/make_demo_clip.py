@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-from data.images import list_frames, read_image  # noqa: E402
-from data.video_io import VideoWriter  # noqa: E402
+from crw.data.images import list_frames, read_image  # noqa: E402
+from crw.data.video_io import VideoWriter  # noqa: E402
 
 
 def main(argv=None):

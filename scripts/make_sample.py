@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-from data.synthetic import make_sequence, write_davis_layout  # noqa: E402
+from crw.data.synthetic import make_sequence, write_davis_layout  # noqa: E402
 
 
 def main(argv=None):

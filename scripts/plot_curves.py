@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.misc import atomic_write  # noqa: E402
+from crw.utils.misc import atomic_write  # noqa: E402
 
 
 def load_log(path):

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from data.synthetic import make_sequence, write_frame_folder
-from utils.arguments import train_args
+from crw.data.synthetic import make_sequence, write_frame_folder
+from crw.utils.arguments import train_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import train  # noqa: E402
-from utils.checkpoint import unwrap_model  # noqa: E402
+from crw.utils.checkpoint import unwrap_model  # noqa: E402
 
 
 def main():

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter, color_jitter_params
-from data.training.nodes import crop_patches, grid_positions
-from data.training.transforms import FrameTransform, random_crop_box, random_crop_boxes
+from crw.data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter, color_jitter_params
+from crw.data.training.nodes import crop_patches, grid_positions
+from crw.data.training.transforms import FrameTransform, random_crop_box, random_crop_boxes
 
 
 def _args(**kw):

@@ -15,18 +15,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import cli
+import crw.cli as cli
 import train
-import utils.dist as dist_utils
+import crw.utils.dist as dist_utils
 from conftest import load_script
-from data.labels import davis_palette
-from data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter
-from data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
-from eval import convert_davis, evaluate_davis
-from model import CRW
-from utils import arguments
-from utils.checkpoint import load_checkpoint
-from utils.errors import CRWError
+from crw.data.labels import davis_palette
+from crw.data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter
+from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
+from crw.eval import convert_davis, evaluate_davis
+from crw.model import CRW
+from crw.utils import arguments
+from crw.utils.checkpoint import load_checkpoint
+from crw.utils.errors import CRWError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READ_ONLY = '/sys/crw-read-only-test' if os.geteuid() == 0 else None   # root ignores file modes
@@ -578,7 +578,7 @@ def test_frame_list_summary_counts_existing_folders(frame_list, tmp_path, capsys
     lst = tmp_path / 'list.txt'
     lst.write_text(open(frame_list).read() + f'{tmp_path}/gone 6\n')
     args = arguments.train_args(train_argv(str(lst), tmp_path / 'out'))
-    from data.training.video_dataset import build_train_dataset
+    from crw.data.training.video_dataset import build_train_dataset
     ds = build_train_dataset(args)
     captured = capsys.readouterr()
     assert len(ds) == 4 and '4 videos' in captured.out

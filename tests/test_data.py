@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from data.training import video_dataset as vds
-from data import video_io
-from data.training.sampler import ClipSampler, build_train_sampler
-from data.synthetic import write_video
-from data.training.video_dataset import build_train_dataset, detect_layout
-from utils.arguments import train_args
-from utils.errors import CRWError
+from crw.data.training import video_dataset as vds
+from crw.data import video_io
+from crw.data.training.sampler import ClipSampler, build_train_sampler
+from crw.data.synthetic import write_video
+from crw.data.training.video_dataset import build_train_dataset, detect_layout
+from crw.utils.arguments import train_args
+from crw.utils.errors import CRWError
 
 HAS_TORCHCODEC = 'torchcodec' in video_io._backends()
 
@@ -339,7 +339,7 @@ def test_planted_cache_file_is_never_run(kinetics, tmp_path, capsys):
 def test_cache_round_trip(tmp_path):
     """Values, failures and undecodable file names come back from the JSON cache exactly; the stale path
     gets the items back too."""
-    from data.training.scan import _load, _write_cache
+    from crw.data.training.scan import _load, _write_cache
     head = {'version': 2, 'key': 'k'}
     items = [('a.mp4', 10, 1), ('b\udcff.mp4', 20, 2), ('c.mp4', 30, 3)]   # b: a non-UTF-8 byte in its name
     for results in ([((40, 24.0), None), (None, 'DecodeError: no frame'), ((45, 29.97002997002997), None)],
@@ -353,7 +353,7 @@ def test_cache_round_trip(tmp_path):
 
 
 def test_cache_key_depends_on_files_and_settings():
-    from data.training.scan import cache_names
+    from crw.data.training.scan import cache_names
     items = [('a.mp4', 10, 1), ('b.mp4', 20, 2)]
     base = cache_names('videos', '/x', items, 4, 8)
     assert cache_names('videos', '/x', items, 4, 8) == base

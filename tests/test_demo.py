@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 import demo
-from data.labels import save_indexed_png
-from data.synthetic import make_sequence, write_video
-from model import CRW
-from utils.arguments import train_args
+from crw.data.labels import save_indexed_png
+from crw.data.synthetic import make_sequence, write_video
+from crw.model import CRW
+from crw.utils.arguments import train_args
 
 
 @pytest.mark.slow
@@ -58,9 +58,9 @@ def test_shipped_clip_is_complete(repo_root):
 
 
 def test_make_demo_clip_builds_a_scoreable_folder(tmp_path):
-    from data.synthetic import write_davis_layout
-    from data.video_io import probe_video
-    from scripts import make_demo_clip
+    from crw.data.synthetic import write_davis_layout
+    from crw.data.video_io import probe_video
+    from crw.scripts import make_demo_clip
     write_davis_layout(str(tmp_path / 'davis'), {'seq': make_sequence(num_frames=5, height=32, width=48, seed=1)})
     make_demo_clip.main(['--davis', str(tmp_path / 'davis'), '--seq', 'seq', '--frames', '4', '--out',
                          str(tmp_path / 'clip')])

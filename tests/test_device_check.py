@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from bench import device_check
-from bench.results import RESULTS
+from crw.bench import device_check
+from crw.bench.results import RESULTS
 
 
 def test_quick_cpu_runs_and_agrees(tmp_path):

@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT as REPO
-from data.labels import davis_palette, save_indexed_png
-from data.synthetic import make_sequence, write_davis_layout
-from eval import davis_metrics as dm
-from eval import evaluate_davis as ed
-from eval import run_test as rt
-from utils.errors import CRWError
-from utils.output_folders import write_manifest
+from crw.data.labels import davis_palette, save_indexed_png
+from crw.data.synthetic import make_sequence, write_davis_layout
+from crw.eval import davis_metrics as dm
+from crw.eval import evaluate_davis as ed
+from crw.eval import run_test as rt
+from crw.utils.errors import CRWError
+from crw.utils.output_folders import write_manifest
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 ENV.pop('DAVIS_ROOT', None)
@@ -391,7 +391,7 @@ def test_convert_native_size_round_trip_and_colour_masks(layout, tmp_path):
     for t in range(len(seqs['rects']['masks'])):
         gt = os.path.join(davis, 'Annotations', '480p', 'rects', f'{t:05d}.png')
         Image.fromarray(cv2.imread(gt)).save(os.path.join(raw, f'0_{t}_mask.png'))
-    from eval.convert_davis import convert
+    from crw.eval.convert_davis import convert
     done = convert(raw, out, davis, workers=1)
     assert [d[2] for d in done] == ['bgr', 'ids']
     g, _ = ed.evaluate(davis, out, workers=1)
@@ -528,7 +528,7 @@ def test_run_test_full_chain_then_skip(layout, tmp_path):
 def test_convert_matches_sequences_by_name_not_by_line(layout, tmp_path, capsys):
     # test.py ran a filelist in another order than val.txt (video 0 = synth, video 1 = rects): matched by the
     # names test.py recorded, the conversion is exact; by line it would score the wrong sequences
-    from eval import convert_davis as cd
+    from crw.eval import convert_davis as cd
     davis, seqs, _ = layout
     raw, out = str(tmp_path / 'raw'), str(tmp_path / 'converted')
     write_raw(raw, {'synth': seqs['synth'], 'rects': seqs['rects']})
@@ -551,7 +551,7 @@ def test_convert_matches_sequences_by_name_not_by_line(layout, tmp_path, capsys)
 
 
 def test_convert_out_folder_onto_ground_truth_or_another_run_is_refused(layout, tmp_path, capsys):
-    from eval import convert_davis as cd
+    from crw.eval import convert_davis as cd
     davis, seqs, _ = layout
     raw = str(tmp_path / 'raw')
     write_raw(raw, seqs)

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from conftest import load_script
-from data.synthetic import make_sequence, write_davis_layout, write_frame_folder
-from model import CRW
-from propagation import encode_frames, load_encoder
-from propagation.finetune import FinetuneSettings, VideoAdapter, training_settings
-from utils import arguments
-from utils.errors import CRWError
+from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder
+from crw.model import CRW
+from crw.propagation import encode_frames, load_encoder
+from crw.propagation.finetune import FinetuneSettings, VideoAdapter, training_settings
+from crw.utils import arguments
+from crw.utils.errors import CRWError
 
 
 def _settings(steps=2, **train):

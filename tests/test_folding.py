@@ -5,11 +5,11 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from model import make_resnet
-from propagation import encode_frames, load_encoder
-from propagation.finetune import VideoAdapter, training_settings, FinetuneSettings
-from propagation.folding import fold_batchnorm
-from utils.errors import CRWError
+from crw.model import make_resnet
+from crw.propagation import encode_frames, load_encoder
+from crw.propagation.finetune import VideoAdapter, training_settings, FinetuneSettings
+from crw.propagation.folding import fold_batchnorm
+from crw.utils.errors import CRWError
 
 
 def _randomise_bn(net, seed=0):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from data.images import list_frames
-from data.inference.filelists import VideoEntry, read_filelist
-from data.inference.frames import processing_size
-from data.inference.jhmdb import joint_heatmaps, pose_from_soft_map
-from data.inference.vos import VOSVideo
-from data.labels import save_indexed_png
-from utils.errors import CRWError
+from crw.data.images import list_frames
+from crw.data.inference.filelists import VideoEntry, read_filelist
+from crw.data.inference.frames import processing_size
+from crw.data.inference.jhmdb import joint_heatmaps, pose_from_soft_map
+from crw.data.inference.vos import VOSVideo
+from crw.data.labels import save_indexed_png
+from crw.utils.errors import CRWError
 
 
 def test_filelist_resolution_and_frame_order(tmp_path, monkeypatch):
@@ -99,8 +99,8 @@ class _Viewer:
 def test_viewer_sink_shows_ids_of_another_size_at_the_frame_size():
     # VIP writes ids at the annotation's size while the frames are shown at --cropSize: the picture is drawn at
     # the frame's size
-    from data.inference.outputs import ViewerSink
-    from propagation import PropagatedFrame
+    from crw.data.inference.outputs import ViewerSink
+    from crw.propagation import PropagatedFrame
     viewer = _Viewer()
     ids = np.zeros((30, 40), np.uint8)
     ids[5:20, 10:30] = 3

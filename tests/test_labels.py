@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data.labels import (MaskReader, check_label_range, davis_palette, decode_colours, fit_mask, load_label_image,
+from crw.data.labels import (MaskReader, check_label_range, davis_palette, decode_colours, fit_mask, load_label_image,
                          read_ids, resize_nearest, save_grey_png, save_indexed_png, soft_labels)
-from eval import davis_io, eval_vip
-from utils.errors import CRWError
+from crw.eval import davis_io, eval_vip
+from crw.utils.errors import CRWError
 
 
 def blobs(shape=(37, 53), seed=0):

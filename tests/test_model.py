@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import CRW
+from crw.model import CRW
 from reference_walk import release_walks
-from utils.checkpoint import clean_state_dict, load_checkpoint, partial_load
-from utils.encoder_weights import SOURCES, find_weights
-from utils.errors import CRWError
+from crw.utils.checkpoint import clean_state_dict, load_checkpoint, partial_load
+from crw.utils.encoder_weights import SOURCES, find_weights
+from crw.utils.errors import CRWError
 
 IMAGENET18_FILE = SOURCES['imagenet18'].files[0]
 
@@ -302,7 +302,7 @@ def test_channels_last_and_bf16_autocast():
 
 
 def test_real_argument_namespaces(tmp_path):
-    from utils.arguments import test_args, train_args
+    from crw.utils.arguments import test_args, train_args
     a = train_args(['--data-path', str(tmp_path), '--temp', '0.05', '--dropout', '0.1', '--flip',
                     '--zero-diagonal', '--featdrop', '0.2', '--head-depth', '1'])
     m = CRW(a)

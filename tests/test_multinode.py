@@ -25,9 +25,9 @@ import pytest
 import torch
 
 import train
-from model import CRW
-from data.synthetic import make_sequence, write_frame_folder
-from utils.arguments import train_args
+from crw.model import CRW
+from crw.data.synthetic import make_sequence, write_frame_folder
+from crw.utils.arguments import train_args
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from utils.errors import CRWError
-from utils.output_folders import MANIFEST, FolderLock, Inputs, OutputClaim, Plan, claim_outputs, read_manifest
+from crw.utils.errors import CRWError
+from crw.utils.output_folders import MANIFEST, FolderLock, Inputs, OutputClaim, Plan, claim_outputs, read_manifest
 
 
 def snapshot(folder):

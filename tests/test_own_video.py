@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import load_script
-from data.labels import davis_palette, save_indexed_png
-from data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
-from data.video_io import iter_frames, probe_video
-from propagation import Protocol, VideoPropagator, load_encoder, propagate
-from utils.errors import CRWError
+from crw.data.labels import davis_palette, save_indexed_png
+from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
+from crw.data.video_io import iter_frames, probe_video
+from crw.propagation import Protocol, VideoPropagator, load_encoder, propagate
+from crw.utils.errors import CRWError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = ['--topk', '10', '--videoLen', '20', '--radius', '12', '--temperature', '0.05', '--cropSize', '-1',
@@ -28,7 +28,7 @@ PROTOCOL = ['--topk', '10', '--videoLen', '20', '--radius', '12', '--temperature
 
 @pytest.fixture(scope='module')
 def ckpt(tmp_path_factory):
-    import model
+    import crw.model as model
     path = str(tmp_path_factory.mktemp('ck') / 'scratch.pth')
     torch.manual_seed(0)
     m = model.CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
@@ -231,7 +231,7 @@ def test_mask_folder_starts_at_first_annotated_frame(clip, ckpt, tmp_path, capsy
 
 
 def test_propagator_label_channels_grow_on_both_paths():
-    from propagation import ReferencePropagator, WindowedPropagator
+    from crw.propagation import ReferencePropagator, WindowedPropagator
     g = torch.Generator().manual_seed(0)
     feats = F.normalize(torch.randn(4, 8, 6, 7, generator=g), dim=1)
     labels = torch.softmax(torch.randn(6, 7, 2, generator=g), -1)
@@ -254,7 +254,7 @@ def test_propagator_label_channels_grow_on_both_paths():
 def test_correction_is_the_same_on_both_paths(video_len):
     """correct(): the corrected frame joins the long-term frames and restarts the short-term context; the
     windowed and the reference propagators agree through two corrections."""
-    from propagation import ReferencePropagator, WindowedPropagator
+    from crw.propagation import ReferencePropagator, WindowedPropagator
     g = torch.Generator().manual_seed(1)
     feats = F.normalize(torch.randn(12, 8, 6, 7, generator=g), dim=1)
     labels = torch.softmax(torch.randn(6, 7, 2, generator=g) * 3, -1)
@@ -472,7 +472,7 @@ def test_save_path_that_is_a_file_is_one_line(clip, ckpt, tmp_path, capsys):
 def test_ctrl_c_or_sigterm_mid_video_is_one_line_and_leaves_no_partial_overlay(sig, status, clip, ckpt, tmp_path,
                                                                                capsys, monkeypatch):
     import signal
-    from data.inference import outputs
+    from crw.data.inference import outputs
     root, _, seq = clip
     frames_dir = root / 'JPEGImages' / '480p' / 'clip'
     save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
@@ -547,8 +547,8 @@ class _FullDisk(io.RawIOBase):
 @pytest.mark.parametrize('what', ['masks', 'overlay'])
 def test_full_disk_stops_at_the_first_failed_write_in_one_line(what, clip, ckpt, tmp_path, capsys, monkeypatch):
     import contextlib
-    from data import video_io
-    from data.inference import outputs
+    from crw.data import video_io
+    from crw.data.inference import outputs
     root, _, seq = clip
     save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0])
     frames_written = []
@@ -599,7 +599,7 @@ class PatchEncoder(torch.nn.Module):
 def textured_clip(T=14, seed=3):
     """A static textured background; a textured object 3 cells tall and 4 wide moving right one cell (8 px) a
     frame, with a little noise on every frame. Exact masks [T, H, W]; the object's texture moves with it."""
-    from data.synthetic import smooth_texture
+    from crw.data.synthetic import smooth_texture
     rng = np.random.default_rng(seed)
     H, W = 64, 200
     background = smooth_texture(rng, H, W, cell=4)
@@ -647,7 +647,7 @@ def test_backward_from_the_last_frame_api():
 
 
 def test_reversed_decoding_by_chunks(tmp_path):
-    from data.video_io import iter_frames_reversed
+    from crw.data.video_io import iter_frames_reversed
     seq = make_sequence(num_frames=8, height=32, width=48, num_objects=1, seed=2)
     path = str(tmp_path / 'v.mp4')
     write_video(path, seq['frames'])

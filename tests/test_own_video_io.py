@@ -2,6 +2,7 @@
 pretrained.pth), --export formats decoded back, masks as people save them (RGBA, alpha only, JPEG) and rotated
 videos. Real frames (the bundled hockey clip, shrunk) where the content matters; tiny synthetic ones elsewhere."""
 import argparse
+import json
 import os
 
 import numpy as np
@@ -10,15 +11,15 @@ import torch
 from PIL import Image
 
 from conftest import load_script
-from data.inference.frames import DEFAULT_MAX_SIDE
-from data.labels import MaskReader, davis_palette, save_indexed_png
-from data.synthetic import make_sequence, write_frame_folder, write_video
-from data.video_io import iter_frames
-from propagation import PropagationOptions, Protocol, VideoPropagator, load_encoder, propagate
-from propagation.video import soft_to_index
-from utils.arguments import BUNDLED_CHECKPOINT, VIDEO_MAX_SIDE
-from utils.arguments import test_args as parse_test_args
-from utils.errors import CRWError
+from crw.data.inference.frames import DEFAULT_MAX_SIDE
+from crw.data.labels import MaskReader, davis_palette, save_indexed_png
+from crw.data.synthetic import make_sequence, write_frame_folder, write_video
+from crw.data.video_io import iter_frames
+from crw.propagation import PropagationOptions, Protocol, VideoPropagator, load_encoder, propagate
+from crw.propagation.video import soft_to_index
+from crw.utils.arguments import BUNDLED_CHECKPOINT, VIDEO_MAX_SIDE
+from crw.utils.arguments import test_args as parse_test_args
+from crw.utils.errors import CRWError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOCKEY = os.path.join(ROOT, 'assets', 'hockey')
@@ -59,7 +60,7 @@ def hockey(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def ckpt(tmp_path_factory):
-    import model
+    import crw.model as model
     path = str(tmp_path_factory.mktemp('ck') / 'scratch.pth')
     torch.manual_seed(0)
     m = model.CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
@@ -178,7 +179,11 @@ def test_export_without_palette_writes_only_what_is_asked(hockey, tmp_path):
     root, frames, _ = hockey
     assert run_test(['--video', str(root / 'frames'), '--mask', str(root / 'first.png'), '--save-path',
                      str(tmp_path), '--export', 'binary'] + FAST) == 0
-    assert sorted(os.listdir(tmp_path)) == ['frames_binary', 'frames_overlay.mp4']
+    assert sorted(os.listdir(tmp_path)) == ['.crw_outputs.json', 'frames_binary', 'frames_overlay.mp4']
+    recorded = json.loads((tmp_path / '.crw_outputs.json').read_text())['runs'][0]['files']
+    written = sorted(os.path.relpath(os.path.join(r, n), tmp_path) for r, _, names in os.walk(tmp_path)
+                     for n in names if n != '.crw_outputs.json')
+    assert sorted(recorded) == written      # the run's record lists exactly what it wrote
 
 
 def test_api_per_object_masks(hockey, ckpt):
@@ -298,7 +303,7 @@ def test_rotated_video_decodes_upright_with_both_backends(rotation, tmp_path, mo
 def test_pyav_rotation_from_side_data_when_frames_have_no_rotation(tmp_path):
     # older PyAV: no VideoFrame.rotation; the display matrix is read from the frame's side data
     import av
-    from data.video_io import _pyav_rotation
+    from crw.data.video_io import _pyav_rotation
     seq = make_sequence(num_frames=2, height=16, width=16, num_objects=1, seed=1)
     try:
         path = write_video(str(tmp_path / 'r.mp4'), seq['frames'], rotation=90)

@@ -12,8 +12,8 @@ from PIL import Image
 from scipy.io import savemat
 
 from conftest import ROOT, load_script
-from data.synthetic import make_sequence
-from eval import eval_pck, eval_vip, jhmdb_filelist, run_test, vip_filelist
+from crw.data.synthetic import make_sequence
+from crw.eval import eval_pck, eval_vip, jhmdb_filelist, run_test, vip_filelist
 
 W, H, FEAT_RES = 160, 120, 40.0
 
@@ -429,7 +429,7 @@ def test_eval_vip_refuses_ground_truth_videos_without_predictions(tmp_path, caps
     (tmp_path / 'three.txt').write_text('v1\nv2\nv3\n')
     assert eval_vip.main(['-g', gt, '-p', pre, '--list', str(tmp_path / 'three.txt')]) == 1
     assert '(v3)' in capsys.readouterr().err
-    from utils.output_folders import write_manifest
+    from crw.utils.output_folders import write_manifest
     record = {'tool': 'test.py', 'unit': '*', 'status': 'complete', 'command': 'test.py', 'files': [],
               'info': {'filelist': 'vip.txt', 'videos': [{'name': 'v1', 'kind': 'vip'}, {'name': 'v2', 'kind': 'vip'}]}}
     write_manifest(pre, [record])

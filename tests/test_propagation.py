@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import load_script
-from data.synthetic import make_sequence, write_davis_layout
-from propagation import Protocol, WindowedPropagator, make_propagator
-from propagation.protocol import context_frames, min_max_normalize, radius_offsets
+from crw.data.synthetic import make_sequence, write_davis_layout
+from crw.propagation import Protocol, WindowedPropagator, make_propagator
+from crw.propagation.protocol import context_frames, min_max_normalize, radius_offsets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -278,7 +278,7 @@ def davis(tmp_path_factory):
     seqs = {'three': make_sequence(num_frames=5, height=48, width=72, num_objects=3, seed=1),
             'two': make_sequence(num_frames=4, height=40, width=40, num_objects=2, seed=2)}
     filelist = write_davis_layout(str(root), seqs)
-    import model
+    import crw.model as model
     ckpt = str(root / 'scratch.pth')
     torch.manual_seed(0)
     m = model.CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
@@ -424,8 +424,8 @@ def test_pipeline_known_answer(tmp_path, monkeypatch):
 def test_soft_labels_start_the_loop_and_come_out_per_frame():
     # JHMDB's start: soft labels at the feature map (heat maps), not a mask; every frame then comes out as soft
     # maps (ids None), through the same loop that writes masks
-    from data.inference.jhmdb import joint_heatmaps, pose_from_soft_map
-    from propagation import VideoPropagator
+    from crw.data.inference.jhmdb import joint_heatmaps, pose_from_soft_map
+    from crw.propagation import VideoPropagator
     T, H, W = 5, 64, 96
     frames = np.zeros((T, H, W, 3), np.uint8)
     for t in range(T):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import make_sample, plot_curves
+from crw.scripts import make_sample, plot_curves
 
 
 def test_plot_curves_from_train_log(tmp_path):
@@ -44,7 +44,7 @@ def test_export_checkpoint_keeps_model_and_args(tmp_path):
 
     import torch
 
-    from scripts import export_checkpoint
+    from crw.scripts import export_checkpoint
     sd = {'module.encoder.model.conv1.weight': torch.randn(4, 3, 7, 7)}
     torch.save({'model': sd, 'optimizer': {'state': {}}, 'args': argparse.Namespace(temp=0.05), 'epoch': 3},
                tmp_path / 'ck.pth')

@@ -11,8 +11,8 @@ import torch
 
 import train
 from conftest import ROOT, small_train_args
-from model import CRW
-from utils.errors import CRWError
+from crw.model import CRW
+from crw.utils.errors import CRWError
 
 
 def weights(path):
@@ -145,7 +145,7 @@ class _FullDisk(io.RawIOBase):
 def test_full_disk_during_checkpoint_write_keeps_previous_and_names_it(train_frame_list, tmp_path, monkeypatch,
                                                                          capsys):
     import contextlib
-    import utils.checkpoint as ck
+    import crw.utils.checkpoint as ck
     out = tmp_path / 'run'
     train.main(small_train_args(train_frame_list, out, '--epochs', '1', '--steps-per-epoch', '1'))
     before = weights(out / 'checkpoint.pth')
@@ -203,7 +203,7 @@ def test_second_run_on_an_output_dir_is_refused_and_a_killed_one_leaves_no_lock(
 
 
 def test_non_finite_loss_stops_naming_iteration(train_frame_list, tmp_path, monkeypatch):
-    import model as model_mod
+    import crw.model as model_mod
     real_forward = model_mod.CRW.forward
     calls = {'n': 0}
 

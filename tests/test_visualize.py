@@ -15,11 +15,11 @@ from PIL import Image
 
 import train
 from conftest import load_script, small_train_args
-from data.synthetic import make_sequence, smooth_texture, write_davis_layout, write_frame_folder
-from data.training.gpu_augment import BatchAugment
-from model import CRW
-from vis.draw import DISPLAY, PCAColours, batch_views, draw_pca, flow_field, mutual_matches, node_layout
-from vis.sinks import TEST_ENVS, WINDOWS, connect_visdom, prune_pngs
+from crw.data.synthetic import make_sequence, smooth_texture, write_davis_layout, write_frame_folder
+from crw.data.training.gpu_augment import BatchAugment
+from crw.model import CRW
+from crw.vis.draw import DISPLAY, PCAColours, batch_views, draw_pca, flow_field, mutual_matches, node_layout
+from crw.vis.sinks import TEST_ENVS, WINDOWS, connect_visdom, prune_pngs
 from visdom_server import free_port, local_visdom_server
 
 VIEWS = ('pca', 'flow', 'matches', 'neighbours', 'loss')

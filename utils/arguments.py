@@ -14,8 +14,8 @@ import os
 import re
 import sys
 
-from utils.encoder_weights import PRETRAINED_TYPES
-from utils.errors import CRWError
+from crw.utils.encoder_weights import PRETRAINED_TYPES
+from crw.utils.errors import CRWError
 
 
 MODEL_TYPE_HELP = ('scratch (ResNet-18, reflect padding) | scratch_zeropad | imagenet18 | uvc (ResNet-18) | '

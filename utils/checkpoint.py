@@ -13,8 +13,8 @@ import re
 import torch
 import torch.nn as nn
 
-from utils.errors import CRWError
-from utils.misc import atomic_write
+from crw.utils.errors import CRWError
+from crw.utils.misc import atomic_write
 
 
 # ---------------------------------------------------------------------------------------------- saving

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.errors import CRWError
+from crw.utils.errors import CRWError
 
 
 def init_distributed_mode(args):

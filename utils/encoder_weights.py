@@ -18,8 +18,8 @@ from collections import namedtuple
 
 import torch
 
-from utils.checkpoint import _torch_load
-from utils.errors import CRWError
+from crw.utils.checkpoint import _torch_load
+from crw.utils.errors import CRWError
 
 Source = namedtuple('Source', 'arch files url prefix what in_cwd')
 

@@ -6,7 +6,7 @@ from collections import defaultdict, deque
 
 import torch
 
-from utils.misc import atomic_write, format_seconds, peak_memory_mb
+from crw.utils.misc import atomic_write, format_seconds, peak_memory_mb
 
 
 class SmoothedValue:

@@ -11,7 +11,7 @@ import tempfile
 
 import torch
 
-from utils.errors import CRWError
+from crw.utils.errors import CRWError
 
 TMP_SUFFIX = '.tmp'
 

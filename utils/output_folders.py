@@ -24,8 +24,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from utils.errors import CRWError
-from utils.misc import TMP_SUFFIX, atomic_write, writable_folder
+from crw.utils.errors import CRWError
+from crw.utils.misc import TMP_SUFFIX, atomic_write, writable_folder
 
 MANIFEST = '.crw_outputs.json'
 

@@ -1,7 +1,7 @@
 """Thread defaults for the entry scripts, set before torch is first imported (OpenMP reads them once, when it
 loads). Import this module first:
 
-    import utils.threads  # noqa: F401,I001  (before torch: OpenMP settings)
+    import crw.utils.threads  # noqa: F401,I001  (before torch: OpenMP settings)
 
 OMP_WAIT_POLICY=PASSIVE: between parallel regions OpenMP threads sleep instead of spinning. On a machine
 whose cores are shared with other jobs, spinning threads burn the time slices the working thread needs, and

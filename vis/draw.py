@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from data.training.gpu_augment import MEAN, STD
-from data.training.nodes import grid_positions
+from crw.data.training.gpu_augment import MEAN, STD
+from crw.data.training.nodes import grid_positions
 
 DISPLAY = 320        # frames are enlarged to about this many pixels on their long side
 NUM_QUERIES = 4      # query nodes of the neighbours view

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from utils.background import AsyncWriter
-from utils.misc import atomic_write
-from vis.draw import PCAColours, batch_inputs, training_views
+from crw.utils.background import AsyncWriter
+from crw.utils.misc import atomic_write
+from crw.vis.draw import PCAColours, batch_inputs, training_views
 
 VIS_KEEP = 20        # drawings (steps) whose PNGs stay in <output-dir>/vis/
 # Training views -> visdom windows: the release's names where it had one ('nn_patches' is new: the release

@@ -7,8 +7,8 @@ missing folder or file is a CRWError naming the line.
 import os
 from dataclasses import dataclass
 
-from utils.errors import CRWError
-from utils.misc import atomic_write
+from crw.utils.errors import CRWError
+from crw.utils.misc import atomic_write
 
 VIP_ANNOTATIONS = 'Category_ids'   # VIP_Fine/Annotations/Category_ids/<video>/<frame>.png
 

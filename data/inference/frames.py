@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import torch
 
-from data.images import image_size, read_image
-from utils.errors import CRWError
+from crw.data.images import image_size, read_image
+from crw.utils.errors import CRWError
 
 # Your own video is propagated at its own size, at most this many pixels on its longer side (DAVIS 480p's width,
 # the scale the protocol was tuned at); test.py --video's --max-side default (utils.arguments.VIDEO_MAX_SIDE).

@@ -10,9 +10,9 @@ import torch
 from PIL import Image, ImageDraw
 from scipy.io import loadmat
 
-from data.images import list_frames
-from data.inference.frames import VideoFrames, frame_size
-from utils.errors import CRWError
+from crw.data.images import list_frames
+from crw.data.inference.frames import VideoFrames, frame_size
+from crw.utils.errors import CRWError
 
 SIGMA = 0.5   # Gaussian width in feature cells
 # parent of each of the 15 JHMDB joints, for drawing (the release's skeleton)

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.inference.jhmdb import draw_pose, pose_from_soft_map, pose_image
-from data.labels import davis_palette, resize_nearest, save_binary_png, save_grey_png, save_indexed_png
-from data.video_io import VideoWriter
-from utils.background import AsyncWriter
-from utils.errors import CRWError
-from utils.misc import atomic_write
+from crw.data.inference.jhmdb import draw_pose, pose_from_soft_map, pose_image
+from crw.data.labels import davis_palette, resize_nearest, save_binary_png, save_grey_png, save_indexed_png
+from crw.data.video_io import VideoWriter
+from crw.utils.background import AsyncWriter
+from crw.utils.errors import CRWError
+from crw.utils.misc import atomic_write
 
 
 def blend_labels(frame, ids, palette=None, overlay=False):

@@ -15,11 +15,11 @@ import os
 
 import torch
 
-from data.images import IMAGE_EXTENSIONS, frame_number, image_size, list_frames, read_image
-from data.inference.frames import prepare_frame
-from data.labels import MaskReader
-from data.video_io import VIDEO_EXTENSIONS, iter_frames, iter_frames_reversed, probe_video, warn
-from utils.errors import CRWError, DecodeError
+from crw.data.images import IMAGE_EXTENSIONS, frame_number, image_size, list_frames, read_image
+from crw.data.inference.frames import prepare_frame
+from crw.data.labels import MaskReader
+from crw.data.video_io import VIDEO_EXTENSIONS, iter_frames, iter_frames_reversed, probe_video, warn
+from crw.utils.errors import CRWError, DecodeError
 
 FOLDER_FPS = 24   # frame rate of the overlay video for a folder of frames (DAVIS's)
 

@@ -6,10 +6,10 @@ annotations folder; another frame's annotation is never taken as frame 0's.
 """
 import os
 
-from data.images import frame_number, list_frames
-from data.inference.frames import VideoFrames, frame_size
-from data.labels import MaskReader
-from utils.errors import CRWError
+from crw.data.images import frame_number, list_frames
+from crw.data.inference.frames import VideoFrames, frame_size
+from crw.data.labels import MaskReader
+from crw.utils.errors import CRWError
 
 
 def first_annotation(ann_dir, frame0_path):

@@ -18,9 +18,9 @@ the device: CPU and GPU runs draw identical parameters.
 """
 import torch
 
-from data.training.nodes import crop_patches, grid_positions
-from data.training.transforms import random_crop_boxes
-from utils.arguments import parse_frame_aug
+from crw.data.training.nodes import crop_patches, grid_positions
+from crw.data.training.transforms import random_crop_boxes
+from crw.utils.arguments import parse_frame_aug
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)

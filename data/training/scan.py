@@ -23,8 +23,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from utils.errors import DecodeError
-from utils.misc import atomic_write
+from crw.utils.errors import DecodeError
+from crw.utils.misc import atomic_write
 
 CACHE_VERSION = 2   # 2: JSON (1 was a pickle, never read now)
 CACHE_EXT = '.json'

@@ -18,12 +18,12 @@ import os
 import numpy as np
 import torch
 
-from data.images import IMAGE_EXTENSIONS, list_frames, read_image
-from data.training.scan import list_files, list_subfolders, log, scan
-from data.training.transforms import FrameTransform
-from data.video_io import (VIDEO_EXTENSIONS, decode_frames, num_resampled_frames, probe_video,
+from crw.data.images import IMAGE_EXTENSIONS, list_frames, read_image
+from crw.data.training.scan import list_files, list_subfolders, log, scan
+from crw.data.training.transforms import FrameTransform
+from crw.data.video_io import (VIDEO_EXTENSIONS, decode_frames, num_resampled_frames, probe_video,
                            resampled_frame_indices, warn)
-from utils.errors import CRWError, DecodeError
+from crw.utils.errors import CRWError, DecodeError
 
 VIDEO_BRANCHES = ('kinetics', 'class_folders', 'video_folder')
 FRAME_BRANCHES = ('frame_list', 'frame_folders')
