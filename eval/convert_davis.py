@@ -3,35 +3,14 @@
 
     python eval/convert_davis.py --in_folder /save/path/ --out_folder /converted/path --dataset /davis/path/
 
-Every sequence of ``{dataset}/ImageSets/2017/val.txt`` is matched by name with the test.py video of the same
-name (the frames folder's name), which test.py's record of its run (``{in}/.crw_outputs.json``) gives with its
-index i; ``--by-order`` takes sequence i to be video i instead (the release's rule, for masks without that
-record). For every frame t of ``{dataset}/JPEGImages/480p/<seq>``, ``{in}/{i}_{t}_mask.png`` (per-pixel
-object ids, at the size test.py ran at) is resized with nearest neighbour to the size of the sequence's first
-annotation and written to ``{out}/<seq>/{t:05d}.png`` as a DAVIS-palette PNG (each file written atomically).
-That is the layout and format the official davis2017-evaluation scorer and eval/evaluate_davis.py read.
-``--out_folder`` is claimed like test.py's ``--save-path`` (utils/output_folders.py): never an input folder,
-and another run's outputs there are refused unless ``--overwrite``.
-
-Input masks come in the formats of both implementations, recognised per sequence (``--mask-format auto``)
-and reported in one line per run:
-
-* ``ids``: a single-channel PNG (indexed or greyscale) whose values are the object ids: this project's
-  test.py, and the release's when the annotation was greyscale with consecutive ids.
-* ``bgr``: an RGB PNG of DAVIS-palette colours with red and blue swapped: the release's test.py, which
-  looked colours up in OpenCV's BGR order and wrote them as RGB (so object 1, dark red, is stored dark blue,
-  the colour of object 4; 1<->4, 3<->6, 8<->32, ... swap, 0, 2, 5, 7 do not).
-* ``rgb``: an RGB PNG of DAVIS-palette colours in their own order (other tools).
-* ``grey``: an RGB PNG with R = G = B = the id (the release with a greyscale annotation of
-  non-consecutive ids).
-
-Rule for RGB masks: a format is a candidate when it decodes every colour found in the sequence's masks and
-all the ids it yields are ids of the sequence's first ground-truth annotation (predictions only carry frame
-0's labels). One candidate, or several that give the same ids: taken. Several that disagree (e.g. a
-sequence with objects 1 and 4 and both colours present): frame 0's mask, which both implementations write as
-frame 0's ground truth, decides: the candidate whose ids agree with the ground truth on the most pixels, if
-strictly more than any other; else the sequence is refused (``--mask-format`` forces a format). Every input is
-checked before anything is written: a missing frame is a one-line error that names the file.
+Each sequence of ``{dataset}/ImageSets/2017/val.txt`` is matched by name with its test.py video i through
+test.py's record ``{in}/.crw_outputs.json`` (``--by-order``: sequence i is video i, the release's rule). For
+every frame t of ``JPEGImages/480p/<seq>``, ``{in}/{i}_{t}_mask.png`` is resized with nearest neighbour to the
+size of the sequence's first annotation and written atomically to ``{out}/<seq>/{t:05d}.png`` (DAVIS palette),
+as evaluate_davis.py and the official scorer read them. Mask formats, told apart per sequence
+(``detect_format``) or forced by ``--mask-format``: ``ids`` (single-channel), ``bgr`` (DAVIS colours with red
+and blue swapped: the release's test.py), ``rgb`` (DAVIS colours), ``grey`` (R = G = B = id). Every input is
+checked before anything is written; ``--out_folder`` is claimed like test.py's ``--save-path``.
 """
 import argparse
 import concurrent.futures
@@ -84,8 +63,12 @@ def _colour_examples(colours, n=3):
 
 def detect_format(paths, gt_path, forced='auto'):
     """(format, how) for the masks ``paths`` (frame 0 first) of one sequence whose first ground-truth
-    annotation is ``gt_path``; see the module docstring for the rule. Raises CRWError when no format fits or
-    the masks cannot tell."""
+    annotation is ``gt_path``.
+
+    Single-channel masks are 'ids'. For RGB masks a format is a candidate when it decodes every colour of the
+    masks into ids of that annotation; one candidate, or several giving the same ids, is taken; else frame 0's
+    mask (the ground truth in both implementations) picks the one agreeing with it on strictly the most pixels.
+    Raises CRWError when no format fits or on a tie."""
     first = load_label_image(paths[0])
     if forced != 'auto':
         return forced, 'forced by --mask-format'

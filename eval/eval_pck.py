@@ -1,34 +1,16 @@
 #!/usr/bin/env python
-"""PCK of propagated JHMDB poses: the release's ``eval/eval_pck.py`` with flags instead of hard-coded paths.
+"""PCK of propagated JHMDB poses (the release's eval/eval_pck.py, with flags for its hard-coded paths).
 
     python eval/eval_pck.py --filelist /path/to/jhmdb_test_split1.txt --results /save/path --feat-res 40
 
-Inputs: the JHMDB filelist test.py ran on (one video a line, ``<frames folder> <joint_positions.mat>``) and
-test.py's ``{results}/{i}.dat`` for video i (0-based line): joint coordinates [2, 15, T] (x, y) in feature
-cells. Prints PCK at alpha = 0.1 ... 0.5 (papers quote 0.1 and 0.2), a per-joint table at 0.1 and 0.2, and
-writes the per-joint values at every alpha to a CSV file (``--csv``, default ``{results}/pck.csv``).
-
-The formulas are the release's, quirks included:
-
-* ground truth: ``pos_img`` of each joint_positions.mat ([2, 15, T], 1-based pixels of the original
-  frames) minus 1; the image size (W, H) is the size of the video's first frame;
-* predictions are rescaled from feature cells to pixels: ``x / feat_res * W``, ``y / feat_res * H``, with
-  ``feat_res`` = test.py's --cropSize / 8 (40 for the release's 320: a square crop of side 8 * feat_res);
-* a joint is *invisible* in a frame where its predicted x (before rescaling) is < 0 (test.py writes -1 for
-  a joint whose heat map lost all mass); JHMDB has no visibility flags, so this is the only notion of
-  visibility, and ground-truth joints outside the image still count;
-* the normaliser of frame t is ``0.6 * ||(max x, max y) - (min x, min y)||`` over the ground-truth joints
-  that are visible (in the above sense) in frame t, the maxima starting from -1 and the minima from 1e6
-  (so a frame whose visible joints all lie at x < -1 gets max x = -1; a frame with one visible joint gets a
-  normaliser 0, and its distance d / 0 is inf, or nan when d = 0: both count as misses);
-* entries: every (joint, frame) with a visible joint, frame 0 excluded (it is the given ground truth);
-  each gives the normalised distance ``||pred - gt|| / normaliser``;
-* PCK@alpha of a joint = 100 * (its entries with distance <= alpha) / (its entries); the reported PCK@alpha
-  is the *mean of the 15 joints' PCKs*, not the pooled ratio over all entries.
-
-Differences, only where the release failed: a joint with no entry at all (the release divided by zero)
-gets PCK nan and the mean is over the other joints; predictions covering more frames than the joint file
-are cut to its length (as the release's indexing did), fewer frames are an error naming the file.
+Inputs: test.py's JHMDB filelist (``<frames folder> <joint_positions.mat>`` lines) and its ``{results}/{i}.dat``
+(video i): joints [2, 15, T] (x, y) in feature cells, rescaled to pixels by ``x / feat_res * W``,
+``y / feat_res * H`` (feat_res = --cropSize / 8; W, H: the first frame's size). Ground truth: ``pos_img`` - 1.
+A joint is visible in frame t when its predicted x >= 0. Normaliser of frame t: 0.6 x ||max - min|| of the
+visible ground-truth joints (maxima from -1, minima from 1e6; one visible joint: 0, a miss). Entries: visible
+(joint, frame), frame 0 excluded; PCK@a of a joint = 100 x #(||pred - gt|| / normaliser <= a) / #entries;
+PCK@a = mean of the joints' PCKs (a joint without entries is left out). Prints a = 0.1 ... 0.5 and a per-joint
+table at 0.1 and 0.2; writes every joint at every a to ``--csv`` (default ``{results}/pck.csv``).
 """
 import argparse
 import csv
@@ -61,7 +43,10 @@ JOINT_NAMES = ('neck', 'belly', 'face', 'right shoulder', 'left shoulder', 'righ
 # ----------------------------------------------------------------------------------------------------------
 
 def to_pixels(pred, width, height, feat_res):
-    """pred [2, J, T] feature cells -> (pixels [2, J, T] float64, visible [J, T] bool: predicted x >= 0)."""
+    """pred [2, J, T] feature cells -> (pixels [2, J, T] float64, visible [J, T] bool: predicted x >= 0).
+
+    test.py writes x = -1 for a joint whose heat map lost all mass; JHMDB has no visibility flags, so this is
+    the only visibility (ground-truth joints outside the image still count)."""
     pred = np.asarray(pred, dtype=np.float64)
     visible = pred[0] >= 0
     px = pred.copy()
@@ -73,7 +58,8 @@ def to_pixels(pred, width, height, feat_res):
 def human_boxes(gt, visible):
     """Normaliser per frame [T]: 0.6 x the diagonal of the box of the visible ground-truth joints.
 
-    gt [2, J, T] pixels, visible [J, T]. Maxima start at -1 and minima at 1e6 (the release's loop)."""
+    gt [2, J, T] pixels, visible [J, T]. Maxima start at -1 and minima at 1e6 (the release's loop), so a
+    frame with one visible joint gets 0 and its distance inf (or nan): a miss at every alpha."""
     x, y = gt[0], gt[1]
     inf = np.inf
     minx = np.minimum(np.where(visible, x, inf).min(0), 1e6)

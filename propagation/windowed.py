@@ -1,36 +1,13 @@
-"""Windowed label propagation: the default path of test.py; same protocol and results as the reference.
+"""Windowed label propagation, test.py's default path: the reference's results from only the in-radius scores.
 
-Where the reference compares every target node with every node of every context frame and then masks the
-nodes outside the radius, this path computes (nearly) only the scores that can lie inside the radius:
-
-* a bank of ``videoLen`` + 1 frames (features and soft labels) lives on the device; memory does not grow
-  with the video's length. Short-term features are stored tile by tile (``TileLayout``, 4 x 4 nodes), all
-  frames of a tile next to each other;
-* the target frame is cut once per step into *regions*, each a tile grown by the radius (r nodes on every
-  side, clamped into the map), so a region holds every target node that can see some node of its tile. One
-  batched matmul per step scores every region against its tile in all short-term frames at once
-  ([region nodes, C] x [C, frames x tile nodes] per tile: a GEMM shape the CPU runs near its peak);
-* selection, exact (up to ties): per (target node, context position) the maximum over the frames is taken
-  (a reduction over the frame axis); the k positions inside the radius with the largest maxima (a
-  precomputed *window index* gathers them) hold the joint top-k, since a position outside them has k
-  better positions, each with an entry at least as large. The frames' scores at those k positions (k x
-  frames per node) give the top-k;
-* long-term memory frames (``--long-mem``, frame 0) are compared in full, as in the release;
-* while t <= L the short-term context holds copies of frame 0 (the release padded the video with them): frame
-  0's scores enter the selection once per copy, which yields the release's joint top-k multiset.
-
-Equivalence with the reference (tested in tests/test_propagation.py): same top-k multisets of (frame, node)
-except for exact or float-rounding ties, soft maps within 1e-4, identical argmax labels. Masked entries:
-when a target node has fewer than k candidates (radius smaller than the needed neighbourhood and no
-long-term memory), the release's top-k is filled with masked entries scored (s - 1e10)/tau; in float32 their
-softmax weight is exactly 0, so they contribute nothing. This path fills the same places with -inf (weight
-exactly 0); which masked node is picked is arbitrary in both and does not change the soft map.
-Ties: among exactly equal scores (e.g. a static background, bit-identical in several frames) both
-implementations pick arbitrary members, and float rounding differs between the full and the windowed
-matmuls (~1e-7), so where tied candidates carry different soft labels the two soft maps may differ by more
-than 1e-4; the tests use features without such ties.
-
-Shapes: features [C, h, w] per frame (already L2-normalised if wanted), label maps [h, w, K].
+A bank of ``videoLen`` + 1 frames (features, soft labels) lives on the device; short-term features are kept
+by tiles of 4 x 4 nodes (``TileLayout``). Each step cuts the target frame into regions (a tile grown by the
+radius) and one batched matmul scores every region against its tile in all short-term frames. Top-k is exact
+up to ties: the k in-radius positions with the largest maximum over the frames (``window_index``) hold the
+joint top-k. Long-term frames (frame 0, ``--long-mem``) are compared in full; while t <= L the short-term
+context holds copies of frame 0, as the release's padding did. Against the reference (``--dense``): same
+top-k multisets except ties, soft maps within 1e-4, same argmax labels (docs/differences.md, Propagation).
+Shapes: features [C, h, w] per frame (L2-normalised if wanted), label maps [h, w, K].
 """
 from collections import Counter
 
