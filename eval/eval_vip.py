@@ -3,33 +3,13 @@
 
     python eval/eval_vip.py --gt_dir /path/to/VIP_Fine/Annotations/Category_ids --pre_dir /save/path
 
-``--pre_dir`` is test.py's ``--save-path`` for a VIP filelist: ``<video>/<frame>.png`` label ids.
-``--gt_dir`` holds the annotations ``<video>/<frame>.png`` (VIP_Fine/Annotations/Category_ids).
-
-The measures are the release's (those of the VIP/CIHP evaluation code it came from):
-
-* every predicted file ``<pre_dir>/<video>/<frame>.png`` is compared with ``<gt_dir>/<video>/<frame>.png``;
-  a prediction of another size is resized to the ground truth's with nearest neighbour (pixel centres
-  aligned, as PIL's NEAREST);
-* a 20 x 20 confusion histogram (rows ground truth, columns prediction) is summed over all frames;
-  ground-truth pixels outside 0..19 (e.g. 255) are ignored;
-* overall pixel accuracy = trace / total; per-class accuracy = diagonal / row sum; mean accuracy = nan-mean
-  of the per-class accuracies;
-* per-class IoU = diagonal / (row sum + column sum - diagonal); mean IU = nan-mean over the 20 classes (a
-  class absent from both ground truth and predictions is left out; one predicted but absent from the ground
-  truth counts 0);
-* frequency-weighted IU = sum over classes present in the ground truth of (row sum / total) x IoU.
-
-Where this script differs from the release (which crashed or stopped in a debugger in these cases): a
-prediction id above 19 is an error naming the file; single-channel predictions are read as stored
-(palette indices for palette PNGs; the release's OpenCV read gave the palette colours) and colour ones by
-their red channel (what the release's last BGR channel was); only ``.png`` files are scored (other files,
-e.g. visualisations, are ignored); a predicted video whose ground truth has a frame without prediction
-is an error naming the missing file, instead of a score over the frames that happen to be there; and a
-video that should have been predicted but was not is an error too (the release scored the videos that
-happened to be there). The videos to score are those of ``--list`` (a VIP list such as
-``lists/val_videos.txt``), else those test.py's record of its run in ``--pre_dir`` names, else those of
-``<gt_dir>/../../lists/val_videos.txt`` (VIP_Fine's layout) when it exists, else every video of ``--gt_dir``.
+Every ``<pre_dir>/<video>/<frame>.png`` (test.py's label ids for a VIP filelist; other files ignored) of the
+videos to score (``videos_to_score``) is compared with ``<gt_dir>/<video>/<frame>.png``, resized to it with
+nearest neighbour when its size differs. A 20 x 20 confusion histogram (rows ground truth, columns prediction;
+ground truth outside 0..19 ignored) summed over all frames gives pixel accuracy = trace / total, class
+accuracy = diag / row, IoU = diag / (row + col - diag), their nan-means over the classes (mean accuracy, mean
+IU; a class absent from both is left out) and frequency-weighted IU = sum of (row / total) x IoU. A prediction
+id above 19, or a ground-truth frame or video left unpredicted, is an error naming the file.
 """
 import argparse
 import csv
@@ -68,7 +48,7 @@ def confusion(gt, pred, n=N_CLASSES):
 
 def scores(hist):
     """Measures of a confusion histogram -> dict: pixel_acc, class_acc [n], mean_acc, iou [n], mean_iou,
-    fw_iou (see the module docstring)."""
+    fw_iou (formulas: the module docstring). A class predicted but absent from the ground truth has IoU 0."""
     hist = np.asarray(hist, dtype=np.float64)
     diag, rows, cols, total = np.diag(hist), hist.sum(1), hist.sum(0), hist.sum()
     with np.errstate(divide='ignore', invalid='ignore'):
@@ -101,7 +81,9 @@ def _pngs(folder):
 
 
 def videos_to_score(gt_dir, pre_dir, video_list=None):
-    """(video names, where the names come from): see the module docstring for the order of the sources."""
+    """(video names, where the names come from): those of ``--list`` (e.g. VIP's ``lists/val_videos.txt``), else
+    those test.py's record of its run in ``--pre_dir`` names, else ``<gt_dir>/../../lists/val_videos.txt``
+    (VIP_Fine's layout) when it exists, else every video of ``--gt_dir``."""
     if video_list:
         if not os.path.isfile(video_list):
             raise CRWError(f'--list {video_list}: no such file')

@@ -1,36 +1,17 @@
 #!/usr/bin/env python
-"""Run the evaluation chain test.py -> convert_davis.py -> scorer (DAVIS) or test.py -> eval_pck.py (JHMDB,
-``--dataset jhmdb``) for a grid of settings.
+"""Evaluation chain over a grid of settings: DAVIS (test.py -> eval/convert_davis.py -> scorer, J&F) or
+JHMDB (``--dataset jhmdb``: test.py -> eval/eval_pck.py --feat-res cropSize/8, PCK).
 
     python eval/run_test.py --model-path /path/to/model --L 20 --K 10 --T 0.05 --cropSize -1 --dryrun
     python eval/run_test.py --dataset jhmdb --filelist jhmdb_test_split1.txt --model-path pretrained.pth \
         --L 7 --K 10 --T 0.05 --R 12 --cropSize 320
 
-For every combination of ``--model-path`` x ``--L`` x ``--K`` x ``--T`` x ``--R`` (with ``--cropSize``):
-
-    python test.py --filelist <filelist> --data-root <davis> --model-type <type> [--resume <ckpt>]
-        --save-path <out>/<tag>/raw --topk K --videoLen L --radius R --temperature T --cropSize C ...
-    python eval/convert_davis.py --in_folder <out>/<tag>/raw --out_folder <out>/<tag>/converted --dataset <davis>
-    python <scorer> --task semi-supervised --results_path <out>/<tag>/converted --set val --davis_path <davis>
-
-``--model-path`` takes checkpoint files, folders (their newest ``model_<epoch>.pth``: highest epoch, then latest
-modification) or a pretrained model type with no checkpoint (``imagenet18``, ``moco50``, ...; its weight file by
-``--encoder-weights``, passed on to test.py). The model type is ``--model-type`` or, as in the release,
-``scratch_zeropad`` when the path mentions 'zero' or 'rel_left_drop' and ``scratch`` otherwise.
-A combination whose ``converted/global_results-val.csv`` exists is skipped unless ``--force``; test.py is
-skipped when its output folder exists (release behaviour) unless ``--force``, which reruns it with
-``--overwrite``. convert_davis.py always runs with ``--overwrite`` (each combination's ``converted/`` is this
-script's own) and matches sequences by name; ``--by-order`` passes its flag of that name on, for a
-``--test-script`` that writes no record of the names (the release's test.py). ``--dryrun`` prints the commands
-and runs nothing. Flags this script does not know are passed on to test.py.
-
-With ``--dataset jhmdb`` the chain is ``test.py`` on the JHMDB ``--filelist`` (videoLen 7 and cropSize 320
-unless given) and ``python eval/eval_pck.py --filelist <filelist> --results <out>/jhmdb_<tag>/raw --feat-res
-<cropSize / 8> --csv <out>/jhmdb_<tag>/pck.csv``; the combination is skipped when its ``pck.csv`` exists.
-
-Paths come from flags or the environment: DAVIS root ``--davis-path`` / $DAVIS_ROOT, outputs ``--out-dir`` /
-$CRW_RESULTS (default ./results/run_test), scorer ``--scorer`` / $DAVIS_SCORER (default: this project's
-eval/evaluate_davis.py; the official davis2017-evaluation/evaluation_method.py takes the same flags).
+One run of the chain per ``--model-path`` x ``--L`` x ``--K`` x ``--T`` x ``--R`` (test.py's --videoLen, --topk,
+--temperature, --radius), into ``<out>/<tag>/{raw,converted}`` (JHMDB: ``<out>/jhmdb_<tag>/{raw,pck.csv}``),
+skipped when its scores exist; test.py is skipped when its folder exists; ``--force`` reruns both. Model type:
+``--model-type``, else the release's guess (``scratch_zeropad`` when the path mentions 'zero' or 'rel_left_drop').
+Unknown flags go to test.py. Paths: ``--davis-path``/$DAVIS_ROOT, ``--out-dir``/$CRW_RESULTS, ``--scorer``/
+$DAVIS_SCORER (default eval/evaluate_davis.py; the official evaluation_method.py takes the same flags).
 """
 import argparse
 import csv
