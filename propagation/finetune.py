@@ -1,28 +1,14 @@
 """Test-time adaptation (``test.py --finetune N``): a few steps of the CRW walk loss on one test video.
 
-Before a video is propagated, a copy of the encoder is trained for N Adam steps with the training objective
-(palindrome walks, cycle-consistency cross-entropy) on clips drawn from *that video's own frames*; the
-video is then propagated with the adapted copy, and the next video starts again from the original weights
-(the original encoder is never modified). The release listed this as "To do" and never shipped it.
-
-What a step does, as training does it (``train.py``):
-
-* clips: ``--finetune-batch`` clips of ``--finetune-clip-len`` frames of the video's frame folder, by the
-  training rule for frame folders (frames ``s + i*g``, g = the training ``--frame-skip`` lowered until the
-  clip fits, s uniform; ``data.training.video_dataset.FrameFolderDataset``), each frame random-resized-cropped
-  to the training ``--img-size`` (``data.training.transforms.FrameTransform``);
-* augmentation and nodes on the device (``data.training.gpu_augment.BatchAugment``): dense nodes (every
-  feature cell, ``--frame-aug ''``) or the 7x7 grid of patches (``--frame-aug grid``, data/training/nodes.py),
-  CIFAR normalisation;
-* the model: ``model.CRW`` around the copy of the encoder, with the checkpoint's training head
-  (``selfsim_fc``) when it has one of the right shape, else a fresh head (seeded); edge dropout, temperature
-  and the other walk settings of the checkpoint's training run; BatchNorm in training mode, as in training.
-
-The training settings come from the ``args`` saved in the checkpoint (``train.py`` and the release both
-save them); without a checkpoint (or args) they are the training parser's defaults, with the walk
-temperature taken from test.py's ``--temperature``. Every random choice (head init, clips, crops,
-augmentation, edge dropout) is drawn from generators seeded by ``--manualSeed``, the same for every video,
-so a run is reproducible and the global RNG state is left untouched.
+Before a video is propagated, a copy of the encoder takes N Adam steps of the training objective (palindrome
+walks, cycle-consistency cross-entropy) on clips of that video's own frames; the video is propagated with the
+copy and the next one starts again from the original weights (never modified). A step is a training step
+(train.py): ``--finetune-batch`` clips of ``--finetune-clip-len`` frames by the frame-folder rule
+(``FrameFolderDataset``), random-resized-cropped to ``--img-size``, augmented and cut into nodes on the device
+(``BatchAugment``), through ``model.CRW`` with the checkpoint's head (``selfsim_fc``, if its shape fits, else a
+fresh one) and BatchNorm in training mode. The settings are the checkpoint's saved training ``args``, else
+train.py's defaults with test.py's ``--temperature``. Every random draw comes from generators seeded by
+``--manualSeed`` (the same for every video): runs are reproducible and the global RNG is left untouched.
 """
 import copy
 import time
