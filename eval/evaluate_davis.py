@@ -1,35 +1,16 @@
 #!/usr/bin/env python
-"""DAVIS-2017 semi-supervised scorer, a stand-in for davis2017-evaluation's evaluation_method.py.
+"""DAVIS-2017 semi-supervised scorer, a stand-in for davis2017-evaluation's evaluation_method.py (same flags).
 
     python eval/evaluate_davis.py --task semi-supervised --results_path /converted/path --set val \
         --davis_path /path/to/davis/
 
-Ground truth: ``{davis}/Annotations/480p/<seq>/*.png`` (sorted), sequences from
-``{davis}/ImageSets/2017/<set>.txt`` (``--set`` may also be the path of a text file listing sequences).
-Results: ``{results}/<seq>/<frame>.png`` for every ground-truth frame name, indexed (palette) or greyscale PNGs
-whose pixel values are object ids. For every sequence and object id 1..max id of the first ground-truth frame,
-J and F are computed on every frame but the first and the last (eval/davis_metrics.py), summarised per object
-(Mean, Recall, Decay) and averaged over all objects. Writes ``global_results-<set>.csv`` and
-``per-sequence_results-<set>.csv`` into the results folder with the official scorer's columns and 3 decimals,
-and prints the tables. Existing CSVs are reused (as the official scorer does) only when they are provably
-from the same inputs: a record beside them (``.scores-<set>.json``) holds a SHA-256 of every ground-truth and
-result PNG of the scored sequences and of the scorer's settings; without it, or when it differs, the scores
-are computed again (``--force`` always recomputes).
-
-Differences from the official scorer, none of which changes a score it produces:
-* ground-truth pixels labelled 255 are void and left out of J and F. The official semi-supervised
-  path turns them into background instead; ``--void background`` reproduces that. The two agree whenever the
-  ground truth has no 255 pixels.
-* a result with an object id above the sequence's number of objects is an error naming the sequence and frame
-  (the official prints a message and exits with status 0); a result that never shows some object scores it
-  as empty (the official does the same in its current version).
-* the Decay quarters are computed with integer indices (the official's uint8 indices wrap past 256 frames).
-* ground truth without an annotation of the sequence's first frame (the first of ``JPEGImages/<res>/<seq>``,
-  or without that folder the first result frame) is an error; the official scorer takes the first annotation
-  it finds as the first frame.
-
-Python use: ``evaluate(davis_path, results_path, sequences=None, set_name='val')`` returns
-``(global_dict, per_object_rows)``.
+Ground truth ``{davis}/Annotations/480p/<seq>/*.png`` for the sequences of ``ImageSets/2017/<set>.txt`` (or of
+the list file ``--set``); results ``{results}/<seq>/<frame>.png`` of object ids (palette or greyscale). For each
+object id 1..max of the first annotation, J and F (eval/davis_metrics.py) on every frame but the first and the
+last, summarised per object (Mean, Recall, Decay) and averaged over the objects. Writes
+``global_results-<set>.csv`` and ``per-sequence_results-<set>.csv`` (the official columns, 3 decimals) and prints
+them; they are reused only when ``.scores-<set>.json`` holds the SHA-256 of the same inputs and settings.
+Python: ``evaluate(davis_path, results_path, sequences=None, set_name='val')`` -> (global_dict, rows).
 """
 import argparse
 import concurrent.futures
