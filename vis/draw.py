@@ -1,20 +1,13 @@
 """Pictures of what the walk learned (train.py --visualize, test.py --pca-vis): numpy in, RGB uint8 images out.
 
-Views of one training clip (``training_views``, or ``batch_views`` of a training batch):
-
-* ``pca``:        the node embeddings of frames t and t+1 projected on their 3 principal components (one fit
-  for both frames, scikit-learn) as RGB, under the frames (grid input: under the patch mosaics);
-* ``flow``:       on frame t, an arrow from every node to its most probable successor in frame t+1 (the arg-max
-  of the transition row), coloured by that probability; frame t+1 beside it;
-* ``matches``:    frames t and t+1 side by side, a line between every pair of mutual nearest neighbours;
-* ``neighbours``: a few query nodes of frame t and their most similar nodes anywhere in the clip, each with its
-  affinity (cosine) and frame;
-* ``loss``:       one tile per start node, laid out like the nodes: where the clip's longest palindrome walk
-  from that node ends (normalised to its maximum; the start cell at least grey), tinted by the node's cycle
-  loss (colour map 'cool': cyan = lowest loss of the clip, magenta = highest).
-
-matplotlib and scikit-learn are imported at the first drawing, so that importing train.py or test.py does not
-load them. Where the pictures go: ``vis/sinks.py``.
+Views of one training clip (``training_views``, or ``batch_views`` of a training batch), frames t and t+1:
+``pca`` (node embeddings on their first 3 principal components, one fit for both frames, as RGB under the
+frames), ``flow`` (an arrow from each node to its arg-max successor, coloured by its probability),
+``matches`` (lines between mutual nearest neighbours), ``neighbours`` (a few query nodes and their most
+similar nodes anywhere in the clip, with cosine and frame) and ``loss`` (per start node, where the longest
+palindrome walk ends, tinted by its cycle loss: colour map 'cool', cyan lowest, magenta highest).
+matplotlib and scikit-learn are imported at the first drawing, not by train.py or test.py's imports.
+Where the pictures go: ``vis/sinks.py``.
 """
 import cv2
 import numpy as np
@@ -154,14 +147,12 @@ def _one_blas_thread():
 
 
 class PCAColours:
-    """RGB colours from the first 3 principal components of features. Not whitened, and one scale for the
-    three (their joint range over the fitted features, to [0, 1]; later features are clipped to it), so that
-    colour differences follow the variance (the release whitened, which blows minor components up to full
-    colour).
+    """RGB colours from the first 3 principal components of features, not whitened (release: whitened), one
+    scale for the three (their joint range over the fitted features, to [0, 1]; later features are clipped).
 
     ``PCAColours(feats [M, C])(feats2 [M2, C]) -> [M2, 3] float in [0, 1]``. Exact (eigenvectors of the
-    C x C covariance). BLAS runs on one thread: right after a training step, PyTorch's OpenMP workers still
-    spin, and a multi-threaded OpenBLAS beside them made a 100 x 128 fit take a second instead of 10 ms.
+    C x C covariance). BLAS runs on one thread: beside PyTorch's still-spinning OpenMP workers a
+    multi-threaded OpenBLAS made a 100 x 128 fit take a second instead of 10 ms.
     """
 
     def __init__(self, feats):
