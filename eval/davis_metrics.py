@@ -1,20 +1,11 @@
-"""Per-frame DAVIS measures and their per-object statistics.
+"""Per-frame DAVIS measures and their per-object statistics, on one binary object mask at a time (numpy, OpenCV).
 
-Everything here works on one binary object mask at a time:
-
-* region similarity J: intersection over union of prediction and ground truth, void pixels left out of both;
-  1 when both are empty;
-* boundary measure F: both masks are reduced to 1-pixel boundary maps (Martin et al.'s seg2bmap convention,
-  boundary pixels offset half a pixel towards the origin), each map is dilated with a disk of radius
-  ceil(0.008 x image diagonal) and a boundary pixel counts as matched when it falls inside the other map's
-  dilation; F is the harmonic mean of the matched fractions (precision over the predicted boundary, recall over
-  the ground-truth boundary), with the conventions of the official davis2017-evaluation scorer for empty
-  boundaries;
-* per-object statistics over the frames of a sequence: Mean, Recall (fraction of frames scoring > 0.5) and
-  Decay (mean over the first quarter of the frames minus the mean over the last quarter, quarters cut the way
-  the official scorer cuts them).
-
-Only numpy and OpenCV (for the binary dilation) are needed.
+* J: intersection over union of prediction and ground truth, void pixels left out of both; 1 when both empty.
+* F: harmonic mean of boundary precision and recall. Both masks become 1-pixel boundary maps (Martin et al.'s
+  seg2bmap, ``boundary_map``); a boundary pixel is matched when it lies in the other map dilated by a disk
+  of radius ceil(0.008 x image diagonal); empty boundaries follow the official davis2017-evaluation scorer.
+* per object over a sequence's frames: Mean, Recall (fraction of frames > 0.5) and Decay (mean of the first
+  quarter of the frames minus mean of the last, quarters cut as the official scorer cuts them).
 """
 import functools
 import math
