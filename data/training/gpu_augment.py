@@ -1,20 +1,14 @@
 """Batch augmentation of training clips on the device: colour jitter, the grid of patches (nodes), normalisation.
 
-The dataset delivers uint8 clips [B, T, 3, S, S] already cropped/resized (and flipped) per frame. Here, on
-whatever device the clips are on:
-
-1. ``cj`` in ``--frame-transforms``: colour jitter per frame (brightness, contrast, saturation factors
-   uniform in [0.9, 1.1], applied in a random order per frame, hue untouched), as ColorJitter(0.1, 0.1, 0.1, 0).
-2. ``--frame-aug`` (``utils.arguments.parse_frame_aug``): with ``grid`` every frame is cut into the walk's
-   nodes, the grid of P×P patches (``data/training/nodes.py``), each window random-resized-cropped back to P×P
-   (area scale (0.7, 0.9), aspect ratio (3/4, 4/3), bilinear) and, when ``--frame-aug`` also names them,
-   colour-jittered and flipped on its own. Without ``grid``, ``cj`` and ``flip`` act on the whole frame (a
-   second per-frame colour jitter after 1., a horizontal flip with probability 1/2); ``''`` and ``none``
-   leave whole frames as they are.
-3. Normalisation with the CIFAR statistics the release trained with.
-
-Random parameters are drawn on a CPU ``torch.Generator`` seeded with the ``seed`` argument, then moved to
-the device: CPU and GPU runs draw identical parameters.
+Input: uint8 clips [B, T, 3, S, S], already cropped/resized (and flipped) per frame by the dataset. In order:
+1. ``cj`` in ``--frame-transforms``: per-frame colour jitter as ColorJitter(0.1, 0.1, 0.1, 0) (brightness,
+   contrast, saturation factors uniform in [0.9, 1.1], in a random order per frame).
+2. ``--frame-aug`` (``utils.arguments.parse_frame_aug``): ``grid`` cuts every frame into the walk's P×P patches
+   (``data/training/nodes.py``), each random-resized-cropped back to P×P (scale (0.7, 0.9), ratio (3/4, 4/3),
+   bilinear), and ``cj``/``flip`` then act per patch; without ``grid`` they act per frame (a second jitter, a
+   flip with probability 1/2); ``''`` and ``none`` change nothing.
+3. Normalisation with the CIFAR statistics, as the release trained.
+Random parameters are drawn on a CPU ``torch.Generator`` seeded by ``seed``: CPU and GPU runs draw the same.
 """
 import torch
 
