@@ -1,19 +1,14 @@
 """Contrastive Random Walk (CRW) model: ResNet encoder, node embeddings and the palindrome walk loss.
 
-Behaviour follows the videowalk release (README, "Differences from the release", lists where it does not);
-the computation is reorganised for speed:
-
-* all B·T·N patches go through the encoder as one batch, taken straight from the input's memory layout
-  (no copy of the clip before the first convolution);
-* the T−2 palindrome walks are built from running prefix products (one batched matmul per time step for both
-  halves, one for all walks together) instead of multiplying each palindrome out from scratch;
-* the node embedding (patch mean, head, L2 norm) and the walk part (affinities, softmax, products, log,
-  cross-entropy) always run in float32, also under autocast; the encoder is channels_last- and bf16-friendly.
-
-Shapes: B batch, T frames, N nodes per frame, C channels (ResNet-18: 256 at layer3, 512 at layer4; ResNet-50:
-1024, 2048), H×W input patch/frame, h×w feature map (stride 8).
-The state-dict keys are the release's: ``encoder.model.<torchvision ResNet keys>`` and
-``selfsim_fc.<i>.weight|bias``, so checkpoints move between the two implementations.
+The release's behaviour (docs/differences.md lists the exceptions), computed faster: all B·T·N patches go
+through the encoder as one batch straight from the input's memory layout; the T−2 palindrome walks come from
+running prefix products (``walks``); the node embedding (patch mean, head, L2 norm) and the walk (affinities,
+softmax, products, log, cross-entropy) run in float32 even under autocast; the encoder is channels_last-
+and bf16-friendly.
+Shapes: B batch, T frames, N nodes per frame, C channels (ResNet-18: 256 at layer3, 512 at layer4;
+ResNet-50: 1024, 2048), H×W input patch/frame, h×w feature map (stride 8). State-dict keys are the
+release's (``encoder.model.<torchvision ResNet keys>``, ``selfsim_fc.<i>.weight|bias``): checkpoints move
+between the two implementations.
 """
 import torch
 import torch.nn as nn
@@ -138,9 +133,7 @@ class CRW(nn.Module):
 
     Nodes: with whole frames as input, every cell of the encoder's feature map is a node; with ``--frame-aug
     grid`` every patch is one (``embed``), the patches being cut from the frames by data/training/nodes.py.
-
-    Deliberate difference from the release: edge dropout is applied only in training mode (the release
-    applied it whenever dropout > 0, also in eval mode).
+    Edge dropout applies in training mode only (release: whenever dropout > 0).
     """
 
     def __init__(self, args, vis=None, encoder=None):
@@ -166,9 +159,9 @@ class CRW(nn.Module):
 
     @torch.no_grad()
     def _infer_dims(self, size=16):
-        """Encoder width and stride from a dummy forward in eval mode (the release ran it in training
-        mode, which nudged the BatchNorm running statistics; here nothing changes). 16 pixels: a 2x2 map
-        at stride 8, the smallest the reflect-padded trunk takes, and cheap for ResNet-50."""
+        """Encoder width and stride from a dummy forward in eval mode, leaving BatchNorm statistics as they
+        are (release: training mode). 16 pixels: a 2x2 map at stride 8, the smallest the reflect-padded
+        trunk takes, and cheap for ResNet-50."""
         was_training = self.encoder.training
         self.encoder.eval()
         w = self.encoder.model.conv1.weight
