@@ -1,9 +1,11 @@
-"""Shared test set-up: the repository root, entry scripts loaded by path, and training data for train.py.
+"""Shared test set-up: the repository root, entry scripts loaded by path, training data and argv for train.py,
+a DAVIS layout with a scratch checkpoint and argv for test.py, and the one-line error of a script's stderr.
 
 pytest.ini puts the repository root on sys.path (``pythonpath = .``, as ``python train.py`` has it) and
 registers the ``slow`` marker: ``pytest -m "not slow" tests`` leaves out the tests that start Python
-subprocesses (entry scripts, torchrun) or run the whole demo.
+subprocesses (entry scripts, torchrun) or run the whole demo. test_propagation.py has its own ``davis``.
 """
+import argparse
 import importlib.util
 import os
 import sys
@@ -11,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from crw.data.synthetic import make_sequence, write_frame_folder
+from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder
+from crw.model import CRW
 from crw.utils.arguments import train_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,3 +64,55 @@ def small_train_args(frame_list, out, *extra):
                        '--clip-len', '3', '--frame-skip', '1', '--batch-size', '2', '--workers', '0', '--temp', '0.05',
                        '--dropout', '0.1', '--device', 'cpu', '--output-dir', str(out), '--print-freq', '1',
                        '--seed', '3', '--remove-layers', 'layer4', *extra])
+
+
+@pytest.fixture(scope='module')
+def frame_list(tmp_path_factory):
+    """Four tiny frame folders (one clip each per epoch: 2 steps of 2 at --batch-size 2)."""
+    d = tmp_path_factory.mktemp('frames')
+    lines = []
+    for v in range(4):
+        seq = make_sequence(num_frames=6, height=40, width=40, num_objects=1, seed=v, object_size=(12, 16))
+        write_frame_folder(str(d / f'vid{v}'), seq['frames'])
+        lines.append(f'{d / f"vid{v}"} 6')
+    (d / 'list.txt').write_text('\n'.join(lines) + '\n')
+    return str(d / 'list.txt')
+
+
+def train_argv(data, out, *extra):
+    """A whole-frame run small enough for a test (32x32 frames: 16 nodes, 3 frames, batch 2; without layer4,
+    which holds three quarters of the weights)."""
+    return ['--data-path', data, '--frame-aug', '', '--img-size', '32', '--clip-len', '3', '--frame-skip', '1',
+            '--batch-size', '2', '--workers', '0', '--temp', '0.05', '--device', 'cpu', '--output-dir', str(out),
+            '--print-freq', '1', '--seed', '3', '--epochs', '1', '--remove-layers', 'layer4', *extra]
+
+
+def one_line(text, marker='error:'):
+    """The error message of a script's stderr: exactly one line holds ``marker`` and there is no traceback
+    (progress bars and [data] warnings may share stderr)."""
+    lines = [x for x in text.replace('\r', '\n').splitlines() if marker in x]
+    assert len(lines) == 1 and 'Traceback' not in text, text
+    return lines[0]
+
+
+def run_test_py(argv):
+    return load_script('test.py').main(argv)
+
+
+@pytest.fixture(scope='module')
+def davis(tmp_path_factory):
+    """A DAVIS layout (two sequences) and a scratch checkpoint saved as train.py saves it (dict args)."""
+    root = tmp_path_factory.mktemp('davis')
+    seqs = {'three': make_sequence(num_frames=4, height=40, width=48, num_objects=3, seed=1),
+            'two': make_sequence(num_frames=3, height=32, width=32, num_objects=2, seed=2)}
+    filelist = write_davis_layout(str(root), seqs)
+    torch.manual_seed(0)
+    ckpt = str(root / 'scratch.pth')
+    torch.save({'model': CRW(argparse.Namespace(model_type='scratch')).state_dict(),
+                'args': {'model_type': 'scratch'}}, ckpt)
+    return str(root), filelist, ckpt, seqs
+
+
+def prop_argv(filelist, ckpt, save, *extra):
+    return ['--filelist', filelist, '--resume', ckpt, '--save-path', str(save), '--cropSize', '-1', '--workers', '0',
+            '--device', 'cpu', '--topk', '5', '--videoLen', '2', '--radius', '4', *extra]

@@ -1,5 +1,6 @@
 """BatchAugment (data/training/gpu_augment.py), the grid of patches that are the walk's nodes
-(data/training/nodes.py) and the frame-level transform (data/training/transforms.py)."""
+(data/training/nodes.py) and the frame-level transform (data/training/transforms.py), including the release's
+--frame-aug spellings and its whole-frame cj/flip."""
 import types
 
 import numpy as np
@@ -7,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import train_argv
 from crw.data.training.gpu_augment import MEAN, STD, BatchAugment, apply_color_jitter, color_jitter_params
 from crw.data.training.nodes import crop_patches, grid_positions
 from crw.data.training.transforms import FrameTransform, random_crop_box, random_crop_boxes
+from crw.utils import arguments
 
 
 def _args(**kw):
@@ -206,3 +209,31 @@ def test_cuda_matches_cpu():
     a = aug(clips, 3)
     b = aug(clips.cuda(), 3).cpu()
     assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize('spec, grid, cj, flip', [
+    ('', False, False, False), ('none', False, False, False), ('grid', True, False, False),
+    ('gridcj', True, True, False), ('grid+flip', True, False, True), ('grid_cj_flip', True, True, True),
+    ('cj', False, True, False), ('flip', False, False, True), ('cjflip', False, True, True)])
+def test_frame_aug_release_spellings(frame_list, tmp_path, spec, grid, cj, flip):
+    args = arguments.train_args(train_argv(frame_list, tmp_path, '--frame-aug', spec, '--patch-size', '16', '16'))
+    aug = BatchAugment(args)
+    assert (aug.grid, aug.patch_cj, aug.patch_flip) == (grid, grid and cj, grid and flip)
+    assert (aug.frame_aug_cj, aug.frame_aug_flip) == (cj and not grid, flip and not grid)
+
+
+def test_frame_aug_cj_and_flip_on_whole_frames():
+    clips = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    plain = BatchAugment(frame_aug='none', frame_transforms='crop', img_size=32)(clips, 5)
+    assert torch.equal(plain, BatchAugment(frame_aug='', frame_transforms='crop', img_size=32)(clips, 5))
+    flip = BatchAugment(frame_aug='flip', frame_transforms='crop', img_size=32)
+    flipped = flip.sample_params(2, 3, 32, 32, 5)['frame_aug_flip']
+    assert 0 < int(flipped.sum()) < 6
+    out = flip(clips, 5).flatten(0, 1)
+    ref = plain.flatten(0, 1)
+    assert torch.equal(out[flipped], ref[flipped].flip(-1)) and torch.equal(out[~flipped], ref[~flipped])
+    cj = BatchAugment(frame_aug='cj', frame_transforms='crop', img_size=32)
+    f, o = cj.sample_params(2, 3, 32, 32, 5)['frame_aug_cj']
+    expect = apply_color_jitter(clips.flatten(0, 1).float() / 255, f, o)
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    assert torch.allclose(cj(clips, 5).flatten(0, 1), (expect - mean) / std, atol=1e-5)

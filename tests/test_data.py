@@ -1,4 +1,5 @@
-"""Training data: layout branches, clip indexing/resampling, decoding, corrupt files, metadata cache, sampler."""
+"""Training data: layout branches, clip indexing/resampling, decoding, corrupt files, missing folders, metadata
+cache, sampler."""
 import os
 import shutil
 
@@ -6,11 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import train
+from conftest import one_line, train_argv
 from crw.data.training import video_dataset as vds
 from crw.data import video_io
 from crw.data.training.sampler import ClipSampler, build_train_sampler
-from crw.data.synthetic import write_video
+from crw.data.synthetic import make_sequence, write_video
 from crw.data.training.video_dataset import build_train_dataset, detect_layout
+from crw.utils import arguments
 from crw.utils.arguments import train_args
 from crw.utils.errors import CRWError
 
@@ -458,3 +462,34 @@ def test_build_train_sampler_with_dataloader(kinetics):
     sampler.set_epoch(0)
     par = list(torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2))
     assert all(torch.equal(a, b) for a, b in zip(par, batches)) and len(par) == 2
+
+
+def test_missing_frame_folders_and_undecodable_videos(frame_list, tmp_path, capsys):
+    lst = tmp_path / 'list.txt'
+    lst.write_text(f'{tmp_path}/gone1 6\n{tmp_path}/gone2 6\n')
+    assert train.cli(train_argv(str(lst), tmp_path / 'a')) == 1
+    assert 'none of the 2 folders it lists exists' in one_line(capsys.readouterr().err)
+    # videos whose index is fine but whose frames do not decode
+    videos = tmp_path / 'videos'
+    for name in ('a', 'b'):
+        path = str(videos / f'{name}.mp4')
+        write_video(path, make_sequence(num_frames=24, height=48, width=64, seed=0)['frames'], fps=8)
+        data = bytearray(open(path, 'rb').read())
+        start, index = data.find(b'mdat'), data.find(b'moov')
+        cut = start + (index - start) * 15 // 100
+        data[cut:index - 8] = bytes(index - 8 - cut)
+        open(path, 'wb').write(data)
+    assert train.cli(train_argv(str(videos), tmp_path / 'b', '--frame-skip', '8')) == 1
+    msg = one_line(capsys.readouterr().err)
+    assert 'a.mp4' in msg and 'b.mp4' in msg
+
+
+def test_frame_list_summary_counts_existing_folders(frame_list, tmp_path, capsys):
+    lst = tmp_path / 'list.txt'
+    lst.write_text(open(frame_list).read() + f'{tmp_path}/gone 6\n')
+    args = arguments.train_args(train_argv(str(lst), tmp_path / 'out'))
+    from crw.data.training.video_dataset import build_train_dataset
+    ds = build_train_dataset(args)
+    captured = capsys.readouterr()
+    assert len(ds) == 4 and '4 videos' in captured.out
+    assert 'skipping 1 missing folder(s)' in captured.err and 'gone' in captured.err

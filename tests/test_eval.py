@@ -1,4 +1,5 @@
-"""Evaluation tools: DAVIS J/F measures, the scorer, convert_davis.py and run_test.py.
+"""Evaluation tools: DAVIS J/F measures, the scorer, convert_davis.py (including the release's BGR-swapped masks)
+and run_test.py.
 
 Only synthetic or hand-made data. Expected values are worked out by hand in the comments.
 """
@@ -9,13 +10,15 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT as REPO
+from conftest import ROOT as REPO, one_line, prop_argv, run_test_py
 from crw.data.labels import davis_palette, save_indexed_png
 from crw.data.synthetic import make_sequence, write_davis_layout
+from crw.eval import convert_davis, evaluate_davis
 from crw.eval import davis_metrics as dm
 from crw.eval import evaluate_davis as ed
 from crw.eval import run_test as rt
@@ -576,3 +579,76 @@ def test_convert_out_folder_onto_ground_truth_or_another_run_is_refused(layout, 
     assert cd.main(['--in_folder', raw, '--out_folder', out, '--dataset', davis, '--workers', '1',
                     '--overwrite']) == 0
     assert sorted(os.listdir(out)) == ['.crw_outputs.json', 'rects', 'synth']     # the old scores are gone
+
+
+def release_mask(gt_png, out_png):
+    """A mask as the release's test.py wrote an exact prediction: annotation colours read by OpenCV (BGR) and
+    written by imageio as if they were RGB."""
+    Image.fromarray(cv2.imread(gt_png)).save(out_png)
+
+
+@pytest.fixture
+def onefour(tmp_path):
+    """A DAVIS layout whose objects are 1 and 4: the two ids the release's channel swap exchanges."""
+    seq = make_sequence(num_frames=4, height=40, width=48, num_objects=2, seed=5)
+    seq['masks'] = np.where(seq['masks'] == 2, 4, seq['masks']).astype(np.uint8)
+    three = make_sequence(num_frames=3, height=32, width=40, num_objects=3, seed=6)
+    davis = str(tmp_path / 'davis')
+    write_davis_layout(davis, {'onefour': seq, 'three': three})
+    return davis, {'onefour': seq, 'three': three}
+
+
+def test_convert_release_bgr_masks_to_the_right_ids(onefour, tmp_path, capsys):
+    davis, seqs = onefour
+    raw, out = tmp_path / 'raw', tmp_path / 'out'
+    raw.mkdir()
+    for i, name in enumerate(seqs):
+        for t in range(len(seqs[name]['masks'])):
+            gt = os.path.join(davis, 'Annotations', '480p', name, f'{t:05d}.png')
+            release_mask(gt, str(raw / f'{i}_{t}_mask.png'))
+    # the release's frame 0 is the ground truth after a down/up-sampling round trip: not exact
+    m0 = np.asarray(Image.open(raw / '0_0_mask.png')).copy()
+    m0[::7] = 0
+    Image.fromarray(m0).save(raw / '0_0_mask.png')
+    assert convert_davis.main(['--in_folder', str(raw), '--out_folder', str(out), '--dataset', davis,
+                               '--workers', '1', '--by-order']) == 0     # the release recorded no names
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert 'red and blue swapped' in summary and 'all 2 sequences' in summary
+    assert 'decided by frame 0 for onefour' in summary          # ids {1, 4} fit both colour orders
+    for name, seq in seqs.items():
+        for t in range(1, len(seq['masks'])):
+            assert np.array_equal(np.asarray(Image.open(out / name / f'{t:05d}.png')), seq['masks'][t]), (name, t)
+    # the same masks in RGB order are recognised as such and give the same ids
+    rgb = tmp_path / 'rgb'
+    rgb.mkdir()
+    for t, m in enumerate(seqs['onefour']['masks']):
+        Image.fromarray(davis_palette()[m]).save(rgb / f'0_{t}_mask.png')
+    fmt, how = convert_davis.detect_format([str(rgb / f'0_{t}_mask.png') for t in range(4)],
+                                           os.path.join(davis, 'Annotations', '480p', 'onefour', '00000.png'))
+    assert fmt == 'rgb' and 'frame 0' in how
+    assert np.array_equal(convert_davis.read_mask(str(rgb / '0_2_mask.png'), fmt), seqs['onefour']['masks'][2])
+
+
+def test_convert_refuses_mixed_mask_formats(onefour, tmp_path):
+    davis, seqs = onefour
+    raw = tmp_path / 'raw'
+    raw.mkdir()
+    for i, name in enumerate(seqs):
+        for t, m in enumerate(seqs[name]['masks']):
+            Image.fromarray(m).save(raw / f'{i}_{t}_mask.png')
+    Image.fromarray(davis_palette()[seqs['three']['masks'][2]]).save(raw / '1_2_mask.png')   # one colour mask
+    with pytest.raises(CRWError, match='1_2_mask.png is an RGB PNG'):
+        convert_davis.convert(str(raw), str(tmp_path / 'out'), davis, workers=1, by_order=True)
+
+
+def test_scores_are_printed_when_the_csv_cannot_be_written(davis, tmp_path, capsys):
+    root, filelist, ckpt, _ = davis
+    raw, res = tmp_path / 'raw', tmp_path / 'res'
+    assert run_test_py(prop_argv(filelist, ckpt, raw)) == 0
+    assert convert_davis.main(['--in_folder', str(raw), '--out_folder', str(res), '--dataset', root]) == 0
+    (res / 'global_results-val.csv').mkdir()                  # something that is not a file is in the way
+    capsys.readouterr()
+    assert evaluate_davis.main(['--davis_path', root, '--results_path', str(res), '--workers', '1']) == 1
+    captured = capsys.readouterr()
+    assert 'J&F-Mean' in captured.out and 'Per sequence results' in captured.out
+    assert 'the scores above were not saved' in one_line(captured.err)

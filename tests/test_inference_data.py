@@ -1,5 +1,5 @@
-"""Test-time data (data/inference/): filelists, frame sizes, a VOS video's first mask, JHMDB heat maps and poses.
-Tiny hand-made inputs."""
+"""Test-time data (data/inference/): filelists, frame sizes, a VOS video's first mask, JHMDB heat maps and poses,
+hidden and duplicate frame files, a corrupt frame read by a worker. Tiny hand-made inputs."""
 import os
 
 import numpy as np
@@ -7,12 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import one_line, prop_argv, run_test_py
 from crw.data.images import list_frames
 from crw.data.inference.filelists import VideoEntry, read_filelist
 from crw.data.inference.frames import processing_size
 from crw.data.inference.jhmdb import joint_heatmaps, pose_from_soft_map
 from crw.data.inference.vos import VOSVideo
 from crw.data.labels import save_indexed_png
+from crw.eval import convert_davis
 from crw.utils.errors import CRWError
 
 
@@ -107,3 +109,46 @@ def test_viewer_sink_shows_ids_of_another_size_at_the_frame_size():
     frame = PropagatedFrame(2, np.zeros((16, 16, 3), np.uint8), ids, torch.zeros(2, 2, 2), torch.zeros(4, 2, 2))
     ViewerSink(viewer, 7, 'v').write(frame)
     assert viewer.calls == [('blend', 7, 'v', 2, (16, 16, 3)), ('pca', 7, 'v', 2, (16, 16))]
+
+
+def test_hidden_files_and_duplicate_frames(davis, tmp_path, capsys):
+    root, filelist, ckpt, seqs = davis
+    raw = tmp_path / 'raw'
+    assert run_test_py(prop_argv(filelist, ckpt, raw)) == 0
+    capsys.readouterr()
+    frames = os.path.join(root, 'JPEGImages', '480p', 'two')
+    hidden = os.path.join(frames, '._00001.jpg')               # macOS metadata file
+    with open(hidden, 'wb') as f:
+        f.write(b'\x00\x05\x16\x07 AppleDouble')
+    try:
+        assert convert_davis.main(['--in_folder', str(raw), '--out_folder', str(tmp_path / 'out'), '--dataset', root,
+                                   '--workers', '1']) == 0
+        assert sorted(os.listdir(tmp_path / 'out' / 'two')) == ['00000.png', '00001.png', '00002.png']
+    finally:
+        os.remove(hidden)
+    dup = os.path.join(frames, '00001.png')                    # frame 1 twice: 00001.jpg and 00001.png
+    Image.fromarray(seqs['two']['frames'][1]).save(dup)
+    capsys.readouterr()
+    try:
+        assert run_test_py(prop_argv(filelist, ckpt, tmp_path / 'again')) == 1
+        msg = one_line(capsys.readouterr().err)
+        assert '00001.jpg and 00001.png are both frame 1' in msg
+        assert convert_davis.main(['--in_folder', str(raw), '--out_folder', str(tmp_path / 'out2'), '--dataset',
+                                   root, '--workers', '1']) == 1
+        assert '00001.jpg and 00001.png are both frame 1' in one_line(capsys.readouterr().err)
+    finally:
+        os.remove(dup)
+
+
+def test_corrupt_frame_with_workers(davis, tmp_path, capsys):
+    root, filelist, ckpt, seqs = davis
+    bad = os.path.join(root, 'JPEGImages', '480p', 'three', '00002.jpg')
+    good = open(bad, 'rb').read()
+    open(bad, 'wb').write(b'not a jpeg')
+    try:
+        argv = prop_argv(filelist, ckpt, tmp_path)
+        argv[argv.index('--workers') + 1] = '1'
+        assert run_test_py(argv) == 1
+        assert '00002.jpg: cannot read the image' in one_line(capsys.readouterr().err)
+    finally:
+        open(bad, 'wb').write(good)

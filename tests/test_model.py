@@ -2,6 +2,7 @@
 import argparse
 import math
 import os
+import types
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -386,3 +387,18 @@ def test_imagenet18_from_local_file(tmp_path, monkeypatch):
     assert torch.equal(enc.bn1.running_var, ref.bn1.running_var)  # building the model left BN stats alone
     assert all(c.padding_mode == 'zeros' for c in enc.modules() if isinstance(c, torch.nn.Conv2d))
     assert enc.layer3[0].downsample[0].stride == (1, 1)
+
+
+def test_node_embedding_is_float32_under_autocast():
+    torch.manual_seed(0)
+    model = CRW(types.SimpleNamespace(temp=0.05)).eval()
+    x = torch.randn(1, 3, 2, 3, 32, 32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        q, _ = model.embed(x)
+        maps = model.encoder.frames(x.flatten(0, 2))
+        bf16_head = F.normalize(model.selfsim_fc(maps.mean((-2, -1))), dim=-1)
+    assert maps.dtype == torch.bfloat16 and q.dtype == torch.float32
+    fp32_head = F.normalize(model.selfsim_fc(maps.float().mean((-2, -1))), dim=-1)   # [B*T*N, 128]
+    nodes = q.permute(0, 2, 3, 1).reshape(-1, 128)
+    assert torch.allclose(nodes, fp32_head, atol=1e-6)
+    assert (bf16_head.float() - fp32_head).abs().max() > 1e-4     # what a bf16 head would have changed

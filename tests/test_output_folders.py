@@ -1,5 +1,6 @@
 """utils/output_folders.py: no output on an input (real paths), the record of a folder's outputs, --overwrite
-removes exactly the recorded files, and the lock of a folder. Tiny files built here."""
+removes exactly the recorded files, and the lock of a folder; the scripts' one-line
+error on an output path they cannot write. Tiny files built here."""
 import json
 import os
 import signal
@@ -7,8 +8,13 @@ import time
 
 import pytest
 
+import train
+from conftest import one_line, prop_argv, run_test_py, train_argv
+from crw.eval import convert_davis
 from crw.utils.errors import CRWError
 from crw.utils.output_folders import MANIFEST, FolderLock, Inputs, OutputClaim, Plan, claim_outputs, read_manifest
+
+READ_ONLY = '/sys/crw-read-only-test' if os.geteuid() == 0 else None   # root ignores file modes
 
 
 def snapshot(folder):
@@ -153,3 +159,26 @@ def test_folder_lock_refuses_a_second_holder_and_a_killed_holder_leaves_nothing_
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     FolderLock(str(tmp_path)).acquire('--output-dir').release()     # the OS released the dead run's lock
+
+
+@pytest.mark.parametrize('kind', ['file', 'read-only'])
+def test_unwritable_output_paths(frame_list, davis, tmp_path, capsys, kind):
+    if kind == 'file':
+        target = tmp_path / 'taken'
+        target.write_text('a file')
+    elif READ_ONLY:
+        target = READ_ONLY
+    else:
+        (tmp_path / 'ro').mkdir(mode=0o555)
+        target = tmp_path / 'ro' / 'out'
+    target = str(target)
+    assert train.cli(train_argv(frame_list, target)) == 1
+    captured = capsys.readouterr()
+    assert f'--output-dir {target}' in one_line(captured.err) and '[data]' not in captured.out
+    root, filelist, ckpt, _ = davis
+    assert run_test_py(prop_argv(filelist, ckpt, target)) == 1
+    assert f'--save-path {target}' in one_line(capsys.readouterr().err)
+    raw = tmp_path / 'raw'
+    assert run_test_py(prop_argv(filelist, ckpt, raw)) == 0
+    assert convert_davis.main(['--in_folder', str(raw), '--out_folder', target, '--dataset', root]) == 1
+    assert f'--out_folder {target}' in one_line(capsys.readouterr().err)

@@ -1,16 +1,19 @@
-"""train.py end to end on tiny synthetic frame folders: checkpoints, exact resume, errors, torchrun."""
+"""train.py end to end on tiny synthetic frame folders: checkpoints, exact resume, errors, interruptions (Ctrl-C,
+SIGTERM), partial files left by a kill, --sync-bn, torchrun."""
 import errno
 import io
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
 
 import train
-from conftest import ROOT, small_train_args
+import crw.utils.dist as dist_utils
+from conftest import ROOT, one_line, small_train_args, train_argv
 from crw.model import CRW
 from crw.utils.errors import CRWError
 
@@ -264,3 +267,90 @@ def test_visualize_without_wandb_or_visdom_server_warns_and_trains(train_frame_l
     if importlib.util.find_spec('wandb') is not None:  # optional dependency: an offline run with the pictures
         media = list((out / 'wandb').glob('offline-run-*/files/media/images/vis/*.png'))
         assert sorted({p.name.split('_')[0] for p in media}) == sorted(views)
+
+
+def test_sync_bn_only_for_distributed_gpus(capsys):
+    model = CRW(types.SimpleNamespace())
+    args = types.SimpleNamespace(sync_bn=True, distributed=False)
+    assert dist_utils.sync_batchnorm(model, args, 'cpu') is model
+    assert 'single process' in capsys.readouterr().out
+    args.distributed = True
+    with pytest.raises(CRWError, match='GPUs only'):
+        dist_utils.sync_batchnorm(model, args, 'cpu')
+    synced = dist_utils.sync_batchnorm(model, args, torch.device('cuda', 0))   # conversion needs no GPU
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert synced.state_dict().keys() == CRW(types.SimpleNamespace()).state_dict().keys()
+
+
+def test_non_finite_loss_message_names_no_missing_checkpoint(frame_list, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(CRW, 'walk_loss', lambda self, q, size=None, masks=None: (q.sum() * float('nan'), {}))
+    assert train.cli(train_argv(frame_list, tmp_path / 'run')) == 1
+    msg = one_line(capsys.readouterr().err)
+    assert 'non-finite loss at iteration 0' in msg and 'no checkpoint was written yet' in msg
+
+
+class _InterruptingFile:
+    """A file object whose third write stores half its bytes and then raises KeyboardInterrupt (Ctrl-C in the
+    middle of torch.save)."""
+
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def write(self, b):
+        self.n += 1
+        if self.n == 3:
+            self.f.write(bytes(b)[:len(b) // 2])
+            raise KeyboardInterrupt
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_ctrl_c_during_checkpoint_write(frame_list, tmp_path, capsys, monkeypatch):
+    real = torch.serialization._open_zipfile_writer
+    monkeypatch.setattr(torch.serialization, '_open_zipfile_writer', lambda f: real(_InterruptingFile(f)))
+    out = tmp_path / 'run'
+    assert train.cli(train_argv(frame_list, out, '--steps-per-epoch', '1')) == 130
+    msg = one_line(capsys.readouterr().err, 'interrupted')
+    assert msg.startswith('train.py: interrupted') and 'no checkpoint was written yet' in msg
+    assert sorted(os.listdir(out)) == ['.crw.lock', 'train_log.jsonl']    # no partial file left
+    monkeypatch.setattr(torch.serialization, '_open_zipfile_writer', real)
+    assert train.cli(train_argv(frame_list, out, '--steps-per-epoch', '1')) == 0
+    monkeypatch.setattr(torch.serialization, '_open_zipfile_writer', lambda f: real(_InterruptingFile(f)))
+    assert train.cli(train_argv(frame_list, out, '--steps-per-epoch', '1', '--epochs', '2')) == 130
+    msg = one_line(capsys.readouterr().err, 'interrupted')
+    assert f'{out / "checkpoint.pth"} is intact' in msg
+    assert torch.load(out / 'checkpoint.pth', weights_only=True)['epoch'] == 0
+
+
+def test_sigterm_in_training_is_one_line(frame_list, tmp_path, capsys, monkeypatch):
+    import signal
+    monkeypatch.setattr(train, 'save_state', lambda *a, **kw: os.kill(os.getpid(), signal.SIGTERM))
+    assert train.cli(train_argv(frame_list, tmp_path / 'run', '--steps-per-epoch', '1')) == 143
+    text = capsys.readouterr().err
+    assert one_line(text, 'interrupted').startswith('train.py: interrupted (SIGTERM)') and 'Traceback' not in text
+
+
+def test_resume_housekeeping(frame_list, tmp_path, capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    stale = [out / '.checkpoint.pth.x1y2.tmp', out / '.model_3.pth.abcd.tmp']
+    for p in stale:
+        p.write_bytes(b'partial')
+    assert train.cli(train_argv(frame_list, out)) == 0
+    assert 'removed 2 partial file(s)' in capsys.readouterr().out
+    assert not any(p.exists() for p in stale)
+    # steps logged after the last checkpoint (a kill) are logged again by the resumed run: no duplicates
+    log = out / 'train_log.jsonl'
+    with open(log, 'a') as f:
+        f.write(json.dumps({'epoch': 1, 'iteration': 1, 'global_step': 3, 'loss': 9.0}) + '\n')
+    assert train.cli(train_argv(frame_list, out, '--epochs', '2')) == 0
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r['global_step'] for r in records] == [1, 2, 3, 4] and records[2]['loss'] != 9.0
+    assert [json.loads(x)['epoch'] for x in (out / 'log.txt').read_text().splitlines()] == [0, 1]
+    # a missing --resume file is reported before the data scan
+    capsys.readouterr()
+    assert train.cli(train_argv(frame_list, out, '--resume', str(tmp_path / 'nope.pth'))) == 1
+    captured = capsys.readouterr()
+    assert 'nope.pth: no such file' in one_line(captured.err) and '[data]' not in captured.out
