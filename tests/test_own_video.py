@@ -684,3 +684,16 @@ def test_bidirectional_cli(clip, ckpt, tmp_path, as_video):
     for t in range(T):
         assert np.array_equal(ids_of(tmp_path / 'b' / 'clip' / f'{t:05d}.png'), api[t]), t
     assert probe_video(str(tmp_path / 'b' / 'clip_overlay.mp4'))[0] == T
+
+
+@pytest.mark.parametrize('export', ['binary', 'coco', 'soft'])
+def test_bidirectional_with_other_exports_is_refused_before_writing(clip, ckpt, tmp_path, capsys, export):
+    """--bidirectional writes palette PNGs and the overlay video only: another --export format is one line."""
+    root, _, _ = clip
+    capsys.readouterr()
+    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
+                     str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt, '--save-path',
+                     str(tmp_path / 'o'), '--bidirectional', '--export', f'palette,{export}'] + PROTOCOL) == 1
+    line = one_line(capsys)
+    assert '--bidirectional' in line and export in line
+    assert not (tmp_path / 'o').exists()
