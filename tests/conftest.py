@@ -6,7 +6,9 @@ registers the ``slow`` marker: ``pytest -m "not slow" tests`` leaves out the tes
 subprocesses (entry scripts, torchrun) or run the whole demo. test_propagation.py has its own ``davis``.
 """
 import argparse
+import errno
 import importlib.util
+import io
 import os
 import sys
 
@@ -116,3 +118,22 @@ def davis(tmp_path_factory):
 def prop_argv(filelist, ckpt, save, *extra):
     return ['--filelist', filelist, '--resume', ckpt, '--save-path', str(save), '--cropSize', '-1', '--workers', '0',
             '--device', 'cpu', '--topk', '5', '--videoLen', '2', '--radius', '4', *extra]
+
+
+class FullDisk(io.RawIOBase):
+    """A file on a disk with ``room`` bytes free: a write beyond them raises ENOSPC, as the OS does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()

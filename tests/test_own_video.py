@@ -2,7 +2,6 @@
 later frames, and bad masks and videos. Synthetic clips with exact masks, built here; tiny sizes."""
 import argparse
 import errno
-import io
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import load_script
+from conftest import FullDisk, load_script
 from crw.data.labels import davis_palette, save_indexed_png
 from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
 from crw.data.video_io import iter_frames, probe_video
@@ -513,35 +512,14 @@ def test_temporary_overlay_of_a_killed_run_is_removed(clip, ckpt, tmp_path):
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
 
 
-class _FullDisk(io.RawIOBase):
-    """A file on a disk with ``room`` bytes free: a write beyond them raises ENOSPC."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        if len(b) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(b)
-        return self.f.write(b)
+class _SeekableFullDisk(FullDisk):
+    """FullDisk that also passes seeking on to the file (for the overlay video's writer)."""
 
     def seekable(self):
         return self.f.seekable()
 
     def seek(self, *a):
         return self.f.seek(*a)
-
-    def tell(self):
-        return self.f.tell()
-
-    def flush(self):
-        self.f.flush()
-
-    def fileno(self):
-        return self.f.fileno()
 
 
 @pytest.mark.parametrize('what', ['masks', 'overlay'])
@@ -570,7 +548,7 @@ def test_full_disk_stops_at_the_first_failed_write_in_one_line(what, clip, ckpt,
         @contextlib.contextmanager
         def small_disk(path, *a, **kw):
             with real_atomic(path, *a, **kw) as f:
-                yield _FullDisk(f, 2000)
+                yield _SeekableFullDisk(f, 2000)
         monkeypatch.setattr(video_io, 'atomic_write', small_disk)
         culprit = 'clip_overlay.mp4'
     out = tmp_path / 'v'

@@ -1,7 +1,5 @@
 """train.py end to end on tiny synthetic frame folders: checkpoints, exact resume, errors, interruptions (Ctrl-C,
 SIGTERM), partial files left by a kill, --sync-bn, torchrun."""
-import errno
-import io
 import json
 import os
 import subprocess
@@ -13,7 +11,7 @@ import torch
 
 import train
 import crw.utils.dist as dist_utils
-from conftest import ROOT, one_line, small_train_args, train_argv
+from conftest import ROOT, FullDisk, one_line, small_train_args, train_argv
 from crw.model import CRW
 from crw.utils.errors import CRWError
 
@@ -126,25 +124,6 @@ def test_sigterm_is_one_line_and_keeps_the_checkpoint(train_frame_list, tmp_path
     assert torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)['global_step'] == 3
 
 
-class _FullDisk(io.RawIOBase):
-    """A file on a disk with ``room`` bytes free: a write beyond them raises ENOSPC, as the OS does."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        if len(b) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(b)
-        return self.f.write(b)
-
-    def flush(self):
-        self.f.flush()
-
-
 def test_full_disk_during_checkpoint_write_keeps_previous_and_names_it(train_frame_list, tmp_path, monkeypatch,
                                                                          capsys):
     import contextlib
@@ -157,7 +136,7 @@ def test_full_disk_during_checkpoint_write_keeps_previous_and_names_it(train_fra
     @contextlib.contextmanager
     def small_disk(path, *a, **kw):     # torch's zip writer meets ENOSPC after 100 kB (it says 'unexpected pos')
         with real_atomic(path, *a, **kw) as f:
-            yield _FullDisk(f, 100_000)
+            yield FullDisk(f, 100_000)
     monkeypatch.setattr(ck, 'atomic_write', small_disk)
     argv = small_train_args(train_frame_list, out, '--epochs', '2', '--steps-per-epoch', '1')
     with pytest.raises(CRWError, match=r'model_1.pth: cannot write the checkpoint \(No space left on device\); '
