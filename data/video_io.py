@@ -9,6 +9,7 @@ Frame indices are positions in presentation order, identical for both backends. 
 video whose display matrix says "rotate by 90/180/270 degrees" (phone videos) is decoded rotated by both
 backends (TorchCodec does it itself; PyAV's frames are turned here), so that both give the same frames.
 """
+import functools
 import math
 import os
 import re
@@ -134,7 +135,12 @@ def _open_torchcodec(path):
 
 
 def _decode_torchcodec(path, indices):
-    return _open_torchcodec(path).get_frames_at([int(i) for i in indices]).data
+    return _decode_torchcodec_with(_open_torchcodec(path), indices)
+
+
+def _decode_torchcodec_with(decoder, indices):
+    """Frames ``indices`` of an open TorchCodec decoder: uint8 tensor [n, H, W, 3]."""
+    return decoder.get_frames_at([int(i) for i in indices]).data
 
 
 def display_rotation(matrix):
@@ -267,24 +273,47 @@ def iter_frames_reversed(path, last, chunk=REVERSE_CHUNK):
     """Yield (index, uint8 [H, W, 3] RGB frame) for frames ``last``, last-1, ..., 0 of ``path``: decoded forward
     ``chunk`` frames at a time (at most that many in memory), each chunk yielded in reverse. TorchCodec seeks
     to each chunk (one decoder, so each keyframe interval is decoded about once more per chunk it spans); the
-    PyAV fallback decodes from the start for every chunk (about last**2 / (2 * chunk) frames in all)."""
+    PyAV fallback decodes from the start for every chunk (about last**2 / (2 * chunk) frames in all). As for
+    ``decode_frames``, PyAV takes over when TorchCodec is unavailable or fails on the first chunk (told once per
+    file); a failure after the first chunk raises ``DecodeError``."""
+    if last < 0:
+        return
+
+    def indices(b):
+        return list(range(max(0, b - chunk), b))
+
+    errors, decode, frames = [], None, None
     backends = _backends()
-    decoder = None
-    if 'torchcodec' in backends and path not in _TC_FAILED_FILES:
+    for backend in backends:
+        if backend == 'torchcodec' and path in _TC_FAILED_FILES and len(backends) > 1:
+            continue
         try:
-            decoder = _open_torchcodec(path)
-        except Exception as e:  # noqa: BLE001 - PyAV's turn
-            if len(backends) == 1:
-                raise DecodeError(f'{path}: cannot decode (torchcodec: {_short(e)})') from e
-    for b in range(last + 1, 0, -chunk):
-        indices = list(range(max(0, b - chunk), b))
-        try:
-            frames = (decoder.get_frames_at(indices).data if decoder is not None
-                      else _decode_pyav(path, indices))
+            if backend == 'torchcodec':
+                decode = functools.partial(_decode_torchcodec_with, _open_torchcodec(path))
+            else:
+                decode = functools.partial(_decode_pyav, path)
+            frames = decode(indices(last + 1))
         except Exception as e:
-            raise DecodeError(f'{path}: decoding frames {indices[0]}-{indices[-1]} failed ({_short(e)})') from e
-        for i, frame in zip(reversed(indices), reversed(list(frames))):
+            errors.append(f'{backend}: {_short(e)}')
+            if backend == 'torchcodec':
+                _TC_FAILED_FILES.add(path)
+            decode = None
+            continue
+        if errors:  # TorchCodec failed on this file, PyAV did not: say so once
+            warn(f'TorchCodec failed on {path} ({errors[0]}); decoding it with PyAV')
+        break
+    if decode is None:
+        raise DecodeError(f'{path}: cannot decode ({"; ".join(errors)})')
+    for b in range(last + 1, 0, -chunk):
+        ix = indices(b)
+        if frames is None:
+            try:
+                frames = decode(ix)
+            except Exception as e:
+                raise DecodeError(f'{path}: decoding frames {ix[0]}-{ix[-1]} failed ({_short(e)})') from e
+        for i, frame in zip(reversed(ix), reversed(list(frames))):
             yield i, np.asarray(frame)
+        frames = None
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -329,3 +329,58 @@ def test_rotated_video_masks_agree_between_backends(ckpt, tmp_path, monkeypatch)
     for t in range(4):
         assert np.array_equal(ids_of(tmp_path / 'torchcodec' / 'phone' / f'{t:05d}.png'),
                               ids_of(tmp_path / 'pyav' / 'phone' / f'{t:05d}.png')), t
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reverse decoding (--bidirectional on a video file): PyAV, pinned or as TorchCodec's fallback
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def long_clip(tmp_path_factory):
+    """A 20-frame 24x16 mp4 (more than REVERSE_CHUNK frames) and its frames decoded forward by PyAV [T, H, W, 3]
+    (TorchCodec's within 1)."""
+    from crw.data.video_io import REVERSE_CHUNK
+    T = REVERSE_CHUNK + 4
+    path = write_video(str(tmp_path_factory.mktemp('rev') / 'long.mp4'),
+                       make_sequence(num_frames=T, height=16, width=24, num_objects=1, seed=7)['frames'])
+    with pytest.MonkeyPatch.context() as mp:
+        forward, tc = decode_with('pyav', path, mp), decode_with('torchcodec', path, mp)
+    assert np.abs(tc.astype(int) - forward.astype(int)).max() <= 1     # the backends agree, as their tests ask
+    return path, forward
+
+
+@pytest.mark.parametrize('last, chunk', [(18, None), (6, 4), (3, 4)])
+def test_pyav_reverse_decoding_is_forward_decoding_reversed(last, chunk, long_clip, monkeypatch):
+    """iter_frames_reversed with PyAV pinned: frames last, ..., 0, each the frame forward decoding gives, across
+    chunk boundaries (REVERSE_CHUNK's: frames 3-18 then 0-2; 4: 3-6 then 0-2; one whole chunk), from a frame
+    that is not the video's last; TorchCodec is never asked."""
+    from crw.data import video_io
+    path, forward = long_clip
+    monkeypatch.setattr(video_io, '_open_torchcodec', lambda p: pytest.fail('TorchCodec used'))
+    monkeypatch.setenv('CRW_VIDEO_BACKEND', 'pyav')
+    got = list(video_io.iter_frames_reversed(path, last) if chunk is None else
+               video_io.iter_frames_reversed(path, last, chunk))
+    assert [t for t, _ in got] == list(range(last, -1, -1))
+    for t, img in got:
+        assert img.dtype == np.uint8 and np.array_equal(img, forward[t]), t
+
+
+def test_reverse_decoding_falls_back_to_pyav_when_torchcodec_fails(long_clip, monkeypatch, capsys):
+    """TorchCodec opens the file but fails on its first chunk: PyAV decodes it, with one warning; the next
+    reverse decoding of the file goes to PyAV directly."""
+    from crw.data import video_io
+    path, forward = long_clip
+
+    class Broken:
+        def get_frames_at(self, indices):
+            raise RuntimeError('cannot seek')
+    monkeypatch.delenv('CRW_VIDEO_BACKEND', raising=False)
+    monkeypatch.setattr(video_io, '_torchcodec_decoder', lambda: object)
+    monkeypatch.setattr(video_io, '_open_torchcodec', lambda p: Broken())
+    monkeypatch.setattr(video_io, '_TC_FAILED_FILES', set())
+    for _ in range(2):
+        got = list(video_io.iter_frames_reversed(path, 5, 4))
+        assert [t for t, _ in got] == list(range(5, -1, -1))
+        assert all(np.array_equal(img, forward[t]) for t, img in got)
+    warnings = [x for x in capsys.readouterr().err.splitlines() if 'TorchCodec failed' in x]
+    assert len(warnings) == 1 and 'cannot seek' in warnings[0] and 'PyAV' in warnings[0]
