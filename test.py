@@ -32,12 +32,11 @@ from crw.data.images import list_frames
 from crw.data.inference.filelists import read_filelist
 from crw.data.inference.frames import frame_loader, processing_size
 from crw.data.inference.jhmdb import JhmdbVideo
-from crw.data.inference.outputs import (DavisWriter, PartsWriter, PoseWriter, SequenceWriter, ViewerSink, export_sinks,
-                                    label_picture)
+from crw.data.inference.outputs import (DavisWriter, FirstRun, PartsWriter, PoseWriter, SequenceWriter, ViewerSink,
+                                        export_sinks, label_picture)
 from crw.data.inference.user_video import UserVideo, VideoMasks
 from crw.data.inference.vos import VOSVideo
 from crw.model import PRETRAINED_TYPES
-from crw.data.labels import read_ids
 from crw.propagation import STRIDE, PropagationOptions, load_encoder
 from crw.propagation.finetune import VideoAdapter
 from crw.propagation.video import FEATURE_BATCH
@@ -122,28 +121,31 @@ class TestRun:
     def own_video(self, encoder, video, masks, progress=None):
         """--video: a UserVideo from its first annotated frame on, its VideoMasks -> ``{save}/<video>/<frame>.png``,
         ``<video>_overlay.mp4`` (and with --save-blend ``<video>_blend/``) and the --export formats; with
-        --bidirectional, first from the first annotated frame back to frame 0 (PNGs), whose frames then open the
-        overlay video. Returns the frames written."""
+        --bidirectional, first from the first annotated frame back to frame 0 into the same outputs (its label
+        maps kept in memory, compressed, to open the overlay video in frame order). Returns the frames written."""
         a = self.args
         proc_size = processing_size(video.size, self.options.crop_size, self.options.max_side)
         writer = functools.partial(SequenceWriter, a.save_path, video.name, video.frame_names, masks.palette,
                                    video.fps, a.save_blend, 'palette' in a.export)
-        start, written = masks.start, 0
-        if a.bidirectional and start > 0:
-            sink = writer(overlay=False, skip=start)
-            self._run((0, video.name), encoder, video.dataset(proc_size, start, reverse=True), masks.first_only(),
-                      sink, video.size, progress, start + 1)
-            written = sink.frames
-        sink = writer()
-        if a.bidirectional:
-            for t, image in enumerate(video.images(start)):   # the backward run's frames, in order
-                ids = read_ids(os.path.join(sink.mask_dir, video.frame_names[t] + '.png'), 'written by this run')
-                sink.overlay_frame(ids.astype(np.uint8), image)
         extra = export_sinks(a.export, a.save_path, video.name, video.frame_names, video.file_names,
                              masks.object_ids, {'video': a.video, 'masks': a.mask})
+        start, back = masks.start, None
+        if a.bidirectional and start > 0:
+            back = writer(overlay=False, skip=start)
+            self._run((0, video.name), encoder, video.dataset(proc_size, start, reverse=True), masks.first_only(),
+                      [back] + [FirstRun(s, start) for s in extra], video.size, progress, start + 1)
+        sink = writer()
+        if back is not None:
+            try:
+                for t, image in enumerate(video.images(start)):   # the backward run's frames, in order
+                    sink.overlay_frame(back.held(t), image)
+            except BaseException as e:
+                for s in [sink] + extra:
+                    s.abort(e)
+                raise
         self._run((0, video.name), encoder, video.dataset(proc_size, start), masks, [sink] + extra, video.size,
-                  progress, len(video) - start, reset=not written)
-        return written + sink.frames
+                  progress, len(video) - start, reset=back is None)
+        return (back.frames if back is not None else 0) + sink.frames
 
     def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture,
              reset=True):
@@ -172,11 +174,6 @@ def run_user_video(run):
                        'extract the frames to a folder (e.g. ffmpeg -i clip.mp4 frames/%05d.jpg) and pass it')
     video = UserVideo(args.video)
     masks = VideoMasks(args.mask, video)
-    if args.bidirectional and set(args.export) - {'palette'}:
-        raise CRWError('--bidirectional writes palette PNGs only for now: leave out --export '
-                       f'{",".join(sorted(set(args.export) - {"palette"}))}, or run without --bidirectional')
-    if args.bidirectional and 'palette' not in args.export:
-        raise CRWError('--bidirectional needs --export palette (the backward run\'s masks open the overlay video)')
     first = 0 if args.bidirectional else masks.start
     claim = OutputClaim(video_plan(args, video, first, masks.object_ids), video_inputs(args), args.overwrite)
     encoder = build_encoder(args, device)

@@ -636,12 +636,62 @@ def test_reversed_decoding_by_chunks(tmp_path):
         assert np.array_equal(img, forward[t]), t
 
 
+def recorded_is_written(out):
+    """The run's .crw_outputs.json lists exactly the files under ``out``."""
+    recorded = json.loads((out / '.crw_outputs.json').read_text())['runs'][0]['files']
+    written = sorted(os.path.relpath(os.path.join(r, n), out) for r, _, names in os.walk(out) for n in names
+                     if n != '.crw_outputs.json')
+    return sorted(recorded) == written
+
+
+def coco_maps(path, T, shape):
+    """The label maps [T, H, W] a --export coco JSON holds (checking that it holds every frame once, in order)."""
+    from pycocotools.coco import COCO
+    data = json.loads(path.read_text())
+    assert [im['frame_index'] for im in data['images']] == list(range(T))
+    assert [im['id'] for im in data['images']] == list(range(1, T + 1))
+    assert [a['id'] for a in data['annotations']] == list(range(1, len(data['annotations']) + 1))
+    assert [a['image_id'] for a in data['annotations']] == sorted(a['image_id'] for a in data['annotations'])
+    coco = COCO(str(path))
+    maps = np.zeros((T, *shape), np.uint8)
+    for t in range(T):
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[t + 1])):
+            m = coco.annToMask(ann).astype(bool)
+            assert not maps[t][m].any()
+            maps[t][m] = ann['category_id']
+    return maps
+
+
+@pytest.fixture
+def overlay_frames(monkeypatch):
+    """The frames test.py hands to the overlay videos' encoder, in order (a list; the videos are still written)."""
+    from crw.data.inference import outputs
+    frames = []
+
+    class Recording(outputs.VideoWriter):
+        def write(self, frame):
+            frames.append(np.array(frame))
+            super().write(frame)
+    monkeypatch.setattr(outputs, 'VideoWriter', Recording)
+    return frames
+
+
+def assert_overlay_in_order(video, recorded, frames, maps):
+    """The overlay video has every frame; its frame t is frame t with its own label map over it."""
+    from crw.data.inference.outputs import blend_labels
+    assert probe_video(video)[0] == len(recorded) == len(maps)
+    for t, (got, frame, ids) in enumerate(zip(recorded, frames, maps)):
+        assert np.array_equal(got, blend_labels(frame, ids, davis_palette(), overlay=True)), t
+
+
 @pytest.mark.parametrize('as_video', [False, True])
-def test_bidirectional_cli(clip, ckpt, tmp_path, as_video):
-    """--bidirectional with the last frame's mask: every frame gets a mask, named as a forward run names them,
-    equal to the API's backward run; the overlay video has every frame, in order."""
+def test_bidirectional_cli(clip, ckpt, tmp_path, as_video, overlay_frames):
+    """--bidirectional from a middle frame's mask with every --export format: every frame gets its entry in each
+    format, named as a forward run names them, equal to the API's backward and forward runs; the COCO JSON holds
+    every frame once, in order; the overlay video has every frame, in order; the record lists every file."""
+    from crw.propagation.video import soft_to_index
     root, _, seq = clip
-    T = len(seq['frames'])
+    T, M = len(seq['frames']), 3
     frames_dir = root / 'JPEGImages' / '480p' / 'clip'
     video = str(frames_dir)
     if as_video:
@@ -649,29 +699,56 @@ def test_bidirectional_cli(clip, ckpt, tmp_path, as_video):
         write_video(video, seq['frames'])
     md = tmp_path / 'masks'
     md.mkdir()
-    save_indexed_png(str(md / f'{T - 1:05d}.png'), seq['masks'][T - 1])
-    assert run_test(['--video', video, '--mask', str(md), '--resume', ckpt, '--save-path', str(tmp_path / 'b'),
-                     '--bidirectional'] + PROTOCOL) == 0
-    assert run_test(['--video', video, '--mask', str(root / 'Annotations' / '480p' / 'clip' / '00000.png'),
-                     '--resume', ckpt, '--save-path', str(tmp_path / 'f')] + PROTOCOL) == 0
-    names = sorted(os.listdir(tmp_path / 'b' / 'clip'))
-    assert names == sorted(os.listdir(tmp_path / 'f' / 'clip')) == [f'{t:05d}.png' for t in range(T)]
+    save_indexed_png(str(md / f'{M:05d}.png'), seq['masks'][M])
+    out = tmp_path / 'b'
+    assert run_test(['--video', video, '--mask', str(md), '--resume', ckpt, '--save-path', str(out),
+                     '--bidirectional', '--export', 'palette,binary,coco,soft'] + PROTOCOL) == 0
+    names = [f'{t:05d}' for t in range(T)]
+    assert sorted(os.listdir(out / 'clip')) == [n + '.png' for n in names]
+    maps = np.stack([ids_of(out / 'clip' / f'{n}.png') for n in names])
     decoded = [img for _, img in iter_frames(video)] if as_video else sorted(str(p) for p in frames_dir.iterdir())
-    api = dict(propagate(load_encoder(ckpt, 'cpu'), decoded, {T - 1: seq['masks'][T - 1]},
-                         Protocol(temperature=0.05), 'cpu', reverse=True))
+    encoder, protocol = load_encoder(ckpt, 'cpu'), Protocol(temperature=0.05)
+    api = dict(propagate(encoder, decoded, {M: seq['masks'][M]}, protocol, 'cpu', reverse=True))
+    api.update(propagate(encoder, decoded, {M: seq['masks'][M]}, protocol, 'cpu'))
     for t in range(T):
-        assert np.array_equal(ids_of(tmp_path / 'b' / 'clip' / f'{t:05d}.png'), api[t]), t
-    assert probe_video(str(tmp_path / 'b' / 'clip_overlay.mp4'))[0] == T
+        assert np.array_equal(maps[t], api[t]), t
+    assert np.array_equal(maps[M], seq['masks'][M])
+    objects = [int(k) for k in np.unique(seq['masks'][M]) if k != 0]
+    for k in objects:
+        assert sorted(os.listdir(out / 'clip_binary' / str(k))) == [n + '.png' for n in names]
+        for t, n in enumerate(names):
+            assert np.array_equal(ids_of(out / 'clip_binary' / str(k) / f'{n}.png'), np.where(maps[t] == k, 255, 0))
+    assert np.array_equal(coco_maps(out / 'clip_coco.json', T, maps.shape[1:]), maps)
+    assert sorted(os.listdir(out / 'clip_soft')) == [n + '.npz' for n in names]
+    for t, n in enumerate(names):
+        with np.load(out / 'clip_soft' / f'{n}.npz') as z:
+            probs, labels, annotated = z['probs'], z['ids'], bool(z['annotated'])
+        assert annotated == (t == M) and list(labels) == [0] + objects
+        if not annotated:
+            index = soft_to_index(torch.from_numpy(probs).permute(1, 2, 0), maps.shape[1:]).numpy()
+            assert np.array_equal(labels[index], maps[t]), t
+    frames = np.stack([f if as_video else ids_of(f) for f in decoded])
+    assert_overlay_in_order(str(out / 'clip_overlay.mp4'), overlay_frames, frames, maps)
+    assert recorded_is_written(out)
 
 
-@pytest.mark.parametrize('export', ['binary', 'coco', 'soft'])
-def test_bidirectional_with_other_exports_is_refused_before_writing(clip, ckpt, tmp_path, capsys, export):
-    """--bidirectional writes palette PNGs and the overlay video only: another --export format is one line."""
-    root, _, _ = clip
-    capsys.readouterr()
-    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
-                     str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt, '--save-path',
-                     str(tmp_path / 'o'), '--bidirectional', '--export', f'palette,{export}'] + PROTOCOL) == 1
-    line = one_line(capsys)
-    assert '--bidirectional' in line and export in line
-    assert not (tmp_path / 'o').exists()
+def test_bidirectional_without_palette(clip, ckpt, tmp_path, overlay_frames):
+    """--bidirectional --export coco: no palette PNGs are needed (the backward run's label maps open the overlay
+    video from memory); the JSON and the overlay video hold every frame, in order."""
+    root, _, seq = clip
+    T, M = len(seq['frames']), 2
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    (tmp_path / 'm').mkdir()
+    save_indexed_png(str(tmp_path / 'm' / f'{M:05d}.png'), seq['masks'][M])
+    out = tmp_path / 'o'
+    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'm'), '--resume', ckpt, '--save-path',
+                     str(out), '--bidirectional', '--export', 'coco'] + PROTOCOL) == 0
+    assert sorted(os.listdir(out)) == ['.crw_outputs.json', 'clip_coco.json', 'clip_overlay.mp4']
+    paths = sorted(str(p) for p in frames_dir.iterdir())
+    encoder, protocol = load_encoder(ckpt, 'cpu'), Protocol(temperature=0.05)
+    api = dict(propagate(encoder, paths, {M: seq['masks'][M]}, protocol, 'cpu', reverse=True))
+    api.update(propagate(encoder, paths, {M: seq['masks'][M]}, protocol, 'cpu'))
+    maps = np.stack([api[t] for t in range(T)])
+    assert np.array_equal(coco_maps(out / 'clip_coco.json', T, maps.shape[1:]), maps)
+    assert_overlay_in_order(str(out / 'clip_overlay.mp4'), overlay_frames, seq['frames'], maps)
+    assert recorded_is_written(out)

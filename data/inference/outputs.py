@@ -13,10 +13,12 @@ background threads (``utils.background.AsyncWriter``), so the device does not wa
   colour) and optionally the overlays as ``{save}/<video>_blend/<frame>.jpg``.
 * ``--export``'s other formats (``export_sinks``): ``BinaryMaskWriter`` (one 0/255 PNG per object per frame),
   ``CocoRleWriter`` (COCO run-length encoding, one JSON), ``SoftMapWriter`` (soft maps, one .npz per frame).
+* ``FirstRun`` (--bidirectional): a sink fed by the backward run and then, left open, by the forward run.
 * ``ViewerSink`` (--visdom, --pca-vis): each frame's picture and feature PCA, to a viewer.
 """
 import json
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -78,6 +80,10 @@ class _FileSink:
     def write(self, frame):
         for fn, path, *args in self._jobs(frame):
             self.jobs.submit(checked_write, path, fn, path, *args)
+
+    def wait(self):
+        """Wait for the writes so far (raises the first failed one's error); more frames may follow."""
+        self.jobs.wait()
 
     def close(self):
         self.jobs.close()
@@ -166,7 +172,8 @@ class ViewerSink:
 class SequenceWriter:
     """The outputs of one video of ``test.py --video``, frame t named ``names[t]``; ``close()`` (or
     ``abort()`` on error: the overlay video is dropped; the PNGs written are complete files). ``overlay``:
-    False writes the PNGs only (a backward run; ``overlay_frame`` puts its frames into the next writer's video).
+    False writes no video (a backward run) and keeps each frame's label ids in memory, zlib-compressed (a few
+    KB a frame), so that ``held(t)`` gives them to the next writer's ``overlay_frame`` after ``close()``.
     ``skip``: a frame index not to write (the first annotated frame, which the forward run writes)."""
 
     def __init__(self, save_path, name, names, palette, fps, save_blend=False, masks=True, overlay=True,
@@ -182,6 +189,7 @@ class SequenceWriter:
         self.files = AsyncWriter()
         self.video_jobs = AsyncWriter(threads=1)     # frames must reach the encoder in order
         self.video = VideoWriter(self.overlay_path, fps) if overlay else None
+        self.kept = None if overlay else {}    # t -> (compressed ids, shape): a backward run's label maps
         self.frames = 0
 
     def write(self, frame):
@@ -193,7 +201,18 @@ class SequenceWriter:
             path = os.path.join(self.mask_dir, name + '.png')
             self.files.submit(checked_write, path, save_indexed_png, path, frame.ids, self.palette)
         self.video_jobs.submit(checked_write, self.overlay_path, self._overlay, name, frame.ids, frame.image)
+        if self.kept is not None:
+            self.files.submit(self._keep, frame.t, frame.ids)
         self.frames += 1
+
+    def _keep(self, t, ids):
+        ids = np.ascontiguousarray(ids, np.uint8)
+        self.kept[t] = zlib.compress(ids.tobytes(), 1), ids.shape
+
+    def held(self, t):
+        """Frame t's label ids [H, W] uint8 as written (``overlay=False``, after ``close()``)."""
+        data, shape = self.kept[t]
+        return np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape)
 
     def overlay_frame(self, ids, image):
         """Add a frame written earlier (label ids [H, W], the frame [H, W, 3]) to the overlay video only."""
@@ -278,7 +297,16 @@ class CocoRleWriter:
                 'segmentation': {'size': [H, W], 'counts': code['counts'].decode('ascii')},
                 'area': int(self.rle.area(code)), 'bbox': [float(v) for v in self.rle.toBbox(code)], 'iscrowd': 0})
 
+    def wait(self):
+        pass
+
     def close(self):
+        """Write the JSON: images in frame order, annotations by frame then object (ids renumbered so), however
+        the frames came (a --bidirectional run writes the frames before the annotated one backward first)."""
+        self.data['images'].sort(key=lambda image: image['id'])
+        self.data['annotations'].sort(key=lambda ann: (ann['image_id'], ann['category_id']))
+        for i, ann in enumerate(self.data['annotations'], 1):
+            ann['id'] = i
         with atomic_write(self.path, 'w') as f:
             json.dump(self.data, f)
 
@@ -324,3 +352,27 @@ def export_sinks(exports, save_path, name, names, file_names, object_ids, info=N
     if 'soft' in exports:
         sinks.append(SoftMapWriter(os.path.join(save_path, name + '_soft'), names))
     return sinks
+
+
+class FirstRun:
+    """``sink`` (an ``export_sinks`` sink) fed by two runs, this the first: --bidirectional's backward run, then
+    the forward run from the annotated frame ``skip``, which writes that frame. Frames other than ``skip`` pass
+    on; ``close()`` waits for their writes and leaves ``sink`` open for the forward run, which closes it;
+    ``abort()`` aborts it."""
+
+    def __init__(self, sink, skip):
+        self.sink, self.skip = sink, skip
+
+    def write(self, frame):
+        if frame.t != self.skip:
+            self.sink.write(frame)
+
+    def close(self):
+        try:
+            self.sink.wait()
+        except BaseException as e:
+            self.sink.abort(e)
+            raise
+
+    def abort(self, error=None):
+        self.sink.abort(error)
