@@ -62,14 +62,14 @@ class Protocol:
                    long_mem=tuple(args.long_mem))
 
 
-def context_frames(t, video_len, long_mem=(0,), anchor=0):
+def context_frames(t, video_len, long_mem=(0,), pad=0):
     """Context of target frame t >= 1 as frame indices: (long-term ids, short-term ids oldest first).
 
-    Short-term: t-L ... t-1, where indices below ``anchor`` are copies of frame ``anchor`` (the release's
-    padding with frame 0; duplicates are kept; a corrected frame restarts it, see ``correct`` in the
-    propagators). Long-term id m: frame m once it is in the past (m < t), frame 0 before that."""
+    Short-term: t-L ... t-1, where indices <= 0 are copies of frame ``pad`` (the padding: the release's is
+    frame 0; after a correction, the corrected frame, see ``correct`` in the propagators; duplicates are
+    kept). Long-term id m: frame m once it is in the past (m < t), frame 0 before that."""
     lm = [int(m) if int(m) < t else 0 for m in long_mem]
-    st = [max(anchor, j) for j in range(t - video_len, t)]
+    st = [j if j > 0 else pad for j in range(t - video_len, t)]
     return lm, st
 
 

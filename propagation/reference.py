@@ -31,7 +31,7 @@ class ReferencePropagator:
         # additive mask [context node, target node]: 0 inside the radius, -1e10 outside
         self.mask = torch.zeros(self.N, self.N, dtype=first_feat.dtype, device=dev)
         self.mask.masked_fill_(~radius_mask(h, w, protocol.radius).to(dev), MASK_VALUE)
-        self.anchor, self.corrections = 0, []   # see correct()
+        self.corrections, self.pad = [], 0   # see correct()
 
     @property
     def t(self):
@@ -49,32 +49,33 @@ class ReferencePropagator:
 
     def correct(self, labels):
         """The frame last stepped is corrected to ``labels`` [h, w, K] (see WindowedPropagator.correct): it
-        becomes a long-term frame and the short-term context restarts from it."""
+        becomes a long-term frame, and the short-term frames before it that were not annotated take the labels
+        it propagates to them in one step (top-k inside the radius)."""
         self.set_labels(labels)
-        self.anchor = self.t
-        self.corrections.append(self.t)
+        t, L = self.t, self.protocol.video_len
+        annotated = {0, *self.corrections}
+        for j in range(max(1, t - L + 1), t):
+            if j not in annotated:
+                self.labels[j] = self._vote(self.feats[j], [t], 0)[0]
+        self.corrections.append(t)
+        self.pad = t
 
-    def step(self, feat, return_topk=False):
-        """Predict the next frame from its features [C, h, w] -> soft labels [h, w, K]
-        (and, with return_topk, (frame ids [N, k], node ids [N, k], logits [N, k]) of the chosen context)."""
-        p = self.protocol
-        t = len(self.feats)
-        lm, st = context_frames(t, p.video_len, p.long_mem, self.anchor)
-        lm = lm + self.corrections
-        ids = lm + st
-        n_ctx, N, k = len(ids), self.N, p.topk
+    def _vote(self, q, ids, n_long, return_topk=False):
+        """Soft labels [N, K] of target nodes q [C, N] from context frames ``ids`` (the first ``n_long``
+        compared in full, the others inside the radius): affinities / tau, joint top-k, softmax, vote.
+        Returns (labels, [(top-k context indices, logits)] per chunk if return_topk)."""
+        p, N, k, n_ctx = self.protocol, self.N, self.protocol.topk, len(ids)
         keys = torch.cat([self.feats[j] for j in ids], dim=1)            # [C, n*N]
         ctx_lbls = torch.cat([self.labels[j] for j in ids])              # [n*N, K]
-        q = feat.reshape(feat.shape[0], N)
-        pred = torch.empty(N, self.K, dtype=feat.dtype, device=feat.device)
+        pred = torch.empty(N, self.K, dtype=q.dtype, device=q.device)
         sel = []
-        chunk = max(1, self.budget // (n_ctx * N * feat.element_size() * 2))
+        chunk = max(1, self.budget // (n_ctx * N * q.element_size() * 2))
         for a in range(0, N, chunk):
             b = min(N, a + chunk)
             # [target, context frame, context node]: the release's affinity, target-major so that the
             # top-k runs along contiguous rows (same values, much faster than along dim 0)
             A = (q[:, a:b].t() @ keys).view(b - a, n_ctx, N)
-            A[:, len(lm):] += self.mask[:, a:b].t()[:, None]
+            A[:, n_long:] += self.mask[:, a:b].t()[:, None]
             A /= p.temperature
             A = A.view(b - a, n_ctx * N)
             vals, idx = torch.topk(A, k, dim=1)                          # [nb, k]
@@ -82,6 +83,18 @@ class ReferencePropagator:
             pred[a:b] = (ctx_lbls[idx] * wts[..., None]).sum(1)
             if return_topk:
                 sel.append((idx, vals))
+        return pred, sel
+
+    def step(self, feat, return_topk=False):
+        """Predict the next frame from its features [C, h, w] -> soft labels [h, w, K]
+        (and, with return_topk, (frame ids [N, k], node ids [N, k], logits [N, k]) of the chosen context)."""
+        p = self.protocol
+        t = len(self.feats)
+        lm, st = context_frames(t, p.video_len, p.long_mem, self.pad)
+        lm = lm + self.corrections
+        ids = lm + st
+        q = feat.reshape(feat.shape[0], self.N)
+        pred, sel = self._vote(q, ids, len(lm), return_topk)
         self.feats.append(q)
         self.labels.append(pred)
         pred = pred.view(self.h, self.w, self.K)
@@ -90,4 +103,4 @@ class ReferencePropagator:
         idx = torch.cat([s[0] for s in sel])
         vals = torch.cat([s[1] for s in sel])
         frame_of_slot = torch.tensor(ids, device=idx.device)
-        return pred, (frame_of_slot[idx // N], idx % N, vals)
+        return pred, (frame_of_slot[idx // self.N], idx % self.N, vals)

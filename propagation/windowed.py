@@ -68,6 +68,12 @@ class TileLayout:
         f = f.view(C, self.tiles_y, self.th, self.tiles_x, self.tw).permute(1, 3, 2, 4, 0)
         return f.reshape(self.num_tiles, self.tile_nodes, C)
 
+    def untiled(self, tiles):
+        """[num_tiles, tile_nodes, C] -> the row-major nodes [h * w, C] (``tiled``'s inverse)."""
+        C = tiles.shape[-1]
+        f = tiles.reshape(self.tiles_y, self.tiles_x, self.th, self.tw, C).transpose(1, 2)
+        return f.reshape(self.tiles_y * self.th, self.tiles_x * self.tw, C)[:self.h, :self.w].reshape(-1, C)
+
     def window_index(self, offsets, rows=8):
         """For target node n (row-major) and offset m of ``offsets`` [M, 2] (dy, dx): (``flat`` [N, M], ``node``
         [N, M]), int32. flat: the place of the score of (n, n + offset) in an array [num_tiles, tile_nodes,
@@ -142,7 +148,7 @@ class WindowedPropagator:
         self.slot_frame = [-1] * slots
         self.full_feats = {}
         self._max = self._scores = None    # reused buffers: per-position maxima (+ a -inf sentinel), scores
-        self.anchor, self.correction_slots, self._last_feat = 0, [], None    # see correct()
+        self.correction_slots, self.pad, self._last_feat = [], 0, None    # see correct()
         self._store(0, 0, first_feat, first_labels.reshape(self.N, self.K).to(dt))
 
     # -- bank -------------------------------------------------------------------------------------------
@@ -173,28 +179,33 @@ class WindowedPropagator:
 
     def correct(self, labels):
         """The frame last stepped is corrected to ``labels`` [h, w, K] (an annotation merged with its
-        prediction): it becomes a long-term frame (compared in full, like frame 0, for every later target;
-        frame 0 and earlier corrections stay), and the short-term context restarts from it: every ring slot
-        of an earlier frame now holds a copy of it, as copies of frame 0 pad the start (``context_frames``
-        with ``anchor``), so no prediction it contradicts votes again. Each correction keeps one more frame."""
+        prediction). It becomes a long-term frame, compared in full for every later target like frame 0
+        (frame 0 and earlier corrections stay), and the short-term frames before it keep their features but
+        take new labels, propagated from the corrected frame by one step of the protocol (``_relabel``), so
+        that what they remember agrees with it. Annotated frames keep theirs. Each correction keeps one more
+        frame."""
         t = self._t
         if t == 0:
             raise ValueError('correct() is for a frame after the first')
         self.set_labels(labels)
-        labels = labels.reshape(self.N, self.K).to(self.device, self.dtype)
-        if self.video_len > 0:
-            own = self._ring_slot(t)
-            for slot in range(1, self.video_len + 1):
-                if slot != own:
-                    self.ring[:, slot] = self.ring[:, own]
-                    self.labels[slot] = labels
-                    self.slot_frame[slot] = t
+        annotated = {0, t} | {self.slot_frame[s] for s in self.correction_slots}
+        for slot in range(1, self.video_len + 1):
+            if self.slot_frame[slot] not in annotated and self.slot_frame[slot] > 0:
+                self._relabel(slot, self._ring_slot(t))
+        self.pad = t
         slot = self.labels.shape[0]
-        self.labels = torch.cat([self.labels, labels[None]])
+        self.labels = torch.cat([self.labels, labels.reshape(1, self.N, self.K).to(self.device, self.dtype)])
         self.slot_frame.append(t)
         self.full_feats[slot] = self._last_feat.reshape(self.C, self.N).t().contiguous()
         self.correction_slots.append(slot)
-        self.anchor = t
+
+    def _relabel(self, slot, source):
+        """Labels of ring ``slot`` := the vote of ring slot ``source`` for its features (top-k inside the radius,
+        softmax at the temperature), as if it were the target frame and ``source`` its only context frame."""
+        q = self.layout.untiled(self.ring[:, slot])
+        vals, rows = self._topk_window(q, source, source + 1)
+        wts = F.softmax(vals / self.temperature, dim=1)
+        self.labels[slot] = torch.bmm(wts[:, None], self.labels.view(-1, self.K)[rows])[:, 0]
 
     # -- scores -----------------------------------------------------------------------------------------
     def _topk_full(self, q, slot):
@@ -242,9 +253,9 @@ class WindowedPropagator:
             _max_over_frames(out.view(b - a, g, T * R), maxima[a:b])
         return scores.view(L.num_tiles, g, T * R)
 
-    def _topk_window(self, q, lo, hi, first_copies):
-        """Joint top-k of every target node over the radius windows of ring slots lo..hi-1, slot 0 (frame 0)
-        counted ``first_copies`` times. Returns values [N, k'] and label rows [N, k']."""
+    def _topk_window(self, q, lo, hi, copies=None):
+        """Joint top-k of every target node over the radius windows of ring slots lo..hi-1, each slot counted
+        ``copies[slot]`` times where given (the padding). Returns values [N, k'] and label rows [N, k']."""
         L, N, M = self.layout, self.N, self.num_offsets
         scores = self._window_scores(q, lo, hi)                          # [tiles, g, T * R]
         g, TR = hi - lo, L.tile_nodes * L.region_nodes
@@ -259,9 +270,10 @@ class WindowedPropagator:
         idx = (flat // TR * (g * TR) + flat % TR)[..., None] + torch.arange(g, device=self.device) * TR
         vals = scores.view(-1)[idx].masked_fill_(~valid[..., None], float('-inf'))   # [N, kk, g]
         slots = torch.arange(lo, hi, device=self.device)
-        if lo == 0 and first_copies > 1:                                # frame 0's copies in the short-term context
-            vals = torch.cat([vals[..., :1].expand(-1, -1, first_copies), vals[..., 1:]], dim=2)
-            slots = torch.cat([slots[:1].expand(first_copies), slots[1:]])
+        for slot, n in (copies or {}).items():                         # the padding's copies
+            if lo <= slot < hi and n > 1:
+                vals = torch.cat([vals, vals[..., slot - lo, None].expand(-1, -1, n - 1)], dim=2)
+                slots = torch.cat([slots, slots[slot - lo, None].expand(n - 1)])
         G = vals.shape[2]
         v, i = torch.topk(vals.view(N, kk * G), min(self.topk, kk * G), dim=1)
         return v, slots[i % G] * N + node.gather(1, i // G)
@@ -285,7 +297,7 @@ class WindowedPropagator:
         feat = feat.to(self.device, self.dtype)
         if tuple(feat.shape) != (self.C, self.h, self.w):
             raise ValueError(f'frame {t}: features {tuple(feat.shape)}, expected {(self.C, self.h, self.w)}')
-        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem, self.anchor)
+        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem, self.pad)
         q = feat.reshape(self.C, self.N).t().contiguous()               # [N, C]
         cand_v, cand_r = [], []
         for m, copies in Counter(long_term).items():
@@ -300,10 +312,10 @@ class WindowedPropagator:
             cand_v.append(v)
             cand_r.append(r)
         if short_term:
-            first_copies = short_term.count(0)
-            lo, hi = (0, t) if first_copies else (1, self.video_len + 1)   # ring slots of the short-term frames
+            copies = {self._ring_slot(f): n for f, n in Counter(short_term).items()}
+            lo, hi = (0 if 0 in copies else 1), min(t, self.video_len + 1)   # ring slots of the short-term frames
             for a, b in self._slot_chunks(lo, hi):
-                v, r = self._topk_window(q, a, b, first_copies)
+                v, r = self._topk_window(q, a, b, copies)
                 cand_v.append(v)
                 cand_r.append(r)
 

@@ -201,6 +201,7 @@ def test_context_and_offsets():
     assert context_frames(5, 3) == ([0], [2, 3, 4])
     assert context_frames(3, 2, [0, 4]) == ([0, 0], [1, 2])     # frame 4 not yet seen -> frame 0
     assert context_frames(6, 2, [0, 4]) == ([0, 4], [4, 5])
+    assert context_frames(4, 5, pad=2) == ([0], [2, 2, 1, 2, 3])  # after a correction at 2: its copies pad
     assert radius_offsets(1).tolist() == [[0, 0]]
     assert len(radius_offsets(1.5)) == 9
     assert len(radius_offsets(2)) == 9                          # distance 2 itself is excluded (strict <)
