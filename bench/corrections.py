@@ -4,8 +4,9 @@
 
 Per sequence of T frames, M = T // 2, object IoU averaged over frames M+1 ... T-1 for: no correction (frame 0's
 ground truth only); a correction with the ground truth of frame M (this code: the corrected frame becomes a
-long-term frame and restarts the short-term context); the same correction with the previous behaviour
-(the corrected ids zeroed in every stored frame, emulated here); a fresh start from frame M's ground truth.
+long-term frame and relabels the short-term frames); the same correction with the two earlier behaviours,
+emulated here (the corrected ids zeroed in every stored frame; the short-term context restarted from the
+corrected frame); a fresh start from frame M's ground truth.
 Then davis-dev J&F (eval/evaluate_davis.py's scorer, frames 1 ... T-2) of forward propagation from frame 0's
 ground truth and of backward propagation (``reverse=True``) from the last frame where the object covers at
 least 1 % of the frame (T-1, except surf, whose surfer leaves: frame 51, and from there forward too, as
@@ -77,10 +78,24 @@ class CachedEncoder(torch.nn.Module):
         return torch.stack([self.cache[k] for k in keys])
 
 
-def previous_correct(self, labels):
-    """The behaviour before this change, for one-object ground truth: the corrected id zeroed everywhere."""
-    self.bank_labels[..., 1:] = 0
+def zeroing_correct(self, labels):
+    """The first behaviour, for one-object ground truth: the corrected id zeroed in every stored frame."""
+    self.labels[..., 1:] = 0
     self.set_labels(labels)
+
+
+def restart_correct(self, labels):
+    """The second behaviour: the corrected frame becomes a long-term frame and every short-term slot a copy of
+    it (the short-term context restarts from it)."""
+    t, own = self._t, self._ring_slot(self._t)
+    self.set_labels(labels)
+    for slot in range(1, self.video_len + 1):
+        self.ring[:, slot], self.labels[slot], self.slot_frame[slot] = self.ring[:, own], self.labels[own], t
+    self.pad = t
+    self.labels = torch.cat([self.labels, self.labels[own][None]])
+    self.slot_frame.append(t)
+    self.full_feats[self.labels.shape[0] - 1] = self._last_feat.reshape(self.C, self.N).t().contiguous()
+    self.correction_slots.append(self.labels.shape[0] - 1)
 
 
 def iou(a, b):
@@ -92,7 +107,7 @@ def run(encoder, frames, masks, a, reverse=False):
 
 
 def run_sequence(encoder, seq, a):
-    """One sequence's IoUs (none, corrected, previous, fresh) and its forward and backward J&F."""
+    """One sequence's IoUs (none, corrected, zeroing, restart, fresh) and its forward and backward J&F."""
     frames = sequence_frames(a.data, seq)
     gts = [p for _, p in annotation_frames(a.data, seq)]
     T, M = len(frames), len(frames) // 2
@@ -101,11 +116,14 @@ def run_sequence(encoder, seq, a):
     t0 = time.time()
     none = run(encoder, frames, {0: gts[0]}, a)
     corrected = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
-    with mock.patch.object(WindowedPropagator, 'correct', previous_correct):
-        previous = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
+    with mock.patch.object(WindowedPropagator, 'correct', zeroing_correct):
+        zeroing = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
+    with mock.patch.object(WindowedPropagator, 'correct', restart_correct):
+        restart = run(encoder, frames, {0: gts[0], M: gts[M]}, a)
     fresh = run(encoder, frames, {M: gts[M]}, a)
     res = {'sequence': seq, 'T': T, 'M': M, 'none': score(none), 'corrected': score(corrected),
-           'previous': score(previous), 'fresh': score(fresh), 'seconds': time.time() - t0}
+           'zeroing': score(zeroing), 'restart': score(restart), 'fresh': score(fresh),
+           'seconds': time.time() - t0}
     res.update(score_directions(encoder, seq, frames, gts, truth, a, none))
     return res
 
@@ -132,7 +150,7 @@ def main():
     a = get_args_parser().parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    t0, load0 = time.time(), os.getloadavg()[0]
+    load0 = os.getloadavg()[0]
     sequences = a.sequences or read_split(a.data, 'val')[0]
     os.makedirs(a.out, exist_ok=True)
     path = lambda seq: os.path.join(a.out, f'{seq}_{a.max_side}.json')  # noqa: E731
@@ -170,12 +188,12 @@ def main():
              f'tau 0.05; load average {min(loads):.1f} to {max(loads):.1f} (shared machine); '
              f"{sum(r['seconds'] for r in rows):.0f} s of propagation in all",
              '', 'Mean IoU of frames M+1 ... T-1 (M = T // 2):', '',
-             '| sequence | T | M | no correction | corrected at M | corrected at M, previous behaviour | '
-             'fresh start at M |', '|---|---:|---:|---:|---:|---:|---:|']
+             '| sequence | T | M | no correction | corrected at M | zeroing (first behaviour) | '
+             'restart (second behaviour) | fresh start at M |', '|---|---:|---:|---:|---:|---:|---:|---:|']
     lines += [f"| {r['sequence']} | {r['T']} | {r['M']} | {r['none']:.3f} | {r['corrected']:.3f} | "
-              f"{r['previous']:.3f} | {r['fresh']:.3f} |" for r in rows]
-    lines += [f"| mean | | | {mean('none'):.3f} | {mean('corrected'):.3f} | {mean('previous'):.3f} | "
-              f"{mean('fresh'):.3f} |", '',
+              f"{r['zeroing']:.3f} | {r['restart']:.3f} | {r['fresh']:.3f} |" for r in rows]
+    lines += [f"| mean | | | {mean('none'):.3f} | {mean('corrected'):.3f} | {mean('zeroing'):.3f} | "
+              f"{mean('restart'):.3f} | {mean('fresh'):.3f} |", '',
               'J&F (eval/evaluate_davis.py, frames 1 ... T-2; one object per sequence, so the mean over sequences):',
               '', '| direction (start) | J&F-Mean | J-Mean | F-Mean |', '|---|---:|---:|---:|']
     for name, start in (('forward', 'frame 0'), ('backward', 'the last frame showing the object')):
