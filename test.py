@@ -39,7 +39,7 @@ from crw.data.inference.vos import VOSVideo
 from crw.model import PRETRAINED_TYPES
 from crw.propagation import STRIDE, PropagationOptions, load_encoder
 from crw.propagation.finetune import VideoAdapter
-from crw.propagation.video import FEATURE_BATCH
+from crw.propagation.video import feature_batch
 from crw.utils.arguments import describe_settings, get_test_args_parser
 from crw.utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
 from crw.utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
@@ -161,7 +161,7 @@ class TestRun:
                 progress.delay = 0            # so that closing it ends its line (tqdm skips that within the delay)
             else:
                 progress.total += total
-        batches = frame_loader(frames, FEATURE_BATCH, self.args.workers, self.device)
+        batches = frame_loader(frames, feature_batch(self.device), self.args.workers, self.device)
         self.options.propagator(encoder, self.device).run(batches, masks, sinks, out_size, progress)
 
 

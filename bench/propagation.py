@@ -112,7 +112,8 @@ def stages_worker(a):
     import torch
     from crw.data.inference.outputs import write_mask_and_blend
     from crw.propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
-    from crw.propagation import windowed
+    from crw.propagation import video as video_module, windowed
+    batch = video_module.feature_batch('cpu') if hasattr(video_module, 'feature_batch') else 4   # its test.py's
 
     parts = {}
 
@@ -132,7 +133,7 @@ def stages_worker(a):
     video, first_labels = davis_video(a.data, a.seqs[0])
     encoder = load_encoder('pretrained.pth', 'cpu')
     protocol = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
-    loader = torch.utils.data.DataLoader(video.frames, batch_size=4, num_workers=1, prefetch_factor=2)
+    loader = torch.utils.data.DataLoader(video.frames, batch_size=batch, num_workers=1, prefetch_factor=2)
     out_dir = tempfile.mkdtemp(prefix='crw-stages-')
     rows, prop = [], None
     t_wait = time.perf_counter()
@@ -295,7 +296,7 @@ def main():
     if stages:
         L = 20
         out.append(f"\nSeconds per frame by stage ({a.seqs[0]}, one process per tree, 1 loader worker, "
-                   f"features in batches of 4; all frames t >= 1, and t > L):\n")
+                   f"features in the batches of each tree's test.py; all frames t >= 1, and t > L):\n")
         names = list(stages)
         out.append('| stage | ' + ' | '.join(f'{n}, t ≥ 1 | {n}, t > {L}' for n in names) + ' |')
         out.append('|---|' + '---:|' * (2 * len(names)))

@@ -1,11 +1,12 @@
 """Windowed label propagation, test.py's default path: the reference's results from only the in-radius scores.
 
 A bank of ``videoLen`` + 1 frames (features, soft labels) lives on the device; short-term features are kept
-by tiles of 4 x 4 nodes (``TileLayout``). Each step cuts the target frame into regions (a tile grown by the
-radius) and one batched matmul scores every region against its tile in all short-term frames. Top-k is exact
+by tiles of 4 x 4 nodes (``TileLayout``). Each step cuts the target frame into regions (the nodes a tile
+reaches within the radius) and one batched matmul scores every region against its tile in all short-term
+frames. Top-k is exact
 up to ties: the k in-radius positions with the largest maximum over the frames (``window_index``) hold the
-joint top-k. Long-term frames (frame 0, ``--long-mem``) are compared in full; while t <= L the short-term
-context holds copies of frame 0, as the release's padding did. Against the reference (``--dense``): same
+joint top-k. Long-term frames (frame 0, ``--long-mem``, corrected frames) are compared in full; while t <= L
+the short-term context holds copies of frame 0 (the release's padding) or of the latest corrected frame. Against the reference (``--dense``): same
 top-k multisets except ties, soft maps within 1e-4, same argmax labels (docs/differences.md, Propagation).
 Shapes: features [C, h, w] per frame (L2-normalised if wanted), label maps [h, w, K].
 """
@@ -20,43 +21,42 @@ TILE = (4, 4)             # tile size of the windowed scores (chosen by bench/pr
 CPU_BLOCK = 8 * 2 ** 20   # bytes of scores computed at once on the CPU: a block stays in cache until reduced
 
 
-def _max_over_frames(x, out):
-    """out [n, P] = max of x [n, g, P] over g (elementwise maxima of contiguous rows: much faster on the CPU
-    than amax over a middle dimension)."""
-    if x.shape[1] == 1:
-        return out.copy_(x[:, 0])
-    torch.maximum(x[:, 0], x[:, 1], out=out)
-    for j in range(2, x.shape[1]):
-        torch.maximum(out, x[:, j], out=out)
-    return out
-
-
 class TileLayout:
     """An h x w feature map cut into tiles of th x tw nodes, and each tile's region of target nodes.
 
     *Tiled order*: tile i (row-major over tiles_y x tiles_x) holds its th*tw nodes row-major; the map is
-    zero-padded to tiles_y*th x tiles_x*tw. The *region* of a tile is the tile grown by ``halo`` nodes on
-    every side, shifted into the map where it would leave it (so every region is region_h x region_w real
-    nodes and still holds every map node within ``halo`` of its tile). An axis on which a region would
-    span the whole map is one tile (small maps: one tile, region = the map, i.e. every pair is scored).
+    zero-padded to tiles_y*th x tiles_x*tw. The *region* of a tile: the nodes that some node of the tile
+    reaches by one of ``offsets`` [M, 2] (the radius' disc, so a 4 x 4 tile at radius 12 has 584, not the
+    26 x 26 of its bounding square), in one order for every tile (``pattern``: (dy, dx) from the tile's first
+    node, row-major; region_nodes of them). Entries off the map (border tiles) point at node 0 and are never
+    read. An axis on which a tile and its reach would span the whole map is one tile (small maps: one tile,
+    whose region is the map, i.e. every pair is scored).
     """
 
-    def __init__(self, h, w, tile, halo, device):
-        self.h, self.w, self.halo = h, w, int(halo)
+    def __init__(self, h, w, tile, offsets, device):
+        self.h, self.w, self.offsets = h, w, offsets
+        halo = int(offsets.abs().max())
         th, tw = (int(s) for s in tile)
-        self.th = h if th + 2 * self.halo >= h else th
-        self.tw = w if tw + 2 * self.halo >= w else tw
+        self.th = h if th + 2 * halo >= h else th
+        self.tw = w if tw + 2 * halo >= w else tw
         self.tiles_y, self.tiles_x = -(-h // self.th), -(-w // self.tw)
         self.num_tiles, self.tile_nodes = self.tiles_y * self.tiles_x, self.th * self.tw
-        self.region_h, self.region_w = min(self.th + 2 * self.halo, h), min(self.tw + 2 * self.halo, w)
-        self.region_nodes = self.region_h * self.region_w
-        # first row / column of each tile row's / column's region
-        self.region_y0 = (torch.arange(self.tiles_y) * self.th - self.halo).clamp(0, h - self.region_h)
-        self.region_x0 = (torch.arange(self.tiles_x) * self.tw - self.halo).clamp(0, w - self.region_w)
-        ry = self.region_y0[:, None] + torch.arange(self.region_h)                 # [tiles_y, region_h]
-        rx = self.region_x0[:, None] + torch.arange(self.region_w)                 # [tiles_x, region_w]
-        nodes = ry[:, None, :, None] * w + rx[None, :, None, :]                     # [ty, tx, rh, rw]
-        self.region_index = nodes.reshape(self.num_tiles, self.region_nodes).to(device)   # row-major node ids
+        a, b = torch.meshgrid(torch.arange(self.th), torch.arange(self.tw), indexing='ij')
+        reach = torch.stack([a.reshape(-1, 1) + offsets[:, 0], b.reshape(-1, 1) + offsets[:, 1]], -1)
+        pattern = torch.unique(reach.reshape(-1, 2), dim=0)                        # sorted: row-major
+        y0s, x0s = torch.arange(self.tiles_y) * self.th, torch.arange(self.tiles_x) * self.tw
+        ys, xs = y0s[:, None] + pattern[:, 0], x0s[:, None] + pattern[:, 1]        # [tiles_y | tiles_x, P]
+        on_map = ((ys >= 0) & (ys < h)).any(0) & ((xs >= 0) & (xs < w)).any(0)     # for some tile
+        self.pattern, ys, xs = pattern[on_map], ys[:, on_map], xs[:, on_map]
+        self.region_nodes = R = len(self.pattern)
+        inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None]     # [tiles_y, tiles_x, R]
+        nodes = (ys[:, None] * w + xs[None]).masked_fill_(~inside, 0)
+        self.region_index = nodes.reshape(self.num_tiles, R).to(device)            # node ids
+        # (dy, dx) -> place in the pattern
+        self._lo = self.pattern.min(0).values
+        size = (self.pattern.max(0).values - self._lo + 1).tolist()
+        self._place = torch.full(size, -1, dtype=torch.long)
+        self._place[tuple((self.pattern - self._lo).t())] = torch.arange(R)
 
     def tile_of(self, y, x):
         return (y // self.th) * self.tiles_x + x // self.tw
@@ -74,13 +74,14 @@ class TileLayout:
         f = tiles.reshape(self.tiles_y, self.tiles_x, self.th, self.tw, C).transpose(1, 2)
         return f.reshape(self.tiles_y * self.th, self.tiles_x * self.tw, C)[:self.h, :self.w].reshape(-1, C)
 
-    def window_index(self, offsets, rows=8):
-        """For target node n (row-major) and offset m of ``offsets`` [M, 2] (dy, dx): (``flat`` [N, M], ``node``
-        [N, M]), int32. flat: the place of the score of (n, n + offset) in an array [num_tiles, tile_nodes,
+    def window_index(self, rows=8):
+        """For target node n (row-major) and offset m of ``offsets`` (dy, dx): (``flat`` [N, M], ``node`` [N, M]),
+        int32. flat: the place of the score of (n, n + offset) in an array [num_tiles, tile_nodes,
         region_nodes] (node j of tile i against target p of tile i's region), num_tiles * tile_nodes *
         region_nodes (one past the end) where n + offset leaves the map. node: the context node n + offset
         (row-major; 0 where it leaves the map). Built ``rows`` map rows at a time (bounded temporaries)."""
-        h, w, M = self.h, self.w, offsets.shape[0]
+        h, w, offsets = self.h, self.w, self.offsets
+        M = offsets.shape[0]
         flat = torch.empty(h * w, M, dtype=torch.int32)
         node = torch.empty(h * w, M, dtype=torch.int32)
         sentinel = self.num_tiles * self.tile_nodes * self.region_nodes
@@ -92,7 +93,12 @@ class TileLayout:
             cy, cx = cy.clamp(0, h - 1), cx.clamp(0, w - 1)
             ty, tx = cy // self.th, cx // self.tw
             in_tile = (cy % self.th) * self.tw + cx % self.tw
-            in_region = (y - self.region_y0[ty]) * self.region_w + (x - self.region_x0[tx])
+            # n from the first node of the context node's tile, as a place in the pattern
+            py = (y - ty * self.th - self._lo[0]).clamp(0, self._place.shape[0] - 1)
+            px = (x - tx * self.tw - self._lo[1]).clamp(0, self._place.shape[1] - 1)
+            in_region = self._place[py, px]
+            if bool((in_region[inside] < 0).any()):
+                raise AssertionError('window_index: a target outside its region (offsets not symmetric?)')
             f = ((ty * self.tiles_x + tx) * self.tile_nodes + in_tile) * self.region_nodes + in_region
             flat[y0 * w:y0 * w + len(y)] = f.masked_fill_(~inside, sentinel)
             node[y0 * w:y0 * w + len(y)] = (cy * w + cx).masked_fill_(~inside, 0)
@@ -132,11 +138,11 @@ class WindowedPropagator:
 
         offsets = radius_offsets(protocol.radius, h, w)                  # [M, 2] (dy, dx)
         self.num_offsets = offsets.shape[0]
-        self.layout = L = TileLayout(h, w, (h, w) if mode == 'full' else tile, int(offsets.abs().max()), dev)
+        self.layout = L = TileLayout(h, w, (h, w) if mode == 'full' else tile, offsets, dev)
         self.mode = 'full' if L.num_tiles == 1 else 'window'
         if L.num_tiles * L.region_nodes * L.tile_nodes >= 2 ** 31:
             raise ValueError('feature map too large for the windowed scores (int32 gather index)')
-        flat, node = L.window_index(offsets)
+        flat, node = L.window_index()
         self.window_index = flat.to(dev)                                 # [N, M] into the per-position maxima
         self.window_node = node.to(dev)                                  # [N, M] context node (row-major)
 
@@ -250,7 +256,7 @@ class WindowedPropagator:
             keys = self.ring[a:b, lo:hi].reshape(b - a, g * T, self.C)
             out = scores[a:b]
             torch.bmm(keys, regions.transpose(1, 2), out=out)
-            _max_over_frames(out.view(b - a, g, T * R), maxima[a:b])
+            torch.amax(out.view(b - a, g, T * R), dim=1, out=maxima[a:b])
         return scores.view(L.num_tiles, g, T * R)
 
     def _topk_window(self, q, lo, hi, copies=None):

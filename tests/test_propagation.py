@@ -466,3 +466,28 @@ def test_jhmdb_pose_end_to_end(davis, tmp_path):
     assert np.abs(coords[:, :, 0] - (pos[:, :, 0] - 1) * 64 / 40 / 8).max() < 1.0
     assert (out / f'0_{T - 1}_blend.jpg').exists()
     assert run_main(['--filelist', str(fl), '--resume', ckpt, '--save-path', str(out), '--cropSize', '-1']) == 1
+
+
+@pytest.mark.parametrize('h, w, tile, radius', [(60, 107, (4, 4), 12), (9, 31, (2, 3), 3.5), (5, 6, (4, 4), 12)])
+def test_tile_layout_scores_exactly_the_pairs_in_the_radius(h, w, tile, radius):
+    """window_index points every (target, in-radius context node) pair at a score whose tile entry is the context
+    node and whose region entry is the target; a region holds only nodes some tile node reaches (584 for a
+    4 x 4 tile at radius 12, against 676 for its bounding square)."""
+    from crw.propagation.windowed import TileLayout
+    offsets = radius_offsets(radius, h, w)
+    L = TileLayout(h, w, tile, offsets, 'cpu')
+    if (h, w) == (60, 107):
+        assert L.region_nodes == 584
+    flat, node = L.window_index()
+    tiled_node = L.tiled(torch.arange(h * w, dtype=torch.float64).view(1, h, w))[..., 0].long()   # [tiles, T]
+    sentinel = L.num_tiles * L.tile_nodes * L.region_nodes
+    y, x = torch.div(torch.arange(h * w), w, rounding_mode='floor'), torch.arange(h * w) % w
+    cy, cx = y[:, None] + offsets[:, 0], x[:, None] + offsets[:, 1]
+    inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+    assert torch.equal(flat == sentinel, ~inside)
+    f = flat[inside].long()
+    tile_i, rest = f // (L.tile_nodes * L.region_nodes), f % (L.tile_nodes * L.region_nodes)
+    j, p = rest // L.region_nodes, rest % L.region_nodes
+    assert torch.equal(tiled_node[tile_i, j], (cy * w + cx)[inside])           # the context node
+    assert torch.equal(L.region_index[tile_i, p], torch.arange(h * w)[:, None].expand(-1, len(offsets))[inside])
+    assert torch.equal(node[inside].long(), (cy * w + cx)[inside])
