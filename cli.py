@@ -2,10 +2,13 @@
 
 ``utils/arguments.py`` defines the flags (one parser per entry point, the release's ``train_args``/``test_args``)
 and every check that needs only the values; it imports nothing above ``utils/``. The checks here also need the
-encoder: the smallest frame or patch the chosen ``--model-type`` takes (``model.min_input_size``). They run
-right after parsing, before any work, and fail like the others: one line naming the flag, exit status 2.
+encoder (the smallest frame or patch the chosen ``--model-type`` takes: ``model.min_input_size``) or the
+propagation protocol (its ranges: ``propagation.Protocol``). They run right after parsing, before any work,
+and fail like the others: one line naming the flag, exit status 2.
 """
 from crw.model import min_input_size
+from crw.propagation.protocol import Protocol
+from crw.utils.errors import CRWError
 from crw.utils.arguments import get_test_args_parser, get_train_args_parser, parse_frame_aug, test_args, train_args
 
 
@@ -42,9 +45,15 @@ def parse_train_args(argv=None):
 
 
 def parse_test_args(argv=None):
-    """test.py's namespace from ``argv`` (a list; default ``sys.argv[1:]``); a bad value exits with one line."""
+    """test.py's namespace from ``argv`` (a list; default ``sys.argv[1:]``); a bad value exits with one line
+    (including a protocol value that ``propagation.Protocol`` refuses)."""
     args = test_args(argv)
     message = test_size_error(args)
+    if not message:
+        try:
+            Protocol.from_args(args)
+        except CRWError as e:
+            message = str(e)
     if message:
         get_test_args_parser().error(message)
     return args

@@ -40,7 +40,7 @@ from crw.model import PRETRAINED_TYPES
 from crw.propagation import STRIDE, PropagationOptions, load_encoder
 from crw.propagation.finetune import VideoAdapter
 from crw.propagation.video import feature_batch
-from crw.utils.arguments import describe_settings, get_test_args_parser
+from crw.utils.arguments import describe_settings
 from crw.utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
 from crw.utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
 from crw.utils.output_folders import Inputs, OutputClaim, Plan
@@ -286,10 +286,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = test_args(argv)
     args.argv = argv
-    try:
-        options = PropagationOptions.from_args(args)
-    except CRWError as e:    # a protocol value out of range: the one-line error of any bad flag
-        get_test_args_parser().error(str(e))
+    options = PropagationOptions.from_args(args)    # its values were checked by test_args
     if any(a == '--gpu-id' or a.startswith('--gpu-id=') for a in argv) or 'CUDA_VISIBLE_DEVICES' not in os.environ:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu_id    # before CUDA is initialised (release behaviour)
     try:

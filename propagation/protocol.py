@@ -37,9 +37,11 @@ class Protocol:
         if self.topk < 1:
             raise CRWError(f'--topk must be >= 1, got {self.topk}')
         if not self.radius > 0:
-            raise CRWError(f'--radius must be > 0, got {self.radius}')
+            raise CRWError(f'--radius {self.radius:g}: the context radius must be positive, in feature cells '
+                           '(README: 12)')
         if not self.temperature > 0:
-            raise CRWError(f'--temperature must be > 0, got {self.temperature}')
+            raise CRWError(f'--temperature {self.temperature:g}: the softmax temperature must be positive '
+                           '(README: 0.05)')
         if self.video_len < 0:
             raise CRWError(f'--videoLen must be >= 0, got {self.video_len}')
         if any(m < 0 for m in self.long_mem):

@@ -410,11 +410,8 @@ def _finish_test_args(p, args):
     if args.cropSize == 0 or args.cropSize < -1:
         p.error('--cropSize takes a positive size or -1 (native)')
     _check_weights_flag(p, args)
-    if not args.temperature > 0:
-        p.error(f'--temperature {args.temperature:g}: the softmax temperature must be positive (README: 0.05)')
-    if not args.radius > 0:
-        p.error(f'--radius {args.radius:g}: the context radius must be positive, in feature cells (README: 12)')
-    # the encoder's smallest input is checked by cli.py (it needs the model)
+    # the encoder's smallest input and the protocol's ranges are checked by cli.py (they need the model and
+    # propagation.Protocol)
     args.imgSize = args.cropSize
     args.visdom_server = args.server  # the release's attribute name
     return args
