@@ -12,8 +12,10 @@ import io
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder
 from crw.model import CRW
@@ -99,6 +101,18 @@ def one_line(text, marker='error:'):
 
 def run_test_py(argv):
     return load_script('test.py').main(argv)
+
+
+def only_line(capsys):
+    """stderr since the last read holds exactly one line: return it (a script's one-line error)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def ids_of(path):
+    """The label ids of a written palette PNG."""
+    return np.asarray(Image.open(path))
 
 
 @pytest.fixture(scope='module')

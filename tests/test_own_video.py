@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import FullDisk, load_script
+from conftest import FullDisk, ids_of, only_line, run_test_py
 from crw.data.labels import davis_palette, save_indexed_png
 from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
 from crw.data.video_io import iter_frames, probe_video
@@ -50,29 +50,15 @@ def filelist_out(clip, ckpt, tmp_path_factory):
     """test.py --filelist's masks of the clip [T, H, W]."""
     root, filelist, seq = clip
     out = tmp_path_factory.mktemp('fl')
-    assert run_test(['--filelist', filelist, '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 0
+    assert run_test_py(['--filelist', filelist, '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 0
     return np.stack([ids_of(out / f'0_{t}_mask.png') for t in range(len(seq['frames']))])
-
-
-def run_test(argv):
-    return load_script('test.py').main(argv)
 
 
 def run_filelist(frames_dir, ann_dir, ckpt, out):
     """test.py --filelist on one video (a one-line filelist beside ``out``)."""
     filelist = out.parent / (out.name + '_list.txt')
     filelist.write_text(f'{frames_dir} {ann_dir}\n')
-    return run_test(['--filelist', str(filelist), '--resume', ckpt, '--save-path', str(out)] + PROTOCOL)
-
-
-def ids_of(path):
-    return np.asarray(Image.open(path))
-
-
-def one_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
+    return run_test_py(['--filelist', str(filelist), '--resume', ckpt, '--save-path', str(out)] + PROTOCOL)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -85,7 +71,7 @@ def test_video_folder_equals_filelist(clip, ckpt, filelist_out, tmp_path):
     # a palette of its own in the first mask: kept in the outputs
     pal = np.random.default_rng(0).integers(0, 256, (256, 3)).astype(np.uint8)
     save_indexed_png(str(tmp_path / 'first.png'), seq['masks'][0], pal)
-    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'v'), '--save-blend'] + PROTOCOL) == 0
     for t in range(6):
         out = Image.open(tmp_path / 'v' / 'clip' / f'{t:05d}.png')
@@ -110,7 +96,7 @@ def test_video_file_equals_filelist_on_its_decoded_frames(clip, ckpt, tmp_path):
     save_indexed_png(str(d / 'Annotations' / 'v' / '00000.png'), seq['masks'][0])
     assert run_filelist(d / 'JPEGImages' / 'v', d / 'Annotations' / 'v', ckpt, tmp_path / 'fl') == 0
     first = root / 'Annotations' / '480p' / 'clip' / '00000.png'
-    assert run_test(['--video', mp4, '--mask', str(first), '--resume', ckpt, '--save-path', str(tmp_path / 'v')]
+    assert run_test_py(['--video', mp4, '--mask', str(first), '--resume', ckpt, '--save-path', str(tmp_path / 'v')]
                     + PROTOCOL) == 0
     for t in range(6):
         assert np.array_equal(ids_of(tmp_path / 'v' / 'my clip' / f'{t:05d}.png'),
@@ -143,7 +129,7 @@ def test_max_side_propagates_smaller_and_writes_full_size(clip, ckpt, tmp_path):
     root, _, seq = clip
     frames_dir = root / 'JPEGImages' / '480p' / 'clip'
     first = root / 'Annotations' / '480p' / 'clip' / '00000.png'
-    assert run_test(['--video', str(frames_dir), '--mask', str(first), '--resume', ckpt, '--save-path',
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(first), '--resume', ckpt, '--save-path',
                      str(tmp_path), '--max-side', '40'] + PROTOCOL) == 0
     ids = ids_of(tmp_path / 'clip' / '00003.png')
     assert ids.shape == (48, 80) and set(np.unique(ids)) <= {0, 1, 2, 3}
@@ -219,7 +205,7 @@ def test_mask_folder_starts_at_first_annotated_frame(clip, ckpt, tmp_path, capsy
     md.mkdir()
     save_indexed_png(str(md / '00002.png'), seq['masks'][2])
     save_indexed_png(str(md / '00004.png'), np.where(seq['masks'][4] == 3, 3, 0))
-    assert run_test(['--video', str(frames_dir), '--mask', str(md), '--resume', ckpt, '--save-path',
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(md), '--resume', ckpt, '--save-path',
                      str(tmp_path / 'o')] + PROTOCOL) == 0
     err = capsys.readouterr().err
     assert 'the first annotated frame is 00002' in err and 'get no output' in err
@@ -342,9 +328,9 @@ def test_antialiased_rgb_mask_refused(clip, ckpt, tmp_path, capsys):
     root, _, seq = clip
     frames_dir = root / 'JPEGImages' / '480p' / 'clip'
     antialiased_rgb(tmp_path / 'aa.png', seq['masks'][0])
-    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'aa.png'), '--resume', ckpt,
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(tmp_path / 'aa.png'), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 1
-    line = one_line(capsys)
+    line = only_line(capsys)
     assert line.startswith('test.py: error:') and 'aa.png' in line and 'distinct colours' in line
     assert 'palette PNG' in line and int(line.split(': ')[3].split()[0]) > 32
     assert not (tmp_path / 'o').exists()
@@ -356,7 +342,7 @@ def test_binary_0_255_mask_is_object_1_on_both_paths(clip, ckpt, tmp_path, capsy
     ann = tmp_path / 'ann'
     ann.mkdir()
     Image.fromarray(np.where(seq['masks'][0] == 2, 255, 0).astype(np.uint8), mode='L').save(ann / '00000.png')
-    assert run_test(['--video', str(frames_dir), '--mask', str(ann / '00000.png'), '--resume', ckpt,
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(ann / '00000.png'), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 0
     err = capsys.readouterr().err
     notes = [x for x in err.splitlines() if '0/255' in x]
@@ -382,7 +368,7 @@ def test_filelist_annotation_refused(case, clip, ckpt, tmp_path, capsys):
         save_indexed_png(str(ann / '00001.png'), seq['masks'][1])
         expected = ['no annotation of the first frame 00000.png', '00001.png', ':1:']
     assert run_filelist(root / 'JPEGImages' / '480p' / 'clip', ann, ckpt, tmp_path / 'f') == 1
-    line = one_line(capsys)
+    line = only_line(capsys)
     assert line.startswith('test.py: error:') and all(e in line for e in expected), line
     assert not list((tmp_path / 'f').glob('*_mask.png'))
 
@@ -392,15 +378,15 @@ def test_mask_size(clip, ckpt, tmp_path, capsys):
     frames_dir = root / 'JPEGImages' / '480p' / 'clip'
     big = np.repeat(np.repeat(seq['masks'][0], 2, 0), 2, 1)               # same aspect ratio, twice the size
     save_indexed_png(str(tmp_path / 'big.png'), big)
-    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'big.png'), '--resume', ckpt,
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(tmp_path / 'big.png'), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 0
     warnings = [x for x in capsys.readouterr().err.splitlines() if 'nearest neighbour' in x]
     assert len(warnings) == 1 and '160x96' in warnings[0] and '80x48' in warnings[0]
     assert np.array_equal(ids_of(tmp_path / 'o' / 'clip' / '00000.png'), seq['masks'][0])
     save_indexed_png(str(tmp_path / 'wide.png'), seq['masks'][0][:40])    # 80x40: another aspect ratio
-    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'wide.png'), '--resume', ckpt,
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(tmp_path / 'wide.png'), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'w')] + PROTOCOL) == 1
-    line = one_line(capsys)
+    line = only_line(capsys)
     assert 'wide.png' in line and 'aspect ratio' in line
     assert not (tmp_path / 'w').exists()
 
@@ -420,14 +406,14 @@ def test_bad_video_and_mask_folder_are_one_line(clip, ckpt, tmp_path, capsys):
                        cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
     err = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(err) == 1 and 'broken.mp4: cannot decode' in err[0], r.stderr[-800:]
-    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(md)] + common) == 1
-    assert 'no mask is named like a frame' in one_line(capsys)
+    assert run_test_py(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(md)] + common) == 1
+    assert 'no mask is named like a frame' in only_line(capsys)
     for extra, text in ((['--video', str(bad)], '--video needs --mask'),
                         (['--video', str(bad), '--mask', str(md), '--filelist', str(bad)], 'not both'),
                         (['--filelist', str(bad), '--max-side', '100'], '--max-side goes with --video')):
         with pytest.raises(SystemExit) as e:
-            run_test(extra + common)
-        assert e.value.code == 2 and text in one_line(capsys)
+            run_test_py(extra + common)
+        assert e.value.code == 2 and text in only_line(capsys)
     assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').rglob('*.png'))
 
 
@@ -439,9 +425,9 @@ def test_later_mask_with_wide_ids_refused_before_anything_is_written(clip, ckpt,
     md.mkdir()
     save_indexed_png(str(md / '00000.png'), seq['masks'][0])
     Image.fromarray(seq['masks'][4].astype(np.uint16) * 100).save(md / '00004.png')    # ids 0, 100, 200, 300
-    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(md), '--resume', ckpt,
+    assert run_test_py(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(md), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'o')] + PROTOCOL) == 1
-    line = one_line(capsys)
+    line = only_line(capsys)
     assert '00004.png' in line and '0..255' in line
     assert not (tmp_path / 'o').exists()
 
@@ -468,10 +454,10 @@ def test_save_path_onto_an_input_is_refused_before_anything_is_written(where, ck
     save = {'ground truth': tmp_path / 'D' / 'Annotations' / '480p',
             'frames': tmp_path / 'D' / 'JPEGImages' / '480p' / '.' / ''}[where]
     before = snapshot(tmp_path)
-    assert run_test(['--video', str(tmp_path / 'D' / 'JPEGImages' / '480p' / 'clip'), '--mask',
+    assert run_test_py(['--video', str(tmp_path / 'D' / 'JPEGImages' / '480p' / 'clip'), '--mask',
                      str(tmp_path / 'D' / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt,
                      '--save-path', str(save)] + PROTOCOL) == 1
-    line = one_line(capsys)
+    line = only_line(capsys)
     assert line.startswith('test.py: error: --save-path') and 'an input' in line
     assert ('the folder of the mask' if where == 'ground truth' else 'the frames folder') in line
     assert snapshot(tmp_path) == before
@@ -484,7 +470,7 @@ def test_output_folder_of_another_run_is_refused_then_overwritten_exactly(clip, 
     write_frame_folder(str(long_dir), long['frames'], ext='png')
     save_indexed_png(str(tmp_path / 'long_first.png'), long['masks'][0])
     out = tmp_path / 'out'
-    assert run_test(['--video', str(long_dir), '--mask', str(tmp_path / 'long_first.png'), '--resume', ckpt,
+    assert run_test_py(['--video', str(long_dir), '--mask', str(tmp_path / 'long_first.png'), '--resume', ckpt,
                      '--save-path', str(out)] + PROTOCOL) == 0
     assert len(os.listdir(out / 'clip')) == 9
     (out / 'notes.txt').write_text('mine')
@@ -493,11 +479,11 @@ def test_output_folder_of_another_run_is_refused_then_overwritten_exactly(clip, 
             str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt, '--save-path', str(out)]
     capsys.readouterr()
     before = snapshot(out)
-    assert run_test(argv + PROTOCOL) == 1
-    line = one_line(capsys)
+    assert run_test_py(argv + PROTOCOL) == 1
+    line = only_line(capsys)
     assert 'holds the outputs of test.py --video' in line and '(10 files)' in line and '--overwrite' in line
     assert snapshot(out) == before
-    assert run_test(argv + PROTOCOL + ['--overwrite']) == 0
+    assert run_test_py(argv + PROTOCOL + ['--overwrite']) == 0
     assert sorted(os.listdir(out / 'clip')) == [f'{t:05d}.png' for t in range(6)]      # 00006..00008 removed
     assert (out / 'notes.txt').read_text() == 'mine' and probe_video(str(out / 'clip_overlay.mp4'))[0] == 6
     runs = json.loads((out / '.crw_outputs.json').read_text())['runs']
@@ -508,10 +494,10 @@ def test_output_folder_of_another_run_is_refused_then_overwritten_exactly(clip, 
 def test_save_path_that_is_a_file_is_one_line(clip, ckpt, tmp_path, capsys):
     root, _, seq = clip
     (tmp_path / 'results').write_text('not a folder')
-    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
+    assert run_test_py(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask',
                      str(root / 'Annotations' / '480p' / 'clip' / '00000.png'), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'results')] + PROTOCOL) == 1
-    assert 'results: is a file, not a folder' in one_line(capsys)
+    assert 'results: is a file, not a folder' in only_line(capsys)
     assert (tmp_path / 'results').read_text() == 'not a folder'
 
 
@@ -534,7 +520,7 @@ def test_ctrl_c_or_sigterm_mid_video_is_one_line_and_leaves_no_partial_overlay(s
     out = tmp_path / 'v'
     argv = ['--video', str(frames_dir), '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
             '--save-path', str(out)] + PROTOCOL
-    assert run_test(argv) == status
+    assert run_test_py(argv) == status
     text = capsys.readouterr().err
     err = [line for line in text.replace('\r', '\n').splitlines() if 'test.py' in line]   # not the progress bar
     assert len(err) == 1 and err[0].startswith(f'test.py: interrupted ({"Ctrl-C" if sig == "SIGINT" else sig})'), text
@@ -545,7 +531,7 @@ def test_ctrl_c_or_sigterm_mid_video_is_one_line_and_leaves_no_partial_overlay(s
     assert signal.getsignal(signal.SIGTERM) is before
     # the re-run the message asks for completes
     monkeypatch.setattr(outputs.SequenceWriter, 'write', real_write)
-    assert run_test(argv + ['--overwrite']) == 0
+    assert run_test_py(argv + ['--overwrite']) == 0
     assert probe_video(str(out / 'clip_overlay.mp4'))[0] == 6
 
 
@@ -555,7 +541,7 @@ def test_temporary_overlay_of_a_killed_run_is_removed(clip, ckpt, tmp_path):
     out = tmp_path / 'v'
     out.mkdir()
     (out / '.clip_overlay.mp4.k1ll3d.tmp').write_bytes(b'half a video')   # SIGKILL: no clean-up ran
-    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
+    assert run_test_py(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
                      '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 0
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
 
@@ -600,7 +586,7 @@ def test_full_disk_stops_at_the_first_failed_write_in_one_line(what, clip, ckpt,
         monkeypatch.setattr(video_io, 'atomic_write', small_disk)
         culprit = 'clip_overlay.mp4'
     out = tmp_path / 'v'
-    assert run_test(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
+    assert run_test_py(['--video', str(root / 'JPEGImages' / '480p' / 'clip'), '--mask', str(tmp_path / 'first.png'),
                      '--resume', ckpt, '--save-path', str(out)] + PROTOCOL) == 1
     text = capsys.readouterr().err
     err = [line for line in text.replace('\r', '\n').splitlines() if 'test.py' in line]
@@ -749,7 +735,7 @@ def test_bidirectional_cli(clip, ckpt, tmp_path, as_video, overlay_frames):
     md.mkdir()
     save_indexed_png(str(md / f'{M:05d}.png'), seq['masks'][M])
     out = tmp_path / 'b'
-    assert run_test(['--video', video, '--mask', str(md), '--resume', ckpt, '--save-path', str(out),
+    assert run_test_py(['--video', video, '--mask', str(md), '--resume', ckpt, '--save-path', str(out),
                      '--bidirectional', '--export', 'palette,binary,coco,soft'] + PROTOCOL) == 0
     names = [f'{t:05d}' for t in range(T)]
     assert sorted(os.listdir(out / 'clip')) == [n + '.png' for n in names]
@@ -789,7 +775,7 @@ def test_bidirectional_without_palette(clip, ckpt, tmp_path, overlay_frames):
     (tmp_path / 'm').mkdir()
     save_indexed_png(str(tmp_path / 'm' / f'{M:05d}.png'), seq['masks'][M])
     out = tmp_path / 'o'
-    assert run_test(['--video', str(frames_dir), '--mask', str(tmp_path / 'm'), '--resume', ckpt, '--save-path',
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(tmp_path / 'm'), '--resume', ckpt, '--save-path',
                      str(out), '--bidirectional', '--export', 'coco'] + PROTOCOL) == 0
     assert sorted(os.listdir(out)) == ['.crw_outputs.json', 'clip_coco.json', 'clip_overlay.mp4']
     paths = sorted(str(p) for p in frames_dir.iterdir())

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_script
+from conftest import ids_of, only_line, run_test_py
 from crw.data.inference.frames import DEFAULT_MAX_SIDE
 from crw.data.labels import MaskReader, davis_palette, save_indexed_png
 from crw.data.synthetic import make_sequence, write_frame_folder, write_video
@@ -26,20 +26,6 @@ HOCKEY = os.path.join(ROOT, 'assets', 'hockey')
 README_FLAGS = ['--resume', os.path.join(ROOT, 'pretrained.pth'), '--topk', '10', '--videoLen', '20', '--radius', '12',
                 '--temperature', '0.05', '--cropSize', '-1']
 FAST = ['--workers', '0', '--device', 'cpu']
-
-
-def run_test(argv):
-    return load_script('test.py').main(argv)
-
-
-def ids_of(path):
-    return np.asarray(Image.open(path))
-
-
-def one_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 @pytest.fixture(scope='module')
@@ -105,7 +91,7 @@ def test_video_flag_errors_are_one_line(argv, words, hockey, capsys):
     root, _, _ = hockey
     with pytest.raises(SystemExit) as e:
         parse_test_args(['--video', str(root / 'frames'), '--mask', str(root / 'first.png')] + argv)
-    assert e.value.code != 0 and words in one_line(capsys)
+    assert e.value.code != 0 and words in only_line(capsys)
 
 
 def test_random_init_only_with_the_flag(hockey):
@@ -120,9 +106,9 @@ def test_bare_video_command_equals_the_readme_command(hockey, tmp_path, capsys):
     # real frames, the bundled pretrained.pth: `test.py --video X --mask Y` writes what the README command writes
     root, frames, _ = hockey
     base = ['--video', str(root / 'frames'), '--mask', str(root / 'first.png')]
-    assert run_test(base + ['--save-path', str(tmp_path / 'bare')] + FAST) == 0
+    assert run_test_py(base + ['--save-path', str(tmp_path / 'bare')] + FAST) == 0
     assert 'temperature 0.05 (--video default)' in capsys.readouterr().out
-    assert run_test(base + README_FLAGS + ['--save-path', str(tmp_path / 'readme')] + FAST) == 0
+    assert run_test_py(base + README_FLAGS + ['--save-path', str(tmp_path / 'readme')] + FAST) == 0
     for t in range(len(frames)):
         bare, readme = ids_of(tmp_path / 'bare' / 'frames' / f'{t:05d}.png'), ids_of(
             tmp_path / 'readme' / 'frames' / f'{t:05d}.png')
@@ -139,7 +125,7 @@ def test_exports_decode_back_to_the_label_maps(hockey, tmp_path):
     from pycocotools.coco import COCO
     root, frames, first = hockey
     out = tmp_path / 'out'
-    assert run_test(['--video', str(root / 'frames'), '--mask', str(root / 'first.png'), '--save-path', str(out),
+    assert run_test_py(['--video', str(root / 'frames'), '--mask', str(root / 'first.png'), '--save-path', str(out),
                      '--export', 'palette,binary', '--export', 'coco,soft'] + FAST) == 0
     maps = [ids_of(out / 'frames' / f'{t:05d}.png') for t in range(len(frames))]
     objects = [int(k) for k in np.unique(first) if k != 0]
@@ -177,7 +163,7 @@ def test_exports_decode_back_to_the_label_maps(hockey, tmp_path):
 
 def test_export_without_palette_writes_only_what_is_asked(hockey, tmp_path):
     root, frames, _ = hockey
-    assert run_test(['--video', str(root / 'frames'), '--mask', str(root / 'first.png'), '--save-path',
+    assert run_test_py(['--video', str(root / 'frames'), '--mask', str(root / 'first.png'), '--save-path',
                      str(tmp_path), '--export', 'binary'] + FAST) == 0
     assert sorted(os.listdir(tmp_path)) == ['.crw_outputs.json', 'frames_binary', 'frames_overlay.mp4']
     recorded = json.loads((tmp_path / '.crw_outputs.json').read_text())['runs'][0]['files']
@@ -254,7 +240,7 @@ def test_rgba_mask_through_test_py_equals_its_palette_png(hockey, ckpt, tmp_path
     colours = {int(k): davis_palette()[k] for k in np.unique(first) if k != 0}
     Image.fromarray(rgba(first, colours, (255, 255, 255)), 'RGBA').save(tmp_path / 'first_rgba.png')
     for name, mask in (('rgba', tmp_path / 'first_rgba.png'), ('palette', root / 'first.png')):
-        assert run_test(['--video', str(root / 'frames'), '--mask', str(mask), '--resume', ckpt, '--save-path',
+        assert run_test_py(['--video', str(root / 'frames'), '--mask', str(mask), '--resume', ckpt, '--save-path',
                          str(tmp_path / name)] + FAST) == 0
     for t in range(4):
         assert np.array_equal(ids_of(tmp_path / 'rgba' / 'frames' / f'{t:05d}.png'),
@@ -267,9 +253,9 @@ def test_jpeg_mask_refused_in_one_line(name, hockey, ckpt, tmp_path, capsys):
     Image.fromarray(davis_palette()[first]).save(tmp_path / name, format='JPEG', quality=95)
     with pytest.raises(CRWError, match='JPEG'):
         MaskReader().read(str(tmp_path / name))
-    assert run_test(['--video', str(root / 'frames'), '--mask', str(tmp_path / name), '--resume', ckpt,
+    assert run_test_py(['--video', str(root / 'frames'), '--mask', str(tmp_path / name), '--resume', ckpt,
                      '--save-path', str(tmp_path / 'out')] + FAST) != 0
-    line = one_line(capsys)
+    line = only_line(capsys)
     assert name in line and 'JPEG' in line and 'PNG' in line
     assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
 
@@ -324,7 +310,7 @@ def test_rotated_video_masks_agree_between_backends(ckpt, tmp_path, monkeypatch)
     save_indexed_png(str(tmp_path / 'first.png'), np.rot90(seq['masks'][0], 2))
     for backend in ('torchcodec', 'pyav'):
         monkeypatch.setenv('CRW_VIDEO_BACKEND', backend)
-        assert run_test(['--video', path, '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
+        assert run_test_py(['--video', path, '--mask', str(tmp_path / 'first.png'), '--resume', ckpt,
                          '--save-path', str(tmp_path / backend)] + FAST) == 0
     for t in range(4):
         assert np.array_equal(ids_of(tmp_path / 'torchcodec' / 'phone' / f'{t:05d}.png'),
