@@ -255,7 +255,7 @@ def main():
     for r in range(a.rounds):
         for row, make in rows:
             for name, tree in trees.items():
-                frames, cmd = make(a, os.path.join(tmp, f'{row}-{r}-{len(runs)}'))
+                frames, cmd = make(a, os.path.join(tmp, f'{row}-{r}-{name}'))
                 wall, rss = measure_rss_isolated(cmd, tree)
                 runs.setdefault((row, name), []).append((frames, wall, rss))
                 print(f'[bench] {row} {name}: {frames} frames in {wall:.1f} s, peak RSS {rss:.0f} MB', flush=True)
