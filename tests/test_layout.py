@@ -65,11 +65,11 @@ def test_files_run_by_path_from_another_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_entry_points_do_not_load_matplotlib_or_sklearn():
+def test_entry_points_do_not_load_matplotlib_sklearn_or_scipy():
     code = ('import importlib.util, sys, train\n'
             'spec = importlib.util.spec_from_file_location("crw_test_py", "test.py")\n'
             'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n'
-            'print(sorted(m for m in ("matplotlib", "sklearn") if m in sys.modules))\n')
+            'print(sorted(m for m in ("matplotlib", "sklearn", "scipy") if m in sys.modules))\n')
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == '[]'

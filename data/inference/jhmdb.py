@@ -8,7 +8,6 @@ background); every frame's joints are decoded from its propagated soft maps (``p
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from scipy.io import loadmat
 
 from crw.data.images import list_frames
 from crw.data.inference.frames import VideoFrames, frame_size
@@ -24,6 +23,7 @@ COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0
 
 def load_joints(mat_path):
     """joint_positions.mat -> pos_img [2, J, T] float64 (x, y) in pixels, 0-based (the file is 1-based)."""
+    from scipy.io import loadmat   # only JHMDB needs scipy (its import costs test.py 0.3 s otherwise)
     try:
         m = loadmat(mat_path)
     except Exception as e:
