@@ -23,13 +23,14 @@ from PIL import Image, ImageDraw
 
 from crw.data.images import list_frames
 from crw.eval import evaluate_davis
+from crw.utils.arguments import OneLineParser
 from crw.utils.misc import atomic_write
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--sample', default=os.path.join(ROOT, 'assets', 'hockey'),
                    help='folder with <seq>.mp4, Annotations/480p/<seq>/ and ImageSets/2017/val.txt naming <seq>')
     p.add_argument('--resume', default=os.path.join(ROOT, 'pretrained.pth'), help='checkpoint to propagate with')

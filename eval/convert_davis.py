@@ -12,7 +12,6 @@ as evaluate_davis.py and the official scorer read them. Mask formats, told apart
 and blue swapped: the release's test.py), ``rgb`` (DAVIS colours), ``grey`` (R = G = B = id). Every input is
 checked before anything is written; ``--out_folder`` is claimed like test.py's ``--save-path``.
 """
-import argparse
 import concurrent.futures
 import os
 import shlex
@@ -27,6 +26,7 @@ from crw.data.images import image_size  # noqa: E402
 from crw.data.labels import (MaskReader, as_uint8_ids, colour_codes, decode_colours, load_label_image,  # noqa: E402
                          resize_nearest, save_indexed_png)
 from crw.eval.davis_io import annotation_frames, read_split, sequence_frames  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 from crw.utils.misc import default_workers  # noqa: E402
 from crw.utils.output_folders import MANIFEST, Inputs, OutputClaim, Plan, find_run  # noqa: E402
@@ -238,7 +238,7 @@ def format_summary(done):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Convert test.py's {i}_{t}_mask.png label maps to DAVIS result PNGs.")
+    p = OneLineParser(description="Convert test.py's {i}_{t}_mask.png label maps to DAVIS result PNGs.")
     p.add_argument('-i', '--in_folder', '--in-folder', dest='in_folder', required=True,
                    help='test.py --save-path (holds {i}_{t}_mask.png)')
     p.add_argument('-o', '--out_folder', '--out-folder', dest='out_folder', required=True,

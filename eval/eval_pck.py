@@ -12,7 +12,6 @@ visible ground-truth joints (maxima from -1, minima from 1e6; one visible joint:
 PCK@a = mean of the joints' PCKs (a joint without entries is left out). Prints a = 0.1 ... 0.5 and a per-joint
 table at 0.1 and 0.2; writes every joint at every a to ``--csv`` (default ``{results}/pck.csv``).
 """
-import argparse
 import csv
 import os
 import pickle
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 from crw.data.images import image_size, list_frames  # noqa: E402
 from crw.data.inference.filelists import read_filelist  # noqa: E402
 from crw.data.inference.jhmdb import load_joints  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.arguments import finite_float  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 from crw.utils.misc import atomic_write  # noqa: E402
@@ -196,7 +196,7 @@ def format_table(per_joint, mean, counts, alphas=ALPHAS):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description='PCK of JHMDB pose propagation (test.py {i}.dat outputs)')
+    p = OneLineParser(description='PCK of JHMDB pose propagation (test.py {i}.dat outputs)')
     p.add_argument('--filelist', required=True,
                    help='the JHMDB filelist test.py ran on: "<frames folder> <joint_positions.mat>" per line')
     p.add_argument('--results', required=True, help="test.py's --save-path (holds {i}.dat per video)")

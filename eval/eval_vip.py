@@ -11,7 +11,6 @@ accuracy = diag / row, IoU = diag / (row + col - diag), their nan-means over the
 IU; a class absent from both is left out) and frequency-weighted IU = sum of (row / total) x IoU. A prediction
 id above 19, or a ground-truth frame or video left unpredicted, is an error naming the file.
 """
-import argparse
 import csv
 import os
 import sys
@@ -22,6 +21,7 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
 import numpy as np  # noqa: E402
 
 from crw.data.labels import load_label_image, read_ids, resize_nearest  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 from crw.eval.vip_filelist import read_video_list  # noqa: E402
 from crw.utils.misc import atomic_write  # noqa: E402
@@ -179,7 +179,7 @@ def write_csv(path, s):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description='mIoU of VIP human-part propagation (test.py outputs)')
+    p = OneLineParser(description='mIoU of VIP human-part propagation (test.py outputs)')
     p.add_argument('-g', '--gt_dir', required=True,
                    help='ground truth: VIP_Fine/Annotations/Category_ids (<video>/<frame>.png class ids)')
     p.add_argument('-p', '--pre_dir', required=True,

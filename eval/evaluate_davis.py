@@ -12,7 +12,6 @@ last, summarised per object (Mean, Recall, Decay) and averaged over the objects.
 them; they are reused only when ``.scores-<set>.json`` holds the SHA-256 of the same inputs and settings.
 Python: ``evaluate(davis_path, results_path, sequences=None, set_name='val')`` -> (global_dict, rows).
 """
-import argparse
 import concurrent.futures
 import csv
 import hashlib
@@ -29,6 +28,7 @@ import numpy as np  # noqa: E402
 from crw.eval import davis_metrics as dm  # noqa: E402
 from crw.data.images import frame_number, list_frames  # noqa: E402
 from crw.eval.davis_io import annotation_frames, read_label_png, read_split  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 from crw.utils.misc import atomic_write, default_workers  # noqa: E402
 
@@ -238,7 +238,7 @@ def print_tables(tag, g_header, g_rows, s_header, s_rows, out=None):
 # ------------------------------------------------------------------------------------------------------- CLI
 
 def get_args_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description='DAVIS-2017 semi-supervised scorer (J and F), same flags and CSV files as '
                     'davis2017-evaluation/evaluation_method.py.')
     p.add_argument('--davis_path', '--davis-path', dest='davis_path', default=os.environ.get('DAVIS_ROOT'),

@@ -13,7 +13,6 @@ Each split file has lines ``<video>.avi <1|2>`` (1 = training, 2 = testing). The
 videos (2) of split 1. One output line per video: ``<frames folder> <joint_positions.mat>`` (absolute
 paths), actions in alphabetical order, videos in their split file's order.
 """
-import argparse
 import glob
 import os
 import re
@@ -23,6 +22,7 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crw.data.inference.filelists import write_filelist  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 
 SETS = {'train': '1', 'test': '2'}
@@ -69,7 +69,7 @@ def build(jhmdb, split=1, subset='test', splits_dir=None):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description='JHMDB filelist ("<frames folder> <joint_positions.mat>" lines)')
+    p = OneLineParser(description='JHMDB filelist ("<frames folder> <joint_positions.mat>" lines)')
     p.add_argument('--jhmdb', required=True, help='folder holding Rename_Images/, joint_positions/ and splits/')
     p.add_argument('--split', type=int, default=1, choices=(1, 2, 3), help='JHMDB split (the release used 1)')
     p.add_argument('--set', dest='subset', default='test', choices=('test', 'train', 'all'),

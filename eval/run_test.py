@@ -13,7 +13,6 @@ skipped when its scores exist; test.py is skipped when its folder exists; ``--fo
 Unknown flags go to test.py. Paths: ``--davis-path``/$DAVIS_ROOT, ``--out-dir``/$CRW_RESULTS, ``--scorer``/
 $DAVIS_SCORER (default eval/evaluate_davis.py; the official evaluation_method.py takes the same flags).
 """
-import argparse
 import csv
 import glob
 import itertools
@@ -28,6 +27,7 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
     sys.path.insert(0, _REPO)
 
 from crw.model import MODEL_TYPES  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.arguments import finite_float  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 
@@ -139,7 +139,7 @@ def build_jhmdb_commands(ckpt, model_type, L, K, T, R, crop, raw, pck_csv, filel
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description='Evaluation chain over a grid of settings: DAVIS (test.py -> eval/convert_davis.py -> scorer) '
                     'or JHMDB (test.py -> eval/eval_pck.py). Unknown flags are passed to test.py.',
         allow_abbrev=False)

@@ -13,7 +13,6 @@ One output line per listed video: ``<vip>/Images/<video> <vip>/Annotations/Categ
 paths), in the list's order. test.py recognises the ``Category_ids`` folder and writes the VIP layout that
 ``eval/eval_vip.py --gt_dir <vip>/Annotations/Category_ids`` scores.
 """
-import argparse
 import os
 import sys
 
@@ -21,6 +20,7 @@ if __name__ == '__main__' and not __package__:  # run by path: eval/, not the re
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crw.data.inference.filelists import VIP_ANNOTATIONS, write_filelist  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def build(vip, video_list=None):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description='VIP filelist ("<frames folder> <Category_ids folder>" lines)')
+    p = OneLineParser(description='VIP filelist ("<frames folder> <Category_ids folder>" lines)')
     p.add_argument('--vip', required=True, help='the VIP_Fine folder (Images/, Annotations/Category_ids/, lists/)')
     p.add_argument('--list', default=None, help='video list (default: <vip>/lists/val_videos.txt)')
     p.add_argument('--out', required=True, help='filelist to write')

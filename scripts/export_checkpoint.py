@@ -13,12 +13,13 @@ import sys
 if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.checkpoint import atomic_save, checkpoint_args, clean_state_dict, load_checkpoint  # noqa: E402
 from crw.utils.errors import CRWError, report  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('checkpoint')
     p.add_argument('out')
     p.add_argument('--trust-checkpoint', action='store_true',

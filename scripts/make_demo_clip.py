@@ -18,10 +18,11 @@ if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the
 
 from crw.data.images import list_frames, read_image  # noqa: E402
 from crw.data.video_io import VideoWriter  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--davis', required=True, help='DAVIS-layout folder (JPEGImages/480p, Annotations/480p)')
     p.add_argument('--seq', default='hockey')
     p.add_argument('--frames', type=int, default=40)

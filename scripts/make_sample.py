@@ -15,10 +15,11 @@ if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the
     sys.path.insert(0, ROOT)
 
 from crw.data.synthetic import make_sequence, write_davis_layout  # noqa: E402
+from crw.utils.arguments import OneLineParser  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default=os.path.join(ROOT, 'assets', 'sample'))
     p.add_argument('--frames', type=int, default=30)
     p.add_argument('--seed', type=int, default=7)

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 if __name__ == '__main__' and not __package__:  # run by path: scripts/, not the repository, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crw.utils.arguments import OneLineParser  # noqa: E402
 from crw.utils.misc import atomic_write  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def plot(records, out, smooth=10):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('run', help='output folder of a train.py run (or its train_log.jsonl)')
     p.add_argument('--out', default='', help='figure path (default: <run>/curves.png)')
     p.add_argument('--smooth', type=int, default=10, help='moving-average window, in log records')

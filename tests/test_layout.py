@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 ABOVE_UTILS = {'data', 'model', 'propagation', 'vis', 'cli', 'train', 'test', 'demo', 'eval', 'bench', 'scripts',
                'tests'}
@@ -73,3 +73,15 @@ def test_entry_points_do_not_load_matplotlib_sklearn_or_scipy():
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == '[]'
+
+
+def test_user_entry_points_parse_with_one_line_errors(capsys):
+    """demo.py, scripts/ and eval/ build their parsers as utils.arguments.OneLineParser (a bad flag is one line,
+    not argparse's usage block); checked in the source, and once by running a script's main."""
+    entry = [os.path.join(ROOT, 'demo.py')] + [p for p in RUN_BY_PATH if '/bench/' not in p]
+    plain = [os.path.relpath(p, ROOT) for p in entry if 'argparse.ArgumentParser(' in open(p).read()]
+    assert plain == []
+    with pytest.raises(SystemExit) as e:
+        load_script('eval/eval_pck.py').main(['--no-such-flag'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and 'error:' in err[0], err

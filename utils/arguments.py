@@ -26,8 +26,9 @@ WEIGHTS_HELP = ('weight file of a pretrained --model-type in its published layou
                 'nothing is downloaded. --imagenet-weights is the same flag')
 
 
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (the flag and what to do), not the whole usage block."""
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (the flag and what to do), not the whole usage block: every
+    entry point's parser."""
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
@@ -78,7 +79,7 @@ def _positive_clip_len(value):
 
 
 def get_train_args_parser(add_help=True):
-    p = _Parser('CRW training', add_help=add_help,
+    p = OneLineParser('CRW training', add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # data
     p.add_argument('--data-path', default=None,
@@ -263,7 +264,7 @@ RANDOM_INIT_TYPES = ('scratch', 'scratch_zeropad')   # the model types that no -
 
 
 def get_test_args_parser(add_help=True):
-    p = _Parser('CRW label propagation', add_help=add_help,
+    p = OneLineParser('CRW label propagation', add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--filelist', default=None, type=str,
                    help='text file, one video a line: "<frames folder> <annotations folder>" (DAVIS) '
