@@ -131,10 +131,10 @@ class TestRun:
                              masks.object_ids, {'video': a.video, 'masks': a.mask})
         start, back = masks.start, None
         if a.bidirectional and start > 0:
-            back = writer(overlay=False, skip=start)
+            back = self._open(writer, extra, overlay=False, skip=start)
             self._run((0, video.name), encoder, video.dataset(proc_size, start, reverse=True), masks.first_only(),
                       [back] + [FirstRun(s, start) for s in extra], video.size, progress, start + 1)
-        sink = writer()
+        sink = self._open(writer, extra)
         if back is not None:
             try:
                 for t, image in enumerate(video.images(start)):   # the backward run's frames, in order
@@ -146,6 +146,16 @@ class TestRun:
         self._run((0, video.name), encoder, video.dataset(proc_size, start), masks, [sink] + extra, video.size,
                   progress, len(video) - start, reset=back is None)
         return (back.frames if back is not None else 0) + sink.frames
+
+    @staticmethod
+    def _open(writer, others, **kwargs):
+        """``writer(**kwargs)``; when it fails, the sinks ``others`` already opened are aborted first."""
+        try:
+            return writer(**kwargs)
+        except BaseException as e:
+            for s in others:
+                s.abort(e)
+            raise
 
     def _run(self, video_id, encoder, frames, masks, sink, out_size, progress, total, draw=label_picture,
              reset=True):

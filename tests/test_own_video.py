@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import FullDisk, ids_of, only_line, run_test_py
+from conftest import FullDisk, ids_of, load_script, one_line, only_line, run_test_py
 from crw.data.labels import davis_palette, save_indexed_png
 from crw.data.synthetic import make_sequence, write_davis_layout, write_frame_folder, write_video
 from crw.data.video_io import iter_frames, probe_video
@@ -786,3 +786,38 @@ def test_bidirectional_without_palette(clip, ckpt, tmp_path, overlay_frames):
     assert np.array_equal(coco_maps(out / 'clip_coco.json', T, maps.shape[1:]), maps)
     assert_overlay_in_order(str(out / 'clip_overlay.mp4'), overlay_frames, seq['frames'], maps)
     assert recorded_is_written(out)
+
+
+def test_bidirectional_writer_that_cannot_open_aborts_the_exports(clip, ckpt, tmp_path, capsys, monkeypatch):
+    """The forward run's writer fails to open after the backward run fed the exports: one line, and the open
+    export sinks are aborted (no COCO JSON written from half the frames, no temporary file left)."""
+    from crw.data.inference import outputs
+    root, _, seq = clip
+    frames_dir = root / 'JPEGImages' / '480p' / 'clip'
+    (tmp_path / 'm').mkdir()
+    save_indexed_png(str(tmp_path / 'm' / '00002.png'), seq['masks'][2])
+    real_init = outputs.SequenceWriter.__init__
+
+    def init(self, *args, overlay=True, **kwargs):
+        if overlay:
+            raise OSError(28, 'No space left on device', 'the overlay video')
+        real_init(self, *args, overlay=overlay, **kwargs)
+    monkeypatch.setattr(outputs.SequenceWriter, '__init__', init)
+    script, aborted = load_script('test.py'), []
+    real_sinks = script.export_sinks
+
+    def sinks(*args, **kwargs):
+        made = real_sinks(*args, **kwargs)
+        for sink in made:
+            real_abort = sink.abort
+            sink.abort = lambda error=None, real_abort=real_abort, sink=sink: (aborted.append(sink),
+                                                                                real_abort(error))
+        return made
+    monkeypatch.setattr(script, 'export_sinks', sinks)
+    out = tmp_path / 'o'
+    assert run_test_py(['--video', str(frames_dir), '--mask', str(tmp_path / 'm'), '--resume', ckpt, '--save-path',
+                        str(out), '--bidirectional', '--export', 'coco,soft'] + PROTOCOL) == 1
+    assert one_line(capsys.readouterr().err).startswith('test.py: error:')
+    assert len(aborted) == 2, aborted
+    left = [p.name for p in out.rglob('*') if p.is_file()]
+    assert 'clip_coco.json' not in left and not [n for n in left if n.endswith('.tmp')], left
