@@ -129,6 +129,16 @@ def davis(tmp_path_factory):
     return str(root), filelist, ckpt, seqs
 
 
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+    """A scratch CRW checkpoint with no saved args (test.py --video's tests)."""
+    path = str(tmp_path_factory.mktemp('ck') / 'scratch.pth')
+    torch.manual_seed(0)
+    m = CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
+    torch.save({'model': m.state_dict()}, path)
+    return path
+
+
 def prop_argv(filelist, ckpt, save, *extra):
     return ['--filelist', filelist, '--resume', ckpt, '--save-path', str(save), '--cropSize', '-1', '--workers', '0',
             '--device', 'cpu', '--topk', '5', '--videoLen', '2', '--radius', '4', *extra]

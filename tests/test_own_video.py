@@ -1,6 +1,5 @@
 """Your own video: test.py --video/--mask, the Python API (propagation.propagate / VideoPropagator), masks on
 later frames, and bad masks and videos. Synthetic clips with exact masks, built here; tiny sizes."""
-import argparse
 import errno
 import json
 import os
@@ -24,16 +23,6 @@ from crw.utils.errors import CRWError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = ['--topk', '10', '--videoLen', '20', '--radius', '12', '--temperature', '0.05', '--cropSize', '-1',
             '--workers', '0', '--device', 'cpu']
-
-
-@pytest.fixture(scope='module')
-def ckpt(tmp_path_factory):
-    import crw.model as model
-    path = str(tmp_path_factory.mktemp('ck') / 'scratch.pth')
-    torch.manual_seed(0)
-    m = model.CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
-    torch.save({'model': m.state_dict()}, path)
-    return path
 
 
 @pytest.fixture(scope='module')

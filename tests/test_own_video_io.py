@@ -44,16 +44,6 @@ def hockey(tmp_path_factory):
     return root, small, mask
 
 
-@pytest.fixture(scope='module')
-def ckpt(tmp_path_factory):
-    import crw.model as model
-    path = str(tmp_path_factory.mktemp('ck') / 'scratch.pth')
-    torch.manual_seed(0)
-    m = model.CRW(argparse.Namespace(model_type='scratch', head_depth=0, remove_layers=[]))
-    torch.save({'model': m.state_dict()}, path)
-    return path
-
-
 # ----------------------------------------------------------------------------------------------------------
 # defaults: --video has the README's protocol, the video's own size (<= 854 px) and pretrained.pth
 # ----------------------------------------------------------------------------------------------------------
