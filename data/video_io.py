@@ -197,22 +197,17 @@ def _decode_pyav(path, indices):
     return torch.from_numpy(np.stack(out))
 
 
-def decode_frames(path, indices):
-    """Frames ``indices`` (presentation order, 0-based) of ``path`` as a uint8 tensor [n, H, W, 3] (RGB).
-
-    TorchCodec first; PyAV if TorchCodec is unavailable or fails on this file (told once per file).
-    Raises ``DecodeError`` if neither works."""
-    if len(indices) == 0:
-        raise ValueError('no frame indices')
+def _with_fallback(path, attempt):
+    """``attempt(backend)`` with TorchCodec first, then PyAV if TorchCodec is unavailable or fails on ``path``
+    (the failure is remembered for the file and told once). Returns what the first working backend gave;
+    raises ``DecodeError`` (every backend's error) if none works."""
     errors = []
     backends = _backends()
     for backend in backends:
         if backend == 'torchcodec' and path in _TC_FAILED_FILES and len(backends) > 1:
             continue
         try:
-            if backend == 'torchcodec':
-                return _decode_torchcodec(path, indices)
-            frames = _decode_pyav(path, indices)
+            result = attempt(backend)
         except Exception as e:
             errors.append(f'{backend}: {_short(e)}')
             if backend == 'torchcodec':
@@ -220,8 +215,19 @@ def decode_frames(path, indices):
             continue
         if errors:  # TorchCodec failed on this file, PyAV did not: say so once
             warn(f'TorchCodec failed on {path} ({errors[0]}); decoding it with PyAV')
-        return frames
+        return result
     raise DecodeError('; '.join(errors))
+
+
+def decode_frames(path, indices):
+    """Frames ``indices`` (presentation order, 0-based) of ``path`` as a uint8 tensor [n, H, W, 3] (RGB).
+
+    TorchCodec first; PyAV if TorchCodec is unavailable or fails on this file (told once per file).
+    Raises ``DecodeError`` if neither works."""
+    if len(indices) == 0:
+        raise ValueError('no frame indices')
+    return _with_fallback(path, lambda backend: _decode_torchcodec(path, indices) if backend == 'torchcodec'
+                          else _decode_pyav(path, indices))
 
 
 def _iter_torchcodec(path, start):
@@ -282,28 +288,17 @@ def iter_frames_reversed(path, last, chunk=REVERSE_CHUNK):
     def indices(b):
         return list(range(max(0, b - chunk), b))
 
-    errors, decode, frames = [], None, None
-    backends = _backends()
-    for backend in backends:
-        if backend == 'torchcodec' and path in _TC_FAILED_FILES and len(backends) > 1:
-            continue
-        try:
-            if backend == 'torchcodec':
-                decode = functools.partial(_decode_torchcodec_with, _open_torchcodec(path))
-            else:
-                decode = functools.partial(_decode_pyav, path)
-            frames = decode(indices(last + 1))
-        except Exception as e:
-            errors.append(f'{backend}: {_short(e)}')
-            if backend == 'torchcodec':
-                _TC_FAILED_FILES.add(path)
-            decode = None
-            continue
-        if errors:  # TorchCodec failed on this file, PyAV did not: say so once
-            warn(f'TorchCodec failed on {path} ({errors[0]}); decoding it with PyAV')
-        break
-    if decode is None:
-        raise DecodeError(f'{path}: cannot decode ({"; ".join(errors)})')
+    def first_chunk(backend):
+        if backend == 'torchcodec':
+            decode = functools.partial(_decode_torchcodec_with, _open_torchcodec(path))
+        else:
+            decode = functools.partial(_decode_pyav, path)
+        return decode, decode(indices(last + 1))
+
+    try:
+        decode, frames = _with_fallback(path, first_chunk)
+    except DecodeError as e:
+        raise DecodeError(f'{path}: cannot decode ({e})') from None
     for b in range(last + 1, 0, -chunk):
         ix = indices(b)
         if frames is None:
