@@ -91,7 +91,6 @@ def restart_correct(self, labels):
     self.set_labels(labels)
     for slot in range(1, self.video_len + 1):
         self.ring[:, slot], self.labels[slot], self.slot_frame[slot] = self.ring[:, own], self.labels[own], t
-    self.pad = t
     self.labels = torch.cat([self.labels, self.labels[own][None]])
     self.slot_frame.append(t)
     self.full_feats[self.labels.shape[0] - 1] = self._last_feat.reshape(self.C, self.N).t().contiguous()

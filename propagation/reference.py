@@ -31,7 +31,7 @@ class ReferencePropagator:
         # additive mask [context node, target node]: 0 inside the radius, -1e10 outside
         self.mask = torch.zeros(self.N, self.N, dtype=first_feat.dtype, device=dev)
         self.mask.masked_fill_(~radius_mask(h, w, protocol.radius).to(dev), MASK_VALUE)
-        self.corrections, self.pad = [], 0   # see correct()
+        self.corrections = []   # see correct()
 
     @property
     def t(self):
@@ -58,7 +58,6 @@ class ReferencePropagator:
             if j not in annotated:
                 self.labels[j] = self._vote(self.feats[j], [t], 0)[0]
         self.corrections.append(t)
-        self.pad = t
 
     def _vote(self, q, ids, n_long, return_topk=False):
         """Soft labels [N, K] of target nodes q [C, N] from context frames ``ids`` (the first ``n_long``
@@ -90,7 +89,7 @@ class ReferencePropagator:
         (and, with return_topk, (frame ids [N, k], node ids [N, k], logits [N, k]) of the chosen context)."""
         p = self.protocol
         t = len(self.feats)
-        lm, st = context_frames(t, p.video_len, p.long_mem, self.pad)
+        lm, st = context_frames(t, p.video_len, p.long_mem, self.corrections[-1] if self.corrections else 0)
         lm = lm + self.corrections
         ids = lm + st
         q = feat.reshape(feat.shape[0], self.N)

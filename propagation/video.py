@@ -28,7 +28,6 @@ from crw.propagation.windowed import WindowedPropagator
 from crw.utils.errors import CRWError
 
 
-
 def feature_batch(device):
     """Frames per encoder call: 4 on a GPU; 1 on the CPU, where a 480p frame alone already fills the cores
     (measured: as fast per frame, and 160 MB less peak memory than 4)."""

@@ -3,11 +3,11 @@
 A bank of ``videoLen`` + 1 frames (features, soft labels) lives on the device; short-term features are kept
 by tiles of 4 x 4 nodes (``TileLayout``). Each step cuts the target frame into regions (the nodes a tile
 reaches within the radius) and one batched matmul scores every region against its tile in all short-term
-frames. Top-k is exact
-up to ties: the k in-radius positions with the largest maximum over the frames (``window_index``) hold the
-joint top-k. Long-term frames (frame 0, ``--long-mem``, corrected frames) are compared in full; while t <= L
-the short-term context holds copies of frame 0 (the release's padding) or of the latest corrected frame. Against the reference (``--dense``): same
-top-k multisets except ties, soft maps within 1e-4, same argmax labels (docs/differences.md, Propagation).
+frames. Top-k is exact up to ties: the k in-radius positions with the largest maximum over the frames
+(``window_index``) hold the joint top-k. Long-term frames (frame 0, ``--long-mem``, corrected frames) are
+compared in full; while t <= L the short-term context holds copies of frame 0 (the release's padding) or of
+the latest corrected frame. Against the reference (``--dense``): same top-k multisets except ties, soft maps
+within 1e-4, same argmax labels (docs/differences.md, Propagation).
 Shapes: features [C, h, w] per frame (L2-normalised if wanted), label maps [h, w, K].
 """
 from collections import Counter
@@ -154,7 +154,7 @@ class WindowedPropagator:
         self.slot_frame = [-1] * slots
         self.full_feats = {}
         self._max = self._scores = None    # reused buffers: per-position maxima (+ a -inf sentinel), scores
-        self.correction_slots, self.pad, self._last_feat = [], 0, None    # see correct()
+        self.correction_slots, self._last_feat = [], None    # see correct()
         self._store(0, 0, first_feat, first_labels.reshape(self.N, self.K).to(dt))
 
     # -- bank -------------------------------------------------------------------------------------------
@@ -198,12 +198,15 @@ class WindowedPropagator:
         for slot in range(1, self.video_len + 1):
             if self.slot_frame[slot] not in annotated and self.slot_frame[slot] > 0:
                 self._relabel(slot, self._ring_slot(t))
-        self.pad = t
         slot = self.labels.shape[0]
         self.labels = torch.cat([self.labels, labels.reshape(1, self.N, self.K).to(self.device, self.dtype)])
         self.slot_frame.append(t)
         self.full_feats[slot] = self._last_feat.reshape(self.C, self.N).t().contiguous()
         self.correction_slots.append(slot)
+
+    def _pad(self):
+        """The frame whose copies pad the short-term context: the latest corrected frame, else frame 0."""
+        return self.slot_frame[self.correction_slots[-1]] if self.correction_slots else 0
 
     def _relabel(self, slot, source):
         """Labels of ring ``slot`` := the vote of ring slot ``source`` for its features (top-k inside the radius,
@@ -303,7 +306,7 @@ class WindowedPropagator:
         feat = feat.to(self.device, self.dtype)
         if tuple(feat.shape) != (self.C, self.h, self.w):
             raise ValueError(f'frame {t}: features {tuple(feat.shape)}, expected {(self.C, self.h, self.w)}')
-        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem, self.pad)
+        long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem, self._pad())
         q = feat.reshape(self.C, self.N).t().contiguous()               # [N, C]
         cand_v, cand_r = [], []
         for m, copies in Counter(long_term).items():
