@@ -16,9 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from crw.propagation.protocol import check_first_frame, context_frames, default_budget, radius_offsets
+from crw.propagation.screen import ScreenKeys, ScreenQueries, bf16_is_faster, screened_topk
 
 TILE = (4, 4)             # tile size of the windowed scores (chosen by bench/propagation.py --tiles on 854x480)
 CPU_BLOCK = 8 * 2 ** 20   # bytes of scores computed at once on the CPU: a block stays in cache until reduced
+SCREEN_GIVE_UP = 0.6     # a long-term frame whose bf16 screen sent more than this share of the target nodes to
+SCREEN_PAUSE = 10        # the full float32 row is compared unscreened for this many steps (then screened again)
 
 
 class TileLayout:
@@ -120,9 +123,13 @@ class WindowedPropagator:
     mode: 'window' or 'auto' (tiles of ``tile``), 'full' (one tile: every score of a context frame, then the
     radius; what small maps get anyway).
     budget_bytes: cap on the size of one block of scores (frames and regions are processed in chunks).
+    screen: the frames compared in full are screened in bf16, then re-scored exactly (``propagation.screen``);
+    None: where that is faster (float32 on a CPU with native bf16). ``screen_rows``: [target nodes screened,
+    of which given the full float32 row].
     """
 
-    def __init__(self, first_feat, first_labels, protocol, tile=TILE, mode='auto', budget_bytes=None):
+    def __init__(self, first_feat, first_labels, protocol, tile=TILE, mode='auto', budget_bytes=None,
+                 screen=None):
         check_first_frame(first_feat, first_labels)
         C, h, w = first_feat.shape
         protocol.check_context(h, w)
@@ -134,6 +141,9 @@ class WindowedPropagator:
         self.topk, self.temperature, self.video_len = protocol.topk, protocol.temperature, protocol.video_len
         self.C, self.h, self.w, self.N, self.K = C, h, w, h * w, first_labels.shape[-1]
         self.budget = budget_bytes or default_budget(dev)
+        if screen is None:
+            screen = dev.type == 'cpu' and dt == torch.float32 and bf16_is_faster()
+        self.screen, self.screen_rows, self._screen_keys, self._screen_resume = bool(screen), [0, 0], {}, {}
         self._t = 0
 
         offsets = radius_offsets(protocol.radius, h, w)                  # [M, 2] (dy, dx)
@@ -162,7 +172,7 @@ class WindowedPropagator:
         if slot <= self.video_len:
             self.ring[:, slot] = self.layout.tiled(feat)
         if slot == 0 or slot > self.video_len:
-            self.full_feats[slot] = feat.reshape(self.C, self.N).t().contiguous()
+            self._store_full(slot, feat)
         self.labels[slot] = labels
         self.slot_frame[slot] = frame
 
@@ -201,8 +211,13 @@ class WindowedPropagator:
         slot = self.labels.shape[0]
         self.labels = torch.cat([self.labels, labels.reshape(1, self.N, self.K).to(self.device, self.dtype)])
         self.slot_frame.append(t)
-        self.full_feats[slot] = self._last_feat.reshape(self.C, self.N).t().contiguous()
+        self._store_full(slot, self._last_feat)
         self.correction_slots.append(slot)
+
+    def _store_full(self, slot, feat):
+        self.full_feats[slot] = feat.reshape(self.C, self.N).t().contiguous()
+        if self.screen:
+            self._screen_keys[slot] = ScreenKeys(self.full_feats[slot])
 
     def _pad(self):
         """The frame whose copies pad the short-term context: the latest corrected frame, else frame 0."""
@@ -217,13 +232,29 @@ class WindowedPropagator:
         self.labels[slot] = torch.bmm(wts[:, None], self.labels.view(-1, self.K)[rows])[:, 0]
 
     # -- scores -----------------------------------------------------------------------------------------
-    def _topk_full(self, q, slot):
-        """Top-k of target nodes q [N, C] against every node of the (long-term) frame in ``slot``.
-        Returns values [N, k'] and label rows [N, k'] (slot * N + node)."""
+    def _topk_full(self, q, slot, floor=None):
+        """Top-k of target nodes q [N, C] (a ScreenQueries when screening) against every node of the
+        (long-term) frame in ``slot``. Returns values [N, k'] and label rows [N, k'] (slot * N + node).
+        ``floor`` [N]: scores that k other candidates reach (see ``screened_topk``)."""
         k = min(self.topk, self.N)
         keys = self.full_feats[slot]
         vals = torch.empty(self.N, k, dtype=self.dtype, device=self.device)
         rows = torch.empty(self.N, k, dtype=torch.long, device=self.device)
+        if self.screen:
+            t = self._t + 1                  # the target frame
+            if t >= self._screen_resume.get(slot, 0):
+                full = 0
+                for a, b in self._node_chunks(self.N * 2):
+                    v, i, n = screened_topk(q, self._screen_keys[slot], k, a, b,
+                                            None if floor is None else floor[a:b])
+                    vals[a:b], rows[a:b] = v, i + slot * self.N
+                    full += n
+                self.screen_rows[0] += self.N
+                self.screen_rows[1] += full
+                if full > SCREEN_GIVE_UP * self.N:   # mostly near-ties: cheaper unscreened for a while
+                    self._screen_resume[slot] = t + 1 + SCREEN_PAUSE
+                return vals, rows
+            q = q.q
         for a, b in self._node_chunks(self.N * q.element_size()):
             v, i = torch.topk(q[a:b] @ keys.t(), k, dim=1)
             vals[a:b], rows[a:b] = v, i + slot * self.N
@@ -308,27 +339,33 @@ class WindowedPropagator:
             raise ValueError(f'frame {t}: features {tuple(feat.shape)}, expected {(self.C, self.h, self.w)}')
         long_term, short_term = context_frames(t, self.video_len, self.protocol.long_mem, self._pad())
         q = feat.reshape(self.C, self.N).t().contiguous()               # [N, C]
+        short_v, short_r = [], []    # first: their k-th best is a floor for the frames compared in full
+        if short_term:
+            copies = {self._ring_slot(f): n for f, n in Counter(short_term).items()}
+            lo, hi = (0 if 0 in copies else 1), min(t, self.video_len + 1)   # ring slots of the short-term frames
+            for a, b in self._slot_chunks(lo, hi):
+                v, r = self._topk_window(q, a, b, copies)
+                short_v.append(v)
+                short_r.append(r)
+        floor, queries = None, q
+        if self.screen:
+            queries = ScreenQueries(q)
+            if short_v and sum(v.shape[1] for v in short_v) >= self.topk:
+                floor = torch.topk(torch.cat(short_v, 1), self.topk, dim=1).values[:, -1]
         cand_v, cand_r = [], []
         for m, copies in Counter(long_term).items():
-            v, r = self._topk_full(q, self.long_term_slot.get(m, 0))
+            v, r = self._topk_full(queries, self.long_term_slot.get(m, 0), floor)
             if copies > 1:
                 v = v[:, None].expand(-1, copies, -1).reshape(self.N, -1)
                 r = r[:, None].expand(-1, copies, -1).reshape(self.N, -1)
             cand_v.append(v)
             cand_r.append(r)
         for slot in self.correction_slots:
-            v, r = self._topk_full(q, slot)
+            v, r = self._topk_full(queries, slot, floor)
             cand_v.append(v)
             cand_r.append(r)
-        if short_term:
-            copies = {self._ring_slot(f): n for f, n in Counter(short_term).items()}
-            lo, hi = (0 if 0 in copies else 1), min(t, self.video_len + 1)   # ring slots of the short-term frames
-            for a, b in self._slot_chunks(lo, hi):
-                v, r = self._topk_window(q, a, b, copies)
-                cand_v.append(v)
-                cand_r.append(r)
 
-        vals, rows = torch.cat(cand_v, 1), torch.cat(cand_r, 1)
+        vals, rows = torch.cat(cand_v + short_v, 1), torch.cat(cand_r + short_r, 1)
         k = self.topk
         if vals.shape[1] < k:   # fewer candidates than k: the release's masked fill-ins, weight 0
             pad = k - vals.shape[1]

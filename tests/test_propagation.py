@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import load_script
 from crw.data.synthetic import make_sequence, write_davis_layout
 from crw.propagation import Protocol, WindowedPropagator, make_propagator
+from crw.propagation.video import soft_to_index
 from crw.propagation.protocol import context_frames, min_max_normalize, radius_offsets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +92,7 @@ def compare_runs(feats, labels, soft_tol=1e-4, tile=(8, 8), mode='auto', budget_
     protocol = Protocol(**protocol)
     dense = list(propagate_features(feats, labels, protocol, reference=True, return_topk=True))
     fast = list(propagate_features(feats, labels, protocol, return_topk=True, tile=tile, mode=mode,
-                                   budget_bytes=budget_bytes))
+                                   budget_bytes=budget_bytes, screen=False))   # the screen: test_screen.py
     assert len(dense) == len(fast) == len(feats)
     worst, mismatched = 0.0, 0
     for (t, pd, idd), (_, pf, idf) in zip(dense, fast):
@@ -216,6 +217,16 @@ def test_min_max_normalize():
     y = min_max_normalize(x)
     assert torch.allclose(y[0, 0], torch.tensor([0.0, 1.0, 1 / 3]))
     assert torch.equal(y[0, 1], torch.zeros(3))
+
+
+def test_soft_to_index_is_the_argmax_of_the_upsampled_map():
+    g = torch.Generator().manual_seed(0)
+    soft = torch.softmax(3 * torch.randn(9, 13, 4, generator=g), dim=-1)
+    soft[:3, :, 2] = soft[:3, :, 1]                                  # ties: the first channel wins
+    up = F.interpolate(soft.permute(2, 0, 1)[None], size=(70, 101), mode='bilinear', align_corners=False)[0]
+    ids = soft_to_index(soft, (70, 101))
+    assert torch.equal(ids, up.argmax(0)) and len(ids.unique()) == 4
+    assert bool((ids[:15] != 2).all()) and bool((ids[:15] == 1).any())   # rows taken from rows 0-2 only
 
 
 # ----------------------------------------------------------------------------------------------------------
