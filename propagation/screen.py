@@ -24,7 +24,7 @@ import time
 import torch
 
 SCREEN_K = 16   # bf16 candidates re-scored per target node
-_U_OUT = 2.0 ** -7   # bound on the bf16 result's relative rounding (2u with u = 2^-8: margin for 1/(1-u))
+U_OUT = 2.0 ** -7   # bound on the bf16 result's relative rounding (2u with u = 2^-8: margin for 1/(1-u))
 _SPEED = {}          # device capability -> whether the bf16 GEMM is faster than float32 (measured once)
 
 
@@ -90,23 +90,38 @@ class ScreenQueries:
 def screened_topk(queries, keys, k, a, b, floor=None, kp=SCREEN_K):
     """Exact top-k (values [n, k], node ids [n, k]) of target nodes a..b-1 (n = b - a) of ``queries`` against
     every node of ``keys``; ``floor`` [n] (optional): a score k other candidates of each target reach, below
-    which nodes may be left out (their place is then taken by nodes that score below the floor too).
+    which nodes may be left out (their place is then taken by nodes that score below the floor too, or by
+    -inf where no node can reach it).
     Returns (values, ids, number of nodes that needed the full float32 row)."""
-    q, nodes = queries.q[a:b], keys.keys.shape[0]
+    nodes, n = keys.keys.shape[0], b - a
     kp = min(max(kp, k), nodes)
-    approx, cand = torch.topk(queries.aug[a:b] @ keys.aug, kp, dim=1)
-    approx = approx.float()
+    scores = queries.aug[a:b] @ keys.aug                                # [n, nodes] bf16: exact score - 1
     e_in = queries.bound(keys, a, b)
-    outside = approx[:, -1] + e_in + _U_OUT * approx[:, -1].abs()       # best exact score - 1 left out
+    rows = None
+    if floor is not None:   # targets whose best bf16 score is too low to reach the floor take nothing here
+        reach = floor - 1 - e_in
+        tau = torch.where(reach <= 0, reach / (1 - U_OUT), reach / (1 + U_OUT))   # a < tau: exact < floor
+        rows = (scores.amax(1).float() >= tau).nonzero()[:, 0]
+        if len(rows) == n:
+            rows = None
+        else:
+            scores, e_in, floor = scores[rows], e_in[rows], floor[rows]
+    q = queries.q[a:b] if rows is None else queries.q[a:b][rows]
+    approx, cand = torch.topk(scores, kp, dim=1)
+    approx = approx.float()
+    outside = approx[:, -1] + e_in + U_OUT * approx[:, -1].abs()        # best exact score - 1 left out
     if kp == nodes:
         outside.fill_(float('-inf'))
-    needed = approx[:, k - 1] - e_in - _U_OUT * approx[:, k - 1].abs()  # the k-th best's exact score - 1, at least
+    needed = approx[:, k - 1] - e_in - U_OUT * approx[:, k - 1].abs()   # the k-th best's exact score - 1, at least
     if floor is not None:
         needed = torch.maximum(needed, floor - 1)
-    exact = torch.bmm(keys.keys[cand], q[:, :, None])[..., 0]          # [n, kp]
+    exact = torch.bmm(keys.keys[cand], q[:, :, None])[..., 0]          # [n', kp]
     vals, j = torch.topk(exact, k, dim=1)
     ids = cand.gather(1, j)
     full = (outside >= needed).nonzero()[:, 0]
     if len(full):
         vals[full], ids[full] = torch.topk(q[full] @ keys.keys.t(), k, dim=1)
+    if rows is not None:
+        vals = vals.new_full((n, k), float('-inf')).index_copy_(0, rows, vals)
+        ids = ids.new_zeros((n, k)).index_copy_(0, rows, ids)
     return vals, ids, len(full)

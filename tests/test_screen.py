@@ -56,12 +56,14 @@ def test_floor_keeps_every_node_above_it():
     q, k = features(500, 32, 6, flat=200), features(700, 32, 7, flat=300)
     exact = q @ k.t()
     floor = torch.topk(exact, 3, dim=1).values[:, -1]                 # the 3rd best: only 3 nodes needed
+    floor[::4] = exact[::4].max(1).values + 0.05                     # out of reach: nothing needed
     vals, ids, full = screened_topk(ScreenQueries(q), ScreenKeys(k), 10, 0, len(q), floor=floor)
     ev, ei = torch.topk(exact, 10, dim=1)
     for p in range(len(q)):
         above = set(ei[p][ev[p] >= floor[p] + 1e-6].tolist())
         assert above <= set(ids[p].tolist())
         assert set(ids[p][vals[p] >= floor[p] + 1e-6].tolist()) == above
+    assert bool(torch.isinf(vals[::4]).all()) and bool(torch.isfinite(vals[1::4]).all())
     assert full < screened_topk(ScreenQueries(q), ScreenKeys(k), 10, 0, len(q))[2]   # the floor spares rows
 
 
