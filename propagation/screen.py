@@ -38,7 +38,7 @@ def bf16_is_faster():
     key = torch.backends.cpu.get_cpu_capability()
     if key not in _SPEED:
         try:
-            a, b = torch.randn(1024, 288), torch.randn(288, 2048)
+            a, b = torch.randn(512, 288), torch.randn(288, 1024)
             ah, bh = a.bfloat16(), b.bfloat16()
 
             def best(f):

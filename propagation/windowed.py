@@ -5,9 +5,10 @@ by tiles of 4 x 4 nodes (``TileLayout``). Each step cuts the target frame into r
 reaches within the radius) and one batched matmul scores every region against its tile in all short-term
 frames. Top-k is exact up to ties: the k in-radius positions with the largest maximum over the frames
 (``window_index``) hold the joint top-k. Long-term frames (frame 0, ``--long-mem``, corrected frames) are
-compared in full; while t <= L the short-term context holds copies of frame 0 (the release's padding) or of
-the latest corrected frame. Against the reference (``--dense``): same top-k multisets except ties, soft maps
-within 1e-4, same argmax labels (docs/differences.md, Propagation).
+compared in full (screened in bf16 where that is faster: ``propagation.screen``); while t <= L the short-term
+context holds copies of frame 0 (the release's padding) or of the latest corrected frame. Against the
+reference (``--dense``): same top-k multisets except ties, soft maps within 1e-4, same argmax labels
+(docs/differences.md, Propagation).
 Shapes: features [C, h, w] per frame (L2-normalised if wanted), label maps [h, w, K].
 """
 from collections import Counter
