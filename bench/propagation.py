@@ -168,6 +168,12 @@ STAGES = [('decode', 'decode (wait for the loader)'), ('encoder', 'encoder'), ('
           ('total', 'total')]
 
 
+def median_means(means):
+    """Per stage, the median over rounds of ``stage_means`` (None where a tree has no such part)."""
+    return {key: (statistics.median(v) if (v := [m[key] for m in means if m[key] is not None]) else None)
+            for key, _ in STAGES}
+
+
 def stage_means(rows, t_min):
     """Mean seconds per frame of every stage over the frames t >= t_min (None: the tree has no such part)."""
     sel = [r for r in rows if r['t'] >= t_min]
@@ -228,7 +234,7 @@ def main():
     p.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'davis-dev'))
     p.add_argument('--seqs', nargs='+', default=['hockey'], help='davis-dev sequences of the whole-process row')
     p.add_argument('--compare-with', default='', help='another checkout (e.g. main) measured alternately')
-    p.add_argument('--rounds', type=int, default=1, help='repetitions of the whole-process rows (median)')
+    p.add_argument('--rounds', type=int, default=1, help='repetitions of the whole-process rows and of the stage runs, trees alternating (median)')
     p.add_argument('--reference-frames', type=int, default=2, help='t > L frames of the reference check (0: skip)')
     p.add_argument('--skip-stages', action='store_true')
     p.add_argument('--skip-own', action='store_true')
@@ -260,11 +266,12 @@ def main():
                 runs.setdefault((row, name), []).append((frames, wall, rss))
                 print(f'[bench] {row} {name}: {frames} frames in {wall:.1f} s, peak RSS {rss:.0f} MB', flush=True)
         rates.append(sgemm_rate())
-    stages = {}
+    stages = {}   # tree -> one list of per-frame rows per round (trees alternate, as for the whole process)
     if not a.skip_stages:
-        for name, tree in trees.items():
-            stages[name] = run_worker(tree, 'stages', a)
-            print(f'[bench] stages {name}: done', flush=True)
+        for r in range(a.rounds):
+            for name, tree in trees.items():
+                stages.setdefault(name, []).append(run_worker(tree, 'stages', a))
+                print(f'[bench] stages {name}: round {r + 1} done', flush=True)
     rates.append(sgemm_rate())
     ref = run_worker(ROOT, 'reference', a) if a.reference_frames > 0 else None
     sgemm = statistics.mean(rates)
@@ -295,12 +302,14 @@ def main():
             out.append(f"\n{title[row]}: {n1} / {n0} = **{w0 / w1:.2f}x** frames/s.")
     if stages:
         L = 20
-        out.append(f"\nSeconds per frame by stage ({a.seqs[0]}, one process per tree, 1 loader worker, "
-                   f"features in the batches of each tree's test.py; all frames t >= 1, and t > L):\n")
+        out.append(f"\nSeconds per frame by stage ({a.seqs[0]}, one process per tree and round, trees alternating, "
+                   f"median of {a.rounds} round(s); 1 loader worker, features in the batches of each tree's test.py; "
+                   "all frames t >= 1, and t > L):\n")
         names = list(stages)
         out.append('| stage | ' + ' | '.join(f'{n}, t ≥ 1 | {n}, t > {L}' for n in names) + ' |')
         out.append('|---|' + '---:|' * (2 * len(names)))
-        means = {n: (stage_means(stages[n], 1), stage_means(stages[n], L + 1)) for n in names}
+        means = {n: tuple(median_means([stage_means(rows, t0) for rows in stages[n]]) for t0 in (1, L + 1))
+                 for n in names}
         for key, label in STAGES:
             cells = []
             for n in names:
