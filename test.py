@@ -14,7 +14,7 @@ and ``{save}/clip_overlay.mp4`` (``--bidirectional``: also back from the first a
 ``--finetune N`` adapts a copy of the encoder to each video first; frames
 are read by DataLoader workers and outputs written on background threads, so memory stays at a few frames.
 """
-import crw.utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
+import crw.utils.startup  # noqa: F401,I001  (first: OpenMP settings before torch loads, collector paused)
 import functools
 import os
 import random
@@ -44,6 +44,8 @@ from crw.utils.arguments import describe_settings
 from crw.utils.errors import CRWError, interrupted, report, sigterm_as_interrupt
 from crw.utils.misc import git_revision, peak_memory_bytes, reset_peak_memory
 from crw.utils.output_folders import Inputs, OutputClaim, Plan
+
+crw.utils.startup.imports_done()
 
 # ----------------------------------------------------------------------------------------------------------
 # Model

@@ -7,7 +7,7 @@
 
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
-import crw.utils.threads  # noqa: F401,I001  (first: OpenMP settings before torch loads)
+import crw.utils.startup  # noqa: F401,I001  (first: OpenMP settings before torch loads, collector paused)
 import contextlib
 import os
 import sys
@@ -30,6 +30,8 @@ from crw.utils.logger import MetricLogger, append_json_line, truncate_json_lines
 from crw.utils.output_folders import FolderLock
 from crw.utils.misc import peak_memory_mb, print_run_header, remove_stale_temp_files, writable_folder
 from crw.vis.sinks import Visualizer
+
+crw.utils.startup.imports_done()
 
 # files written atomically into --output-dir (the temporary files of an interrupted write are removed at start)
 CHECKPOINT_FILES = ('checkpoint.pth', 'model_*.pth', 'train_log.jsonl', 'log.txt')

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-import crw.utils.threads  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
+import crw.utils.startup  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -35,6 +35,8 @@ from crw.model import CRW  # noqa: E402
 from crw.propagation import Protocol, load_encoder, propagate  # noqa: E402
 from crw.utils.errors import CRWError  # noqa: E402
 from crw.utils.misc import git_revision, peak_memory_bytes, reset_peak_memory  # noqa: E402
+
+crw.utils.startup.imports_done()
 
 PROTOCOL = Protocol(topk=10, video_len=20, radius=12, temperature=0.05)
 SIZES = {   # quick: tiny; full: the README sizes

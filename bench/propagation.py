@@ -22,6 +22,7 @@ Prints markdown tables and appends them to bench/RESULTS.md.
 """
 import argparse
 import functools
+import importlib
 import json
 import os
 import statistics
@@ -106,13 +107,19 @@ def stages_worker(a):
     """Per-stage seconds of the first --seqs sequence, with the modules of the current working directory."""
     sys.path.insert(0, os.getcwd())
     try:
-        import crw.utils.threads  # noqa: F401  (the tree's thread defaults, as its test.py)
-    except ImportError:
-        pass
+        import crw.utils.startup as startup  # the tree's start-up settings, as its test.py
+    except ImportError:     # an older tree
+        startup = None
+        try:
+            importlib.import_module('crw.utils.threads')
+        except ImportError:
+            pass
     import torch
     from crw.data.inference.outputs import write_mask_and_blend
     from crw.propagation import Protocol, encode_frames, load_encoder, make_propagator, soft_to_index
     from crw.propagation import video as video_module, windowed
+    if startup is not None:
+        startup.imports_done()
     batch = video_module.feature_batch('cpu') if hasattr(video_module, 'feature_batch') else 4   # its test.py's
 
     parts = {}

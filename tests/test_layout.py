@@ -1,5 +1,6 @@
 """The layout's rules (README "Layout"): utils/ is a leaf, nothing imports test.py by name, files run by path
-find the repository without importing modules that edit sys.path, and the entry points load no drawing library."""
+find the repository without importing modules that edit sys.path, the entry points load no drawing library and
+freeze their imports' objects (crw.utils.startup)."""
 import ast
 import glob
 import importlib.util
@@ -73,6 +74,37 @@ def test_entry_points_do_not_load_matplotlib_sklearn_or_scipy():
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == '[]'
+
+
+def test_startup_pauses_the_collector_until_imports_done():
+    # a fresh interpreter: the collector is off from the import to imports_done(), then on, the objects frozen;
+    # a collector the caller had turned off stays off
+    code = ('import gc, os\n'
+            'if os.environ["CASE"] == "off": gc.disable()\n'
+            'import crw.utils.startup as startup\n'
+            'paused = not gc.isenabled()\n'
+            'startup.imports_done()\n'
+            'print(paused, gc.isenabled(), gc.get_freeze_count() > 0, os.environ["OMP_WAIT_POLICY"])\n')
+    for case, enabled in (('on', True), ('off', False)):
+        env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}
+        r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env={**env, 'CASE': case}, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.split() == ['True', str(enabled), 'True', 'PASSIVE'], case
+
+
+@pytest.mark.slow
+def test_entry_points_freeze_their_imports_and_collect_afterwards():
+    # train.py and test.py import crw.utils.startup first and call imports_done() after their imports
+    for script in ('train.py', 'test.py'):
+        code = ('import gc, importlib.util\n'
+                f'spec = importlib.util.spec_from_file_location("crw_entry", "{script}")\n'
+                'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n'
+                'print(gc.isenabled(), gc.get_freeze_count())\n')
+        r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        enabled, frozen = r.stdout.split()
+        assert enabled == 'True' and int(frozen) > 100_000, (script, r.stdout)   # torch alone: ~300k objects
 
 
 def test_user_entry_points_parse_with_one_line_errors(capsys):
