@@ -7,6 +7,7 @@ Protocol of the README: --cropSize -1 (854x480), L 20, k 10, R 12, tau 0.05, pre
   whole process   test.py on the --seqs sequences of davis-dev (imports, model, decoding, propagation, writing):
                   frames / wall seconds, and peak RSS of the process
   own video       test.py --video assets/hockey/hockey.mp4 --max-side 480 (the bundled 40-frame clip)
+  start-up, exit  test.py --help: the imports, the parser and the interpreter's exit, every process's fixed cost
   stages          seconds per frame of each stage, in one process over the first --seqs sequence: decode (wait
                   for the loader), encoder, propagation (for this tree also its parts: the first frame's full
                   comparison, the windowed scores, the selection, the rest), upsample + argmax, write (mask PNG
@@ -73,6 +74,10 @@ def own_video(a, tmp):
            'assets/hockey/Annotations/480p/hockey/00000.png', '--max-side', '480',
            '--save-path', os.path.join(tmp, 'own')] + README_FLAGS
     return 40, cmd
+
+
+def startup_exit(a, tmp):
+    return 0, [sys.executable, 'test.py', '--help']
 
 
 def measure_rss_isolated(cmd, cwd):
@@ -264,14 +269,14 @@ def main():
     load0, t_start = os.getloadavg()[0], time.time()
     rates = [sgemm_rate()]
     runs = {}   # (row, tree) -> [(frames, wall, rss)]
-    rows = [('whole', whole_process)] + ([] if a.skip_own else [('own', own_video)])
+    rows = [('whole', whole_process)] + ([] if a.skip_own else [('own', own_video)]) + [('startup', startup_exit)]
     for r in range(a.rounds):
         for row, make in rows:
             for name, tree in trees.items():
                 frames, cmd = make(a, os.path.join(tmp, f'{row}-{r}-{name}'))
                 wall, rss = measure_rss_isolated(cmd, tree)
                 runs.setdefault((row, name), []).append((frames, wall, rss))
-                print(f'[bench] {row} {name}: {frames} frames in {wall:.1f} s, peak RSS {rss:.0f} MB', flush=True)
+                print(f'[bench] {row} {name}: {frames} frames in {wall:.2f} s, peak RSS {rss:.0f} MB', flush=True)
         rates.append(sgemm_rate())
     stages = {}   # tree -> one list of per-frame rows per round (trees alternate, as for the whole process)
     if not a.skip_stages:
@@ -285,7 +290,8 @@ def main():
     load1 = os.getloadavg()[0]
 
     title = {'whole': f"whole process, test.py on {', '.join(a.seqs)} (854x480)",
-             'own': 'own video, test.py --video hockey.mp4 --max-side 480 (40 frames, 480x270)'}
+             'own': 'own video, test.py --video hockey.mp4 --max-side 480 (40 frames, 480x270)',
+             'startup': 'start-up and exit, test.py --help'}
     out = [f"### propagation — {time.strftime('%Y-%m-%d %H:%M')} — cpu: {device_name('cpu')}, git {git_revision()}\n"
            f"`python bench/propagation.py {' '.join(sys.argv[1:])}` — README protocol (L 20, k 10, R 12, tau 0.05, "
            f"--cropSize -1), pretrained.pth; sgemm (2048³ torch.mm, 2 threads) {', '.join(f'{x:.1f}' for x in rates)} "
@@ -297,16 +303,18 @@ def main():
         for name in trees:
             rs = runs[(row, name)]
             wall = statistics.median(x[1] for x in rs)
-            fps = rs[0][0] / wall
-            score = fps * GFLOP_PER_FRAME / sgemm if row == 'whole' else float('nan')
-            out.append(f"| {title[row]} | {name} | {rs[0][0]} | {wall:.1f} | {fps:.3f} | "
-                       f"{'' if row != 'whole' else f'{score:.2f}'} | {max(x[2] for x in rs):.0f} |")
+            fps = f'{rs[0][0] / wall:.3f}' if rs[0][0] else ''
+            score = f'{rs[0][0] / wall * GFLOP_PER_FRAME / sgemm:.2f}' if row == 'whole' else ''
+            out.append(f"| {title[row]} | {name} | {rs[0][0] or ''} | {wall:.{2 if row == 'startup' else 1}f} | "
+                       f"{fps} | {score} | {max(x[2] for x in rs):.0f} |")
     if len(trees) == 2:
         (n0, _), (n1, _) = trees.items()
         for row, _ in rows:
             w0 = statistics.median(x[1] for x in runs[(row, n0)])
             w1 = statistics.median(x[1] for x in runs[(row, n1)])
-            out.append(f"\n{title[row]}: {n1} / {n0} = **{w0 / w1:.2f}x** frames/s.")
+            per = 'frames/s' if row != 'startup' else f'(seconds {n0} / {n1}, per round: ' + ', '.join(
+                f'{x[1]:.2f} / {y[1]:.2f}' for x, y in zip(runs[(row, n0)], runs[(row, n1)])) + ')'
+            out.append(f"\n{title[row]}: {n1} / {n0} = **{w0 / w1:.2f}x** {per}.")
     if stages:
         L = 20
         out.append(f"\nSeconds per frame by stage ({a.seqs[0]}, one process per tree and round, trees alternating, "
