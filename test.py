@@ -14,7 +14,7 @@ and ``{save}/clip_overlay.mp4`` (``--bidirectional``: also back from the first a
 ``--finetune N`` adapts a copy of the encoder to each video first; frames
 are read by DataLoader workers and outputs written on background threads, so memory stays at a few frames.
 """
-import crw.utils.startup  # noqa: F401,I001  (first: OpenMP settings before torch loads, collector paused)
+import crw.utils.startup  # noqa: I001  (first: OpenMP settings before torch loads, collector paused)
 import functools
 import os
 import random

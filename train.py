@@ -7,7 +7,7 @@
 
 Re-running the same command resumes from <output-dir>/checkpoint.pth, mid-epoch included.
 """
-import crw.utils.startup  # noqa: F401,I001  (first: OpenMP settings before torch loads, collector paused)
+import crw.utils.startup  # noqa: I001  (first: OpenMP settings before torch loads, collector paused)
 import contextlib
 import os
 import sys

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-import crw.utils.startup  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
+import crw.utils.startup  # noqa: E402,I001  (OpenMP settings before torch loads, collector paused, as train.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__' and not __package__:  # run by path: bench/, not the repository, is on sys.path
     sys.path.insert(0, ROOT)
 
-import crw.utils.startup  # noqa: F401,E402,I001  (OpenMP settings before torch loads, as train.py)
+import crw.utils.startup  # noqa: E402,I001  (OpenMP settings before torch loads, collector paused, as train.py)
 import torch  # noqa: E402
 
 from crw.bench.results import device_name, publish  # noqa: E402
@@ -38,6 +38,7 @@ from crw.utils.arguments import train_args  # noqa: E402
 from crw.utils.misc import git_revision  # noqa: E402
 
 crw.utils.startup.imports_done()
+
 CONFIGS = {   # name: (train.py flags, batch on CUDA, batch on the CPU)
     'readme': (['--frame-aug', 'grid', '--img-size', '256', '--patch-size', '64', '64', '3'], 20, 4),
     'pretrained': (['--frame-aug', '', '--img-size', '128', '--remove-layers', 'layer4'], 8, 8),

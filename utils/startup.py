@@ -1,7 +1,7 @@
 """Start-up settings of the entry scripts (train.py, test.py). Import this module before anything else, and
 call ``imports_done()`` after the script's last import:
 
-    import crw.utils.startup  # noqa: F401,I001  (first: before torch loads)
+    import crw.utils.startup  # noqa: I001  (first: before torch loads)
     ...                       # the script's imports
     crw.utils.startup.imports_done()
 
